@@ -1,0 +1,228 @@
+"""Alert states and events: turning detector scores into few, plain-worded alerts.
+
+Each (channel, detector) pair has one AlertState: ok → warn → alarm and back, with a hold time
+(the condition must persist before an alert is raised), a clear hold (it must stay gone before
+the alert clears) and a hysteresis margin (a value hovering at a threshold does not flap).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import IntEnum
+
+from agent.lineprotocol import encode_point
+from agent.reading import Channel
+
+
+class Level(IntEnum):
+    """Severity of an alert key's current state."""
+
+    OK = 0
+    WARN = 1
+    ALARM = 2
+
+    @property
+    def label(self) -> str:
+        """Lower-case name used in tags and JSON: ok, warn, alarm."""
+        return self.name.lower()
+
+
+# Event kinds, in the words used in logs, JSON and the drift_alert `state` field.
+RAISED = "raised"
+ESCALATED = "escalated"
+EASED = "eased"
+CLEARED = "cleared"
+REPEAT = "repeat"
+
+
+class AlertState:
+    """The state machine of one alert key; ``observe`` returns an event kind or None."""
+
+    __slots__ = (
+        "alarm",
+        "clear_hold",
+        "clear_since",
+        "hold",
+        "last_emit",
+        "level",
+        "margin",
+        "pending_since",
+        "repeat",
+        "since",
+        "warn",
+    )
+
+    def __init__(
+        self,
+        warn: float,
+        alarm: float | None = None,
+        hold: float = 0.0,
+        clear_hold: float | None = None,
+        hysteresis: float | None = None,
+        repeat: float | None = None,
+    ) -> None:
+        self.warn = warn
+        self.alarm = math.inf if alarm is None else alarm
+        self.hold = hold
+        self.clear_hold = hold if clear_hold is None else clear_hold
+        self.margin = 0.1 * warn if hysteresis is None else hysteresis
+        self.repeat = repeat
+        self.level = Level.OK
+        self.pending_since: float | None = None
+        self.clear_since: float | None = None
+        self.since: float | None = None  # when the active condition first crossed warn
+        self.last_emit = -math.inf
+
+    def target(self, score: float) -> Level:
+        """The level a score asks for, given the current level (hysteresis applied)."""
+        level = self.level
+        if score >= self.alarm:
+            return Level.ALARM
+        if level == Level.ALARM and score > self.alarm - self.margin:
+            return Level.ALARM
+        if score >= self.warn:
+            return Level.WARN
+        if level >= Level.WARN and score > self.warn - self.margin:
+            return Level.WARN
+        return Level.OK
+
+    def observe(self, t: float, score: float) -> str | None:
+        """Feed one score at reading time ``t``; return the event kind if the state changed."""
+        level = self.level
+        target = self.target(score)
+        if target > level:
+            self.clear_since = None
+            if self.pending_since is None:
+                self.pending_since = t
+            if t - self.pending_since < self.hold:
+                return None
+            if level == Level.OK:
+                self.since = self.pending_since
+            self.pending_since = None
+            self.level = target
+            self.last_emit = t
+            return RAISED if level == Level.OK else ESCALATED
+        if target < level:
+            self.pending_since = None
+            if self.clear_since is None:
+                self.clear_since = t
+            if t - self.clear_since < self.clear_hold:
+                return None
+            self.clear_since = None
+            self.level = target
+            self.last_emit = t
+            return CLEARED if target == Level.OK else EASED
+        self.pending_since = None
+        self.clear_since = None
+        if level and self.repeat is not None and t - self.last_emit >= self.repeat:
+            self.last_emit = t
+            return REPEAT
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """One alert event: what changed, on which channel, by which detector, with the numbers."""
+
+    ts_ns: int
+    channel: Channel
+    detector: str
+    kind: str
+    level: Level
+    value: float
+    baseline: float
+    delta: float
+    rate_per_h: float
+    since_ns: int
+    baseline_note: str
+    message: str
+
+    def line(self, site: str, gateway: str) -> str:
+        """The event as a `drift_alert` line-protocol point."""
+        tags = {
+            "site": site,
+            "gateway": gateway,
+            "zone": self.channel.tags.get("zone", ""),
+            "channel": self.channel.name,
+            "detector": self.detector,
+            "severity": self.level.label,
+        }
+        fields: dict[str, float | int | bool | str] = {
+            "state": self.kind,
+            "message": self.message,
+            "since_ns": self.since_ns,
+        }
+        for name, number in (
+            ("value", self.value),
+            ("baseline", self.baseline),
+            ("delta", self.delta),
+            ("rate_per_h", self.rate_per_h),
+        ):
+            if math.isfinite(number):
+                fields[name] = float(number)
+        return encode_point("drift_alert", tags, fields, self.ts_ns)
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-friendly view (replay output, MQTT payloads, tests)."""
+        return {
+            "time": iso(self.ts_ns),
+            "channel": self.channel.name,
+            "detector": self.detector,
+            "event": self.kind,
+            "severity": self.level.label,
+            "value": _num(self.value),
+            "baseline": _num(self.baseline),
+            "delta": _num(self.delta),
+            "rate_per_h": _num(self.rate_per_h),
+            "since": iso(self.since_ns),
+            "baseline_from": self.baseline_note,
+            "affects": self.channel.affects,
+            "message": self.message,
+        }
+
+
+def _num(x: float) -> float | None:
+    return round(x, 6) if math.isfinite(x) else None
+
+
+def iso(ts_ns: int) -> str:
+    """Reading time as ISO 8601 UTC, to the second."""
+    return datetime.fromtimestamp(ts_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def when(ts_ns: int) -> str:
+    """Reading time as a supervisor reads it: 2026-11-12 14:05 UTC."""
+    return datetime.fromtimestamp(ts_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def fmt(x: float, unit: str) -> str:
+    """A number with sensible precision and its unit."""
+    if not math.isfinite(x):
+        return "n/a"
+    mag = abs(x)
+    text = f"{x:.0f}" if mag >= 100 else f"{x:.1f}" if mag >= 1 else f"{x:.2f}"
+    return f"{text} {unit}".strip()
+
+
+def fmt_rate(per_h: float, unit: str) -> str:
+    """A rate of change in the unit that reads best: per hour, or per day when slow."""
+    if not math.isfinite(per_h):
+        return ""
+    if abs(per_h) < 0.5:
+        return f"{fmt(per_h * 24, unit)}/day"
+    return f"{fmt(per_h, unit)}/h"
+
+
+def duration_words(seconds: float) -> str:
+    """A span in words: 3 d 4 h, 5 h 20 min, 12 min."""
+    seconds = max(seconds, 0.0)
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min"

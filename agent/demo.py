@@ -1,0 +1,202 @@
+"""The embedded demo: a simulated workshop on an accelerated clock, alerts in plain words,
+a progress line with the simulated date, and a one-screen summary at the end."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.alerts import CLEARED, AlertEvent, Level, when
+from agent.config import AgentConfig, config_from_dict
+from agent.runtime import Agent, RunResult
+
+DEMO_DAYS = 28.0
+DEMO_SPEED = 86_400.0  # simulated seconds per wall second: a simulated day a second
+
+
+@dataclass(slots=True)
+class DemoOptions:
+    """What `driftgate run` without a config file was asked for."""
+
+    state_dir: Path = Path(".driftgate")
+    days: float = DEMO_DAYS
+    speed: float = DEMO_SPEED
+    seed: int = 1
+    influx: dict[str, Any] | None = None
+    log_level: str = "warning"
+
+
+def demo_config(opts: DemoOptions) -> AgentConfig:
+    """The demo's configuration, validated like a file would be."""
+    data: dict[str, Any] = {
+        "site": "demo-atelier",
+        "gateway": "demo-gw",
+        "state_dir": str(opts.state_dir),
+        "log": {"level": opts.log_level},
+        "sources": [
+            {
+                "type": "simulated",
+                "name": "workshop",
+                "speed": opts.speed,
+                "days": opts.days,
+                "seed": opts.seed,
+                "interval": 60,
+            }
+        ],
+        "self_metrics": {"interval": 2.0},
+    }
+    if opts.influx:
+        data["influx"] = opts.influx
+    return config_from_dict(data, source="<demo>")
+
+
+class Console:
+    """Prints alerts as they happen and keeps a progress line with the simulated date."""
+
+    def __init__(self, agent: Agent, out: TextIO = sys.stdout, days: float = DEMO_DAYS) -> None:
+        self.agent = agent
+        self.out = out
+        self.tty = out.isatty()
+        self.days = days
+        self._last_day = -1
+        self._progress_shown = False
+
+    def alert(self, event: AlertEvent) -> None:
+        """Print one alert event as a supervisor would read it."""
+        mark = {Level.ALARM: "!!", Level.WARN: "! "}.get(event.level, "ok")
+        if event.kind == CLEARED:
+            mark = "ok"
+        self._clear_progress()
+        print(f"[{when(event.ts_ns)}] {mark} {event.message}", file=self.out, flush=True)
+
+    def _clear_progress(self) -> None:
+        if self.tty and self._progress_shown:
+            self.out.write("\r\x1b[2K")
+            self._progress_shown = False
+
+    def progress(self) -> None:
+        """Show the simulated date; a rewritten line on a terminal, a line a day otherwise."""
+        clock = self.agent.pipeline.clock_ns
+        if not clock:
+            return
+        m = self.agent.metrics
+        sim_start = min((s.start for s in self.agent.sources), default=0.0)  # type: ignore[attr-defined]
+        day = int((clock / 1e9 - sim_start) // 86400) + 1
+        text = (
+            f"simulated {when(clock)} (day {min(day, int(self.days))} of {self.days:g}): "
+            f"{m.readings_in:,} readings, {m.alerts} alert events, "
+            f"spool {m.spool_pending_lines:,} lines waiting, {m.forwarded:,} forwarded"
+        )
+        if self.tty:
+            self.out.write("\r\x1b[2K" + text)
+            self.out.flush()
+            self._progress_shown = True
+        elif day != self._last_day:
+            print(text, file=self.out, flush=True)
+        self._last_day = day
+
+    def finish(self) -> None:
+        """End the progress line before the summary."""
+        if self.tty and self._progress_shown:
+            self.out.write("\n")
+            self._progress_shown = False
+
+
+def summary(result: RunResult, cfg: AgentConfig, out: TextIO = sys.stdout) -> None:
+    """The one-screen summary: readings per channel, alerts, spool state, forwarded count."""
+    m = result.metrics
+    start = datetime.fromtimestamp(result.sim_start_ns / 1e9, UTC)
+    end = datetime.fromtimestamp(result.sim_end_ns / 1e9, UTC)
+    days = (result.sim_end_ns - result.sim_start_ns) / 86400e9
+    p = print
+    p("", file=out)
+    p(
+        f"driftgate demo summary: simulated {start:%Y-%m-%d} to {end:%Y-%m-%d %H:%M} UTC "
+        f"({days:.1f} days) in {result.wall_seconds:.1f} s of wall time",
+        file=out,
+    )
+    p("readings per channel:", file=out)
+    width = max((len(c.name) for c in result.channels), default=10)
+    total = 0
+    for channel in result.channels:
+        p(f"  {channel.name:<{width}}  {channel.readings:>9,}", file=out)
+        total += channel.readings
+    p(f"  {'total':<{width}}  {total:>9,}", file=out)
+    kinds = Counter(e.kind for e in result.events)
+    p(
+        f"alerts: {len(result.events)} events ("
+        + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+        + ")"
+        if result.events
+        else "alerts: none",
+        file=out,
+    )
+    per_key: dict[tuple[str, str], list[AlertEvent]] = {}
+    for event in result.events:
+        per_key.setdefault((event.channel.name, event.detector), []).append(event)
+    for (channel_name, detector), events in sorted(per_key.items()):
+        story = ", ".join(f"{e.kind} {e.level.label} {when(e.ts_ns)}" for e in events)
+        p(f"  {channel_name} / {detector}: {story}", file=out)
+    quiet = [c.name for c in result.channels if (c.name, "") not in per_key]
+    quiet = [c.name for c in result.channels if not any(k[0] == c.name for k in per_key)]
+    p(f"  no alerts: {', '.join(quiet)}" if quiet else "", file=out)
+    p(
+        f"spool: {m.spool_appended:,} lines written this run "
+        f"({total:,} readings, {len(result.events)} alert events, "
+        f"{m.spool_appended - total - len(result.events)} self-metrics); "
+        f"{result.pending_lines:,} lines ({result.pending_bytes / 1e6:.1f} MB) waiting in "
+        f"{cfg.state_dir}; dropped {m.spool_dropped}; dead letters {result.dead_letters}",
+        file=out,
+    )
+    if cfg.influx is None:
+        p(
+            "forwarded: nothing (no --influx given); the spool keeps every line for a later run "
+            "with --influx URL",
+            file=out,
+        )
+    else:
+        target = cfg.influx.database if cfg.influx.api == "v1" else cfg.influx.bucket
+        p(
+            f"forwarded: {m.forwarded:,} lines to {cfg.influx.url} ({cfg.influx.api}, {target}) "
+            f"in {m.forward_batches} batches; {m.forward_retries} retries",
+            file=out,
+        )
+
+
+async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> RunResult:
+    """Run the demo to the end (or Ctrl-C) and print its summary."""
+    cfg = demo_config(opts)
+    agent = Agent(cfg)
+    console = Console(agent, out, opts.days)
+    agent.pipeline.sinks.append(console.alert)
+    print(
+        f"driftgate demo: {opts.days:g} simulated days of a leather-goods workshop "
+        f"(edge-paint room, cutting room, 8 sewing machines) at {opts.speed:,.0f}x; "
+        f"state in {cfg.state_dir}. Ctrl-C stops early.",
+        file=out,
+        flush=True,
+    )
+    import asyncio
+
+    async def tick() -> None:
+        while True:
+            console.progress()
+            await asyncio.sleep(0.2)
+
+    ticker = asyncio.create_task(tick())
+    t0 = time.monotonic()
+    try:
+        result = await agent.run(drain_at_end=30.0)
+    finally:
+        ticker.cancel()
+        await asyncio.gather(ticker, return_exceptions=True)
+    console.progress()
+    console.finish()
+    result.wall_seconds = time.monotonic() - t0
+    summary(result, cfg, out)
+    return result

@@ -1,0 +1,99 @@
+"""The drift engine: every channel's detectors, fed reading by reading."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from agent.alerts import AlertEvent
+from agent.drift.baselines import Baseline, BaselineStore
+from agent.drift.detectors import BaselineShift, Detector, Slope, Thresholds
+from agent.reading import Channel
+
+# Detector defaults by channel kind, used where a channel's config names no detectors.
+# Durations in seconds, thresholds in the channel's units (slopes in units per hour).
+DEFAULT_DETECTORS: dict[str, list[dict[str, Any]]] = {
+    "climate": [
+        {"type": "baseline_shift", "window": 86400, "learn": 7 * 86400, "warn": 3.0,
+         "alarm": 6.0, "hold": 2 * 3600},
+        {"type": "slope", "window": 3 * 86400, "warn": 0.0625, "alarm": 0.125,
+         "hold": 12 * 3600, "clear_hold": 12 * 3600},
+    ],
+    "tension": [
+        {"type": "baseline_shift", "window": 4 * 3600, "learn": 2 * 86400, "warn": 6.0,
+         "alarm": 10.0, "hold": 3600},
+    ],
+    "color": [],
+}  # fmt: skip
+
+
+def build_detector(
+    channel: Channel, spec: dict[str, Any], store: BaselineStore, repeat: float | None = None
+) -> Detector:
+    """Build one detector for a channel from a plain spec (validated config or a default)."""
+    kind = spec["type"]
+    thresholds = Thresholds(
+        warn=float(spec["warn"]),
+        alarm=None if spec.get("alarm") is None else float(spec["alarm"]),
+        direction=spec.get("direction", "both"),
+        hold=float(spec.get("hold", 0.0)),
+        clear_hold=None if spec.get("clear_hold") is None else float(spec["clear_hold"]),
+        hysteresis=None if spec.get("hysteresis") is None else float(spec["hysteresis"]),
+        repeat=repeat,
+    )
+    span = float(spec["window"])
+    max_samples = int(spec.get("max_samples", 100_000))
+    min_samples = int(spec.get("min_samples", 10))
+    if kind == "slope":
+        return Slope(
+            channel, thresholds, span=span, max_samples=max_samples, min_samples=min_samples
+        )
+    if kind == "baseline_shift":
+        key = f"{channel.name}/{kind}"
+        configured = spec.get("baseline", "learn")
+        baseline: Baseline | None
+        if configured == "learn":
+            baseline = store.get(key)
+        else:
+            baseline = Baseline(float(configured), 0.0, 0, 0, 0, "configured")
+
+        def remember(learned: Baseline) -> None:
+            store.put(key, learned)
+
+        return BaselineShift(
+            channel,
+            thresholds,
+            span=span,
+            max_samples=max_samples,
+            min_samples=min_samples,
+            baseline=baseline,
+            learn=float(spec.get("learn", 86400.0)),
+            on_learned=remember,
+        )
+    raise ValueError(f"unknown detector type {kind!r}")
+
+
+def attach_detectors(
+    channel: Channel,
+    specs: Sequence[dict[str, Any]] | None,
+    store: BaselineStore,
+    repeat: float | None = None,
+) -> None:
+    """Give a channel its detectors: the configured ones, or its kind's defaults."""
+    if specs is None:
+        specs = DEFAULT_DETECTORS.get(channel.kind, [])
+    channel.detectors = [build_detector(channel, spec, store, repeat) for spec in specs]
+
+
+def detect(channel: Channel, ts_ns: int, value: float) -> list[AlertEvent] | None:
+    """Run a channel's detectors on one reading; the events they raise, or None (most calls)."""
+    t = ts_ns * 1e-9
+    events = None
+    for detector in channel.detectors:
+        event = detector.update(t, value)
+        if event is not None:
+            if events is None:
+                events = [event]
+            else:
+                events.append(event)
+    return events

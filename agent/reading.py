@@ -1,0 +1,63 @@
+"""Hot-path records: a Channel (one stream of one quantity) and a Reading (one value of it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from agent.lineprotocol import escape_key, format_float, series_prefix
+
+if TYPE_CHECKING:
+    from agent.drift.detectors import Detector
+
+
+@dataclass(slots=True)
+class Channel:
+    """One stream of one quantity: where it is (tags), what it means (label, affects), its units.
+
+    ``prefix`` and ``field_key`` are the precomputed line-protocol pieces; ``retag`` rebuilds
+    them when the production context (lot, operator, shift) changes.
+    """
+
+    name: str
+    measurement: str
+    field: str
+    unit: str = ""
+    kind: str = "climate"
+    label: str = ""
+    affects: str = ""
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    prefix: str = ""
+    field_key: str = ""
+    readings: int = 0
+    detectors: list[Detector] = dataclasses.field(default_factory=list)
+    rate_per_h: float = math.nan  # latest trend from a slope detector, quoted in other alerts
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            self.label = self.name
+        self.retag({})
+
+    def retag(self, context: Mapping[str, str]) -> None:
+        """Recompute the line-protocol prefix with the channel's tags plus context tags."""
+        if not self.field:
+            raise ValueError(f"channel {self.name!r} needs a non-empty field key")
+        merged = {**self.tags, **context}
+        self.prefix = series_prefix(self.measurement, merged) + " " + escape_key(self.field) + "="
+        self.field_key = self.field
+
+    def line(self, ts_ns: int, value: float) -> str:
+        """Encode one reading of this channel as a line-protocol line (ValueError if not finite)."""
+        return f"{self.prefix}{format_float(value)} {ts_ns}"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One value of one channel at one time (nanoseconds since the epoch, UTC)."""
+
+    channel: Channel
+    ts_ns: int
+    value: float

@@ -1,0 +1,294 @@
+"""The agent's wiring, top to bottom like the data flow: sources → pipeline → detectors → spool →
+forwarder, plus alert sinks, self-metrics and an orderly shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from agent.alerts import AlertEvent
+from agent.config import AgentConfig, ChannelConfig, InfluxConfig, SimulatedSourceConfig
+from agent.drift.baselines import BaselineStore
+from agent.drift.engine import attach_detectors
+from agent.forwarder import Forwarder, ForwarderSettings
+from agent.lineprotocol import encode_point
+from agent.logs import flush_bursts, get_logger
+from agent.metrics import AgentMetrics
+from agent.pipeline import Pipeline
+from agent.reading import Channel
+from agent.sim.workshop import DAY, Workshop
+from agent.sources.simulated import SimulatedSource
+from agent.spool import Spool, SpoolStats, spool_path
+
+log = get_logger("driftgate.agent")
+
+SHUTDOWN_BUDGET_S = 5.0  # SIGTERM to exit, systemd's TimeoutStopSec is larger
+
+
+class Source(Protocol):
+    """What the runtime needs of a source."""
+
+    name: str
+
+    def channels(self) -> list[Channel]:
+        """The channels this source produces (known up front)."""
+        ...
+
+    async def run(self, pipeline: Pipeline) -> None:
+        """Produce readings into the pipeline until cancelled or done."""
+        ...
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What a run did: for the demo summary and for tests."""
+
+    metrics: AgentMetrics
+    channels: list[Channel]
+    events: list[AlertEvent] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    sim_start_ns: int = 0
+    sim_end_ns: int = 0
+    pending_lines: int = 0
+    pending_bytes: int = 0
+    dead_letters: int = 0
+    stopped_by_signal: bool = False
+
+
+def forwarder_settings(influx: InfluxConfig) -> ForwarderSettings:
+    """Map the validated influx section onto the forwarder's settings."""
+    return ForwarderSettings(
+        url=influx.url,
+        api=influx.api,
+        database=influx.database or "",
+        retention_policy=influx.retention_policy,
+        username=influx.username,
+        password=influx.password.get_secret_value() if influx.password else None,
+        org=influx.org or "",
+        bucket=influx.bucket or "",
+        token=influx.token.get_secret_value() if influx.token else None,
+        gzip=influx.gzip,
+        batch_size=influx.batch_size,
+        flush_interval=influx.flush_interval,
+        timeout=influx.timeout,
+        verify_tls=influx.verify_tls,
+        ca_file=influx.ca_file,
+        max_backoff=influx.max_backoff,
+    )
+
+
+def build_sources(cfg: AgentConfig) -> list[Source]:
+    """Instantiate the configured sources."""
+    sources: list[Source] = []
+    base_tags = {"site": cfg.site, "gateway": cfg.gateway}
+    for sc in cfg.sources:
+        if isinstance(sc, SimulatedSourceConfig):
+            if sc.start is not None:
+                start = sc.start.timestamp()
+            elif sc.days is not None:
+                # End the simulated span at today's midnight, so Grafana's "last 30 days" shows it.
+                today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+                start = today.timestamp() - sc.days * DAY
+            else:
+                start = time.time()
+            workshop = Workshop.build(start, seed=sc.seed, tags=base_tags)
+            sources.append(
+                SimulatedSource(
+                    sc.name, workshop, start=start, interval=sc.interval, speed=sc.speed,
+                    days=sc.days,
+                )
+            )  # fmt: skip
+    return sources
+
+
+def configure_channels(
+    channels: list[Channel], configs: list[ChannelConfig], store: BaselineStore,
+    repeat: float | None,
+) -> None:  # fmt: skip
+    """Apply each channel's config (label, unit, affects, detectors) or its kind's defaults."""
+    by_name = {c.name: c for c in configs}
+    known = {c.name for c in channels}
+    for name in sorted(set(by_name) - known):
+        log.warning("configured channel is produced by no source", channel=name)
+    for channel in channels:
+        cc = by_name.get(channel.name)
+        specs: list[dict[str, Any]] | None = None
+        if cc is not None:
+            channel.label = cc.label or channel.label
+            channel.unit = cc.unit or channel.unit
+            channel.affects = cc.affects or channel.affects
+            channel.kind = cc.kind or channel.kind
+            if not cc.enabled:
+                specs = []
+            elif cc.detectors is not None:
+                specs = [d.model_dump() for d in cc.detectors]
+        attach_detectors(channel, specs, store, repeat)
+
+
+class Agent:
+    """One running agent: owns the spool, the forwarder, the sources and their tasks."""
+
+    def __init__(
+        self, cfg: AgentConfig, *, sinks: list[Callable[[AlertEvent], None]] | None = None
+    ):
+        self.cfg = cfg
+        self.metrics = AgentMetrics()
+        self.state_dir = cfg.state_dir
+        self.spool = Spool(
+            spool_path(cfg.state_dir),
+            max_bytes=cfg.spool.max_bytes,
+            synchronous=cfg.spool.synchronous,
+            flush_interval=cfg.spool.flush_interval,
+            flush_lines=cfg.spool.flush_lines,
+            metrics=self.metrics,
+        )
+        self.pipeline = Pipeline(self.spool, self.metrics, cfg.site, cfg.gateway)
+        self.sources = build_sources(cfg)
+        self.channels = [ch for src in self.sources for ch in src.channels()]
+        self.baselines = BaselineStore(cfg.state_dir / "baselines.json")
+        configure_channels(self.channels, cfg.channels, self.baselines, cfg.alerts.repeat)
+        self.events: list[AlertEvent] = []
+        self.pipeline.sinks.append(self.events.append)
+        self.pipeline.sinks.append(_log_alert)
+        self.pipeline.sinks.extend(sinks or [])
+        self.forwarder = (
+            Forwarder(self.spool, forwarder_settings(cfg.influx), self.metrics)
+            if cfg.influx is not None
+            else None
+        )
+        self.stop_event = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._forward_task: asyncio.Task[None] | None = None
+
+    def self_metrics_line(self) -> str:
+        """The agent's own counters as one `driftgate_agent` point, stamped with the wall clock."""
+        tags = {"site": self.cfg.site, "gateway": self.cfg.gateway}
+        return encode_point("driftgate_agent", tags, self.metrics.fields(), time.time_ns())
+
+    async def _self_metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.self_metrics.interval)
+            self.spool.append(self.self_metrics_line())
+            flush_bursts()
+
+    async def run(self, *, drain_at_end: float = 0.0, handle_signals: bool = True) -> RunResult:
+        """Run until the sources finish (a bounded simulation) or SIGINT/SIGTERM; then shut down.
+
+        ``drain_at_end``: seconds to keep forwarding after the sources finished on their own.
+        """
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        by_signal = False
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.stop_event.set)
+        stats = await self.spool.open()
+        log.info(
+            "agent starting",
+            site=self.cfg.site,
+            gateway=self.cfg.gateway,
+            state_dir=str(self.state_dir),
+            channels=len(self.channels),
+            spool_pending=stats.pending_lines,
+            influx=self.cfg.influx.url if self.cfg.influx else None,
+        )
+        self._tasks.append(asyncio.create_task(self.spool.run(), name="spool"))
+        self._forward_task = (
+            asyncio.create_task(self.forwarder.run(), name="forwarder")
+            if self.forwarder is not None
+            else None
+        )
+        self._tasks.append(asyncio.create_task(self._self_metrics_loop(), name="self-metrics"))
+        source_tasks = [
+            asyncio.create_task(src.run(self.pipeline), name=f"source:{src.name}")
+            for src in self.sources
+        ]
+        stopper = asyncio.create_task(self.stop_event.wait(), name="stop")
+        final: SpoolStats | None = None
+        try:
+            waiting: set[asyncio.Future[Any]] = {stopper, *source_tasks}
+            while True:
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if stopper in done:
+                    by_signal = True
+                    break
+                for task in done:
+                    waiting.discard(task)
+                    if not task.cancelled() and task.exception() is not None:
+                        name = task.get_name() if isinstance(task, asyncio.Task) else "?"
+                        log.error("source failed", task=name, error=repr(task.exception()))
+                if not (waiting - {stopper}) and self.sources:
+                    break
+        finally:
+            final = await self._shutdown(source_tasks, stopper, by_signal, drain_at_end)
+            if handle_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+        sim_starts = [int(s.start * 1e9) for s in self.sources if isinstance(s, SimulatedSource)]
+        sim_start = min(sim_starts, default=0)
+        return RunResult(
+            metrics=self.metrics,
+            channels=self.channels,
+            events=self.events,
+            wall_seconds=time.monotonic() - started,
+            sim_start_ns=sim_start,
+            sim_end_ns=self.pipeline.clock_ns,
+            pending_lines=final.pending_lines if final else 0,
+            pending_bytes=final.pending_bytes if final else 0,
+            dead_letters=final.dead_letters if final else 0,
+            stopped_by_signal=by_signal,
+        )
+
+    async def _shutdown(
+        self,
+        source_tasks: list[asyncio.Task[None]],
+        stopper: asyncio.Task[bool],
+        by_signal: bool,
+        drain_at_end: float,
+    ) -> SpoolStats:
+        deadline = time.monotonic() + SHUTDOWN_BUDGET_S
+        stopper.cancel()
+        for task in source_tasks:
+            task.cancel()
+        await asyncio.gather(stopper, *source_tasks, return_exceptions=True)
+        self.spool.append(self.self_metrics_line())
+        await self.spool.flush()
+        if self._forward_task is not None:
+            self._forward_task.cancel()
+            await asyncio.gather(self._forward_task, return_exceptions=True)
+        if self.forwarder is not None:
+            budget = 1.5 if by_signal else max(drain_at_end, 1.5)
+            with contextlib.suppress(Exception):
+                await self.forwarder.drain(budget)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        final = await self.spool.stats()
+        remaining = max(deadline - time.monotonic(), 0.5)
+        try:
+            await asyncio.wait_for(self.spool.close(), remaining)
+        except TimeoutError:
+            log.error("spool did not close in time; SQLite's WAL keeps what was committed")
+        flush_bursts(force=True)
+        log.info("agent stopped", readings=self.metrics.readings_in, alerts=self.metrics.alerts)
+        return final
+
+
+def _log_alert(event: AlertEvent) -> None:
+    log.info(
+        "drift alert",
+        channel=event.channel.name,
+        detector=event.detector,
+        kind=event.kind,
+        severity=event.level.label,
+        value=round(event.value, 4),
+        baseline=round(event.baseline, 4),
+        message=event.message,
+    )

@@ -1,0 +1,589 @@
+"""The config layer: the shipped example loads, and every broken file is reported precisely."""
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agent.config import (
+    AgentConfig,
+    BaselineShiftConfig,
+    SlopeConfig,
+    check_config_command,
+    config_from_dict,
+    load_config,
+    parse_duration,
+    parse_size,
+)
+from agent.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "agent.example.yaml"
+EXAMPLE_PASSWORD_FILE = "/etc/driftgate/influx-password"
+SECRET = "s3cret-Hunter2"
+
+MINIMAL = """\
+site: atelier-nord
+gateway: gw-01
+influx:
+  url: http://influxdb.local:8086
+  database: driftgate
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "agent.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def line_of(path: Path, needle: str) -> int:
+    """1-based line of the first line containing needle (so tests don't hard-code numbers)."""
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if needle in line:
+            return number
+    raise AssertionError(f"{needle!r} not in {path}")
+
+
+def problems_of(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={} if env is None else env)
+    assert caught.value.problems, "ConfigError without problems"
+    return caught.value.problems
+
+
+def example_text(password_file: Path | None) -> str:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    assert f"password_file: {EXAMPLE_PASSWORD_FILE}" in text
+    if password_file is None:
+        return text.replace(f"  password_file: {EXAMPLE_PASSWORD_FILE}\n", "")
+    return text.replace(
+        f"password_file: {EXAMPLE_PASSWORD_FILE}", f"password_file: {password_file}"
+    )
+
+
+# --------------------------------------------------------------------------- the example
+
+
+def test_example_loads_with_a_password_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "influx-password"
+    secret_file.write_text(SECRET + "\n")
+    config = load_config(write(tmp_path, example_text(secret_file)), env={})
+
+    assert config.site == "atelier-nord"
+    assert config.state_dir == Path("/var/lib/driftgate")
+    assert [c.name for c in config.channels] == [
+        "edge_paint.humidity",
+        "cutting.humidity",
+        "sewing.m05.tension",
+    ]
+    edge = config.channels[0]
+    assert edge.label == "Edge paint room humidity"
+    assert edge.unit == "%RH"
+    assert edge.affects == "edge paint drying"
+    assert edge.detectors is not None
+    baseline, slope = edge.detectors
+    assert isinstance(baseline, BaselineShiftConfig)
+    assert (baseline.window, baseline.learn, baseline.hold) == (86400.0, 7 * 86400.0, 7200.0)
+    assert (baseline.warn, baseline.alarm, baseline.baseline) == (3.0, 6.0, "learn")
+    assert isinstance(slope, SlopeConfig)
+    assert (slope.window, slope.warn, slope.alarm, slope.hold) == (
+        3 * 86400.0,
+        0.0625,
+        0.125,
+        21600.0,
+    )
+    assert config.channels[1].detectors is None  # the kind's defaults
+    tension = config.channels[2]
+    assert (tension.unit, tension.kind) == ("cN", "tension")
+    assert tension.affects == "seam strength and stitch appearance"
+    assert config.influx is not None
+    assert config.influx.api == "v1"
+    assert config.influx.password is not None
+    assert config.influx.password.get_secret_value() == SECRET  # trailing newline stripped
+    assert config.spool.max_bytes == 1024**3
+    assert config.spool.flush_interval == pytest.approx(0.2)
+    assert config.self_metrics.interval == 10.0
+
+
+def test_example_loads_with_systemd_credentials_directory(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "influx_password").write_text(SECRET)
+    config = load_config(
+        write(tmp_path, example_text(None)), env={"CREDENTIALS_DIRECTORY": str(credentials)}
+    )
+    assert config.influx is not None
+    assert config.influx.password is not None
+    assert config.influx.password.get_secret_value() == SECRET
+
+
+def test_example_loads_with_environment_variable(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, example_text(None)), env={"DRIFTGATE_INFLUX_PASSWORD": SECRET}
+    )
+    assert config.influx is not None
+    assert config.influx.password is not None
+    assert config.influx.password.get_secret_value() == SECRET
+
+
+def test_password_file_wins_over_environment(tmp_path: Path) -> None:
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("from-file")
+    config = load_config(
+        write(tmp_path, example_text(secret_file)), env={"DRIFTGATE_INFLUX_PASSWORD": "from-env"}
+    )
+    assert config.influx is not None
+    assert config.influx.password is not None
+    assert config.influx.password.get_secret_value() == "from-file"
+
+
+# --------------------------------------------------------------------------- broken files
+
+
+def test_unknown_key_names_the_key_and_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "spool:\n  max_byte: 1GiB\n")
+    problems = problems_of(path)
+    assert problems == [
+        f"{path}:{line_of(path, 'max_byte')}: spool.max_byte: "
+        "unknown key 'max_byte'; did you mean 'max_bytes'?"
+    ]
+
+
+def test_unknown_top_level_key_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "influxdb: {}\n")
+    (problem,) = problems_of(path)
+    assert problem == (
+        f"{path}:{line_of(path, 'influxdb: {}')}: influxdb: "
+        "unknown key 'influxdb'; did you mean 'influx'?"
+    )
+
+
+def test_wrong_type_shows_key_path_and_value(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "  batch_size: many\n")
+    assert problems_of(path) == [
+        f"{path}:{line_of(path, 'batch_size')}: influx.batch_size: "
+        "Input should be a valid integer, got 'many'"
+    ]
+
+
+def test_alarm_not_above_warn_is_an_error(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL
+        + """\
+channels:
+  - name: edge_paint.humidity
+    detectors:
+      - type: slope
+        window: 3d
+        warn: 0.0625
+      - type: baseline_shift
+        window: 24h
+        warn: 3
+        alarm: 3
+""",
+    )
+    assert problems_of(path) == [
+        f"{path}:{line_of(path, 'alarm: 3')}: channels[0].detectors[1].alarm: "
+        "alarm (3) must be greater than warn (3)"
+    ]
+
+
+def test_bad_duration_says_what_a_duration_looks_like(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "self_metrics:\n  interval: 5 parsecs\n")
+    assert problems_of(path) == [
+        f"{path}:{line_of(path, 'parsecs')}: self_metrics.interval: "
+        "'5 parsecs' is not a duration: use e.g. 30s, 5m, 2h, 7d"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "advice"),
+    [
+        ("influx", "password", "password_file"),
+        ("influx", "token", "DRIFTGATE_INFLUX_TOKEN"),
+        ("mqtt", "password", "LoadCredential=mqtt_password"),
+    ],
+)
+def test_inline_secret_is_rejected_without_echoing_it(
+    tmp_path: Path, section: str, key: str, advice: str
+) -> None:
+    extra = (
+        f"  {key}: {SECRET}\n"
+        if section == "influx"
+        else f"mqtt:\n  host: broker\n  {key}: {SECRET}\n"
+    )
+    path = write(tmp_path, MINIMAL + extra)
+    problems = problems_of(path)
+    line = line_of(path, SECRET)
+    assert any(
+        p.startswith(f"{path}:{line}: {section}.{key}: inline secrets are not allowed")
+        for p in problems
+    ), problems
+    assert any(advice in p for p in problems)
+    assert not any(SECRET in p for p in problems)
+
+
+def test_inline_secret_is_rejected_in_config_from_dict_too() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(
+            {
+                "site": "s",
+                "gateway": "g",
+                "influx": {"url": "http://x:8086", "database": "d", "password": SECRET},
+            },
+            env={},
+        )
+    (problem,) = caught.value.problems
+    assert problem.startswith("<built-in>: influx.password: inline secrets are not allowed")
+    assert SECRET not in problem
+
+
+def test_missing_secret_file_names_that_file(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "  username: driftgate\n  password_file: secrets/nope\n")
+    expected_file = tmp_path / "secrets" / "nope"  # relative to the config file, not the cwd
+    assert problems_of(path) == [
+        f"{path}:{line_of(path, 'password_file')}: influx.password_file: "
+        f"cannot read secret file {expected_file}: No such file or directory"
+    ]
+
+
+def test_empty_secret_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("\n")
+    path = write(tmp_path, MINIMAL + "  username: u\n  password_file: pw\n")
+    (problem,) = problems_of(path)
+    assert problem.endswith(f"secret file {tmp_path / 'pw'} is empty")
+
+
+def test_username_without_any_password_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "  username: driftgate\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:{line_of(path, 'username')}: influx.username: ")
+    assert "no password was found" in problem
+    assert "DRIFTGATE_INFLUX_PASSWORD" in problem
+
+
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, "site: a\ngateway: b\nlog:\n  level: [info\n  format: json\n")
+    (problem,) = problems_of(path)
+    match = re.match(rf"{re.escape(str(path))}:(\d+):(\d+): YAML syntax error: ", problem)
+    assert match, problem
+    assert int(match.group(1)) in (4, 5, 6)
+
+
+def test_duplicate_channel_names_name_the_duplicate(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL
+        + "channels:\n  - name: cutting.humidity\n  - name: edge.h\n  - name: cutting.humidity\n",
+    )
+    assert problems_of(path) == [
+        f"{path}:{line_of(path, '- name: cutting.humidity') + 2}: channels[2].name: "
+        "duplicate name 'cutting.humidity': channels[0] already uses it"
+    ]
+
+
+def test_duplicate_yaml_key_is_not_silently_overwritten(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "  batch_size: 10\n  batch_size: 20\n")
+    (problem,) = problems_of(path)
+    assert problem == (
+        f"{path}:{line_of(path, 'batch_size: 20')}: influx.batch_size: "
+        f"duplicate key (first on line {line_of(path, 'batch_size: 10')}); remove one of them"
+    )
+
+
+def test_v1_without_database_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "site: s\ngateway: g\ninflux:\n  url: http://influx:8086\n")
+    assert problems_of(path) == [
+        f"{path}:{line_of(path, 'influx:')}: influx.database: "
+        "api v1 needs database: the database to write to"
+    ]
+
+
+def test_v2_needs_org_and_bucket_but_no_token() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(
+            {"site": "s", "gateway": "g", "influx": {"url": "http://vm:8428", "api": "v2"}},
+            env={},
+        )
+    assert caught.value.problems == [
+        "<built-in>: influx.org: api v2 needs org",
+        "<built-in>: influx.bucket: api v2 needs bucket",
+    ]
+    config = config_from_dict(
+        {
+            "site": "s",
+            "gateway": "g",
+            "influx": {"url": "http://vm:8428", "api": "v2", "org": "o", "bucket": "b"},
+        },
+        env={},
+    )
+    assert config.influx is not None
+    assert config.influx.token is None
+
+
+def test_non_http_url_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace("http://influxdb.local:8086", "influxdb.local:8086"))
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:{line_of(path, 'url:')}: influx.url: ")
+    assert "is not an http:// or https:// URL" in problem
+
+
+def test_naive_start_time_is_an_error_aware_is_accepted(tmp_path: Path) -> None:
+    source = "sources:\n  - type: simulated\n    name: sim\n    start: {}\n"
+    path = write(tmp_path, MINIMAL + source.format("2024-03-04 06:00:00"))
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:{line_of(path, 'start:')}: sources[0].start: ")
+    assert "has no timezone" in problem
+
+    path = write(tmp_path, MINIMAL + source.format("2024-03-04T06:00:00+01:00"))
+    start = load_config(path, env={}).sources[0].start
+    assert start is not None
+    assert start.utcoffset() is not None
+
+
+def test_unknown_source_type_points_at_type(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "sources:\n  - type: serial\n    name: usb0\n")
+    assert problems_of(path) == [
+        f"{path}:{line_of(path, 'type: serial')}: sources[0].type: "
+        "unknown type 'serial'; one of: simulated"
+    ]
+
+
+def test_several_problems_are_all_reported_in_line_order(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+site: atelier-nord
+gateway: "   "
+log:
+  level: verbose
+channels:
+  - name: a
+    detectors:
+      - type: baseline_shift
+        window: 1 fortnight
+        warn: 3
+  - name: a
+influx:
+  url: http://influx:8086
+  database: d
+  batch_size: 0
+  tokn: x
+spool:
+  max_bytes: 1KiB
+""",
+    )
+    problems = problems_of(path)
+    expected = [
+        (line_of(path, "gateway"), "gateway: must not be empty"),
+        (line_of(path, "level"), "log.level: "),
+        (line_of(path, "window"), "channels[0].detectors[0].window: '1 fortnight' is not"),
+        (line_of(path, "- name: a") + 5, "channels[1].name: duplicate name 'a'"),
+        (line_of(path, "batch_size"), "influx.batch_size: Input should be greater than or equal"),
+        (line_of(path, "tokn"), "influx.tokn: unknown key 'tokn'"),
+        (line_of(path, "max_bytes"), "spool.max_bytes: must be at least 1MiB, got 1024 bytes"),
+    ]
+    assert len(problems) == len(expected), problems
+    for problem, (line, start) in zip(problems, expected, strict=True):
+        assert problem.startswith(f"{path}:{line}: {start}"), problem
+
+
+def test_missing_required_keys_point_at_the_parent(tmp_path: Path) -> None:
+    path = write(tmp_path, "log:\n  level: info\nmqtt:\n  port: 1883\n")
+    assert problems_of(path) == [
+        f"{path}:1: site: required key is missing",
+        f"{path}:1: gateway: required key is missing",
+        f"{path}:{line_of(path, 'mqtt:')}: mqtt.host: required key is missing",
+    ]
+
+
+def test_empty_file_and_unreadable_file(tmp_path: Path) -> None:
+    (problem,) = problems_of(write(tmp_path, "# nothing here\n"))
+    assert "the file is empty" in problem
+    missing = tmp_path / "absent.yaml"
+    (problem,) = problems_of(missing)
+    assert problem == f"{missing}: cannot read: No such file or directory"
+
+
+# --------------------------------------------------------------------------- paths, defaults
+
+
+def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text(SECRET)
+    path = write(tmp_path, MINIMAL + "  username: u\n  password_file: pw\nstate_dir: state\n")
+    config = load_config(path, env={})
+    assert config.state_dir == tmp_path / "state"
+    assert config.influx is not None
+    assert config.influx.password_file == tmp_path / "pw"
+
+
+def test_default_state_dir_is_next_to_the_config_file(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MINIMAL), env={}).state_dir == tmp_path / ".driftgate"
+
+
+def test_config_from_dict_keeps_relative_paths_and_fills_defaults() -> None:
+    config = config_from_dict({"site": "demo", "gateway": "gw", "spool": None}, env={})
+    assert config.state_dir == Path(".driftgate")
+    assert config.influx is None
+    assert config.spool.max_bytes == 1024**3
+    assert config.log.level == "info"
+    assert config.sources == []
+
+
+def test_detector_defaults_derive_from_hold_and_warn() -> None:
+    detector = BaselineShiftConfig.model_validate(
+        {"type": "baseline_shift", "window": "1h", "warn": 2, "hold": "30m"}
+    )
+    assert detector.effective_clear_hold == 1800.0
+    assert detector.effective_hysteresis == pytest.approx(0.2)
+
+
+# --------------------------------------------------------------------------- check-config, secrets
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "DRIFTGATE_INFLUX_PASSWORD",
+        "DRIFTGATE_INFLUX_TOKEN",
+        "DRIFTGATE_MQTT_PASSWORD",
+        "CREDENTIALS_DIRECTORY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_check_config_reports_problems_and_returns_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, MINIMAL + f"  batch_size: many\n  password: {SECRET}\n")
+    assert check_config_command(path) == 2
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert f"{path}:{line_of(path, 'batch_size')}: influx.batch_size: " in lines[0]
+    assert f"{path}:{line_of(path, 'password')}: influx.password: " in lines[1]
+    assert len(lines) == 2
+    assert SECRET not in out
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_check_config_ok_prints_summary_without_secrets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRIFTGATE_INFLUX_PASSWORD", SECRET)
+    path = write(tmp_path, example_text(None))
+    assert check_config_command(path) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "OK: 1 source, 3 channels, influx v1 → http://influxdb.local:8086\n"
+    assert SECRET not in captured.out + captured.err
+
+
+def test_secrets_never_in_repr_or_redacted_dict(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text(SECRET)
+    path = write(
+        tmp_path,
+        """\
+site: s
+gateway: g
+influx:
+  url: https://influx:8086
+  api: v2
+  org: o
+  bucket: b
+  token_file: token
+mqtt:
+  host: broker
+""",
+    )
+    config = load_config(path, env={"DRIFTGATE_MQTT_PASSWORD": SECRET + "-mqtt"})
+    assert config.influx is not None
+    assert config.influx.token is not None
+    assert config.influx.token.get_secret_value() == SECRET
+    assert config.mqtt is not None
+    assert config.mqtt.password is not None
+    assert config.mqtt.password.get_secret_value() == SECRET + "-mqtt"
+    for text in (repr(config), str(config), str(config.redacted_dict())):
+        assert SECRET not in text
+    assert config.redacted_dict()["influx"]["token"] == "**********"
+
+
+def test_config_is_frozen() -> None:
+    config = config_from_dict({"site": "s", "gateway": "g"}, env={})
+    with pytest.raises(ValueError, match="frozen"):
+        config.site = "other"
+    assert isinstance(config, AgentConfig)
+
+
+# --------------------------------------------------------------------------- durations, sizes
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("7d", 604800.0),
+        ("250ms", 0.25),
+        ("1h30m", 5400.0),
+        ("1.5h", 5400.0),
+        ("45", 45.0),
+        (" 10 s ", 10.0),
+        (12, 12.0),
+        (0.2, 0.2),
+    ],
+)
+def test_parse_duration(text: str | float, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["5 parsecs", "", "m", "5x", "-5s", "1h 2", "nan", True])
+def test_parse_duration_rejects(bad: str | bool) -> None:
+    with pytest.raises(ValueError, match="is not a duration"):
+        parse_duration(bad)
+
+
+def test_parse_duration_message_shows_examples() -> None:
+    with pytest.raises(ValueError, match="parsecs") as caught:
+        parse_duration("5 parsecs")
+    assert str(caught.value) == "'5 parsecs' is not a duration: use e.g. 30s, 5m, 2h, 7d"
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("512MiB", 512 * 1024**2),
+        ("1GB", 10**9),
+        ("64KiB", 65536),
+        ("1.5GiB", 3 * 1024**3 // 2),
+        ("4096", 4096),
+        ("100 B", 100),
+        (2048, 2048),
+    ],
+)
+def test_parse_size(text: str | int, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["1 furlong", "GiB", "-1MiB", "1.5", "10 bits"])
+def test_parse_size_rejects(bad: str) -> None:
+    with pytest.raises(ValueError, match="is not a size"):
+        parse_size(bad)
+
+
+def test_yaml_boolean_key_is_reported_not_misread(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "log:\n  on: true\n")
+    assert problems_of(path) == [
+        f"{path}:{line_of(path, 'on: true')}: log: key True is not text; quote it "
+        "(YAML reads yes, no, on, off, null and numbers as values)"
+    ]
+
+
+def test_missing_ca_file_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "  ca_file: ca.pem\n")
+    assert problems_of(path) == [
+        f"{path}:{line_of(path, 'ca_file')}: influx.ca_file: "
+        f"file {tmp_path / 'ca.pem'} does not exist or is not a regular file"
+    ]
