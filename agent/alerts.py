@@ -48,6 +48,7 @@ class AlertState:
         "last_emit",
         "level",
         "margin",
+        "pending_level",
         "pending_since",
         "repeat",
         "since",
@@ -71,6 +72,7 @@ class AlertState:
         self.repeat = repeat
         self.level = Level.OK
         self.pending_since: float | None = None
+        self.pending_level = Level.OK
         self.clear_since: float | None = None
         self.since: float | None = None  # when the active condition first crossed warn
         self.last_emit = -math.inf
@@ -92,8 +94,15 @@ class AlertState:
         """Feed one score at reading time ``t``; return the event kind if the state changed."""
         level = self.level
         target = self.target(score)
+        if self.pending_since is not None and target < self.pending_level:
+            # While an alert is pending, a dip that stays within the hysteresis margin does not
+            # restart the hold: a noisy value sitting at the threshold still raises (once).
+            threshold = self.alarm if self.pending_level == Level.ALARM else self.warn
+            if score > threshold - self.margin:
+                target = self.pending_level
         if target > level:
             self.clear_since = None
+            self.pending_level = target
             if self.pending_since is None:
                 self.pending_since = t
             if t - self.pending_since < self.hold:

@@ -91,7 +91,7 @@ def test_example_loads_with_a_password_file(tmp_path: Path) -> None:
         3 * 86400.0,
         0.0625,
         0.125,
-        21600.0,
+        43200.0,
     )
     assert config.channels[1].detectors is None  # the kind's defaults
     tension = config.channels[2]

@@ -1,0 +1,124 @@
+"""Alert states and the starter detectors on deterministic streams (reading time, not wall time)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from agent.alerts import CLEARED, ESCALATED, RAISED, AlertState, Level
+from agent.drift.baselines import BaselineStore
+from agent.drift.engine import attach_detectors, detect
+from agent.reading import Channel
+
+T0 = 1_760_000_000.0
+
+
+def _channel(kind: str = "climate") -> Channel:
+    return Channel(
+        name="edge_paint.humidity",
+        measurement="climate",
+        field="humidity_rh",
+        unit="%RH",
+        kind=kind,
+        label="Edge paint room humidity",
+        affects="edge paint drying",
+        tags={"zone": "edge_paint"},
+    )
+
+
+def test_hovering_at_threshold_raises_one_alert_not_fifty() -> None:
+    state = AlertState(warn=3.0, alarm=6.0, hold=600.0, hysteresis=0.5)
+    rng = random.Random(1)
+    kinds = []
+    for i in range(5000):  # a value wobbling ±0.3 around the warn threshold for 3.5 days
+        kind = state.observe(T0 + i * 60.0, 3.0 + rng.uniform(-0.3, 0.3))
+        if kind:
+            kinds.append(kind)
+    assert kinds == [RAISED]
+    assert state.level == Level.WARN
+
+
+def test_hold_time_filters_a_short_excursion() -> None:
+    state = AlertState(warn=3.0, hold=3600.0)
+    events = [state.observe(T0 + i * 60.0, 10.0 if 10 <= i < 40 else 0.0) for i in range(200)]
+    assert not any(events)  # 30 minutes above warn, hold is one hour
+
+
+def test_states_go_up_and_clear_with_their_holds() -> None:
+    state = AlertState(warn=3.0, alarm=6.0, hold=300.0, clear_hold=600.0)
+    scores = [0.0] * 10 + [4.0] * 10 + [7.0] * 10 + [0.0] * 20
+    got = []
+    for i, score in enumerate(scores):
+        kind = state.observe(T0 + i * 60.0, score)
+        if kind:
+            got.append((i, kind, state.level))
+    assert got == [
+        (15, RAISED, Level.WARN),
+        (25, ESCALATED, Level.ALARM),
+        (40, CLEARED, Level.OK),
+    ]
+
+
+def test_baseline_shift_fires_on_a_sustained_ramp_but_not_on_a_daily_cycle() -> None:
+    drifting = _channel()
+    stable = _channel()
+    stable.name = "cutting.humidity"
+    store = BaselineStore(None)
+    attach_detectors(drifting, None, store)
+    attach_detectors(stable, None, store)
+    rng = random.Random(3)
+    first: dict[str, float] = {}
+    for i in range(24 * 1440):
+        t = T0 + i * 60.0
+        day = i / 1440
+        cycle = 4.0 * math.sin(2 * math.pi * day)
+        noise = rng.gauss(0.0, 0.8)
+        outlier = 15.0 if i % 9973 == 0 else 0.0
+        ramp = 1.5 * (day - 14.0) if day > 14.0 else 0.0
+        pairs = (
+            (drifting, 50 + cycle + noise + ramp + outlier),
+            (stable, 45 + cycle + noise + outlier),
+        )
+        for channel, value in pairs:
+            for event in detect(channel, int(t * 1e9), value) or []:
+                first.setdefault(f"{channel.name}/{event.detector}/{event.kind}", day)
+    assert not any(key.startswith("cutting") for key in first), first
+    shift_day = first["edge_paint.humidity/baseline_shift/raised"]
+    assert 14.0 < shift_day < 17.5  # 3 %RH over a 24 h mean at 1.5 %RH/day, plus the hold
+
+
+def test_alert_event_reads_as_one_sentence_with_the_numbers() -> None:
+    channel = _channel()
+    attach_detectors(
+        channel,
+        [{"type": "baseline_shift", "window": 3600, "baseline": 50.0, "warn": 3.0, "hold": 0}],
+        BaselineStore(None),
+    )
+    events = []
+    for i in range(200):
+        events += detect(channel, int((T0 + i * 60) * 1e9), 50.0 if i < 100 else 56.0) or []
+    raised = events[0]
+    assert raised.kind == RAISED
+    assert raised.baseline == 50.0
+    assert raised.delta >= 3.0
+    assert "Edge paint room humidity" in raised.message
+    assert "above its baseline 50.0 %RH" in raised.message
+    assert "edge paint drying" in raised.message
+    line = raised.line("atelier", "gw1")
+    assert line.startswith("drift_alert,channel=edge_paint.humidity,detector=baseline_shift,")
+    assert 'state="raised"' in line
+    assert "severity=warn" in line
+
+
+def test_learned_baseline_survives_a_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    spec = [{"type": "baseline_shift", "window": 3600, "learn": 7200, "warn": 3.0}]
+    first = _channel()
+    attach_detectors(first, spec, BaselineStore(tmp_path / "baselines.json"))
+    for i in range(200):
+        detect(first, int((T0 + i * 60) * 1e9), 50.0 + (i % 2))
+    again = _channel()
+    attach_detectors(again, spec, BaselineStore(tmp_path / "baselines.json"))
+    detector = again.detectors[0]
+    assert detector.baseline is not None  # type: ignore[attr-defined]
+    assert detector.baseline.mean == first.detectors[0].baseline.mean  # type: ignore[attr-defined]
+    assert detector.baseline.source == "learned"  # type: ignore[attr-defined]
