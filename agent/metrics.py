@@ -11,6 +11,7 @@ class AgentMetrics:
 
     readings_in: int = 0
     invalid_readings: int = 0
+    late_readings: int = 0
     decode_errors: int = 0
     alerts: int = 0
     spool_appended: int = 0

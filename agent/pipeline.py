@@ -6,12 +6,15 @@ import math
 from collections.abc import Callable
 
 from agent.alerts import AlertEvent
-from agent.drift.engine import detect
+from agent.drift.engine import detect_batch
 from agent.metrics import AgentMetrics
 from agent.reading import Channel
 from agent.spool import Spool
 
 AlertSink = Callable[[AlertEvent], None]
+
+BATCH_MAX = 4096  # readings of one channel before detection runs without waiting for process()
+PROCESS_INTERVAL = 0.05  # seconds between the agent's calls to process()
 
 
 class Pipeline:
@@ -24,6 +27,7 @@ class Pipeline:
         self.gateway = gateway
         self.sinks: list[AlertSink] = []
         self.clock_ns = 0  # time of the newest reading seen (simulated time in the demo)
+        self._dirty: list[Channel] = []
 
     def ingest(self, channel: Channel, ts_ns: int, value: float) -> None:
         """Accept one reading: spool it, run its channel's detectors, emit any alert events."""
@@ -36,10 +40,37 @@ class Pipeline:
             self.clock_ns = ts_ns
         self.spool.append(f"{channel.prefix}{value!r} {ts_ns}")
         if channel.detectors:
-            events = detect(channel, ts_ns, value)
-            if events is not None:
-                for event in events:
-                    self.alert(event)
+            pending = channel.pending_ns
+            if not pending:
+                self._dirty.append(channel)
+            pending.append(ts_ns)
+            channel.pending_x.append(value)
+            if len(pending) >= BATCH_MAX:
+                self._detect(channel)
+
+    def process(self) -> None:
+        """Run the detectors over every reading received since the last call.
+
+        Detection runs in micro-batches (NumPy over each channel's new readings): sources call
+        this after each burst and the agent every PROCESS_INTERVAL seconds, so an alert is at
+        most that late in wall time; its timestamp is the reading's own.
+        """
+        dirty = self._dirty
+        if not dirty:
+            return
+        self._dirty = []
+        for channel in dirty:
+            if channel.pending_ns:
+                self._detect(channel)
+
+    def _detect(self, channel: Channel) -> None:
+        result = detect_batch(channel, channel.pending_ns, channel.pending_x)
+        channel.pending_ns = []
+        channel.pending_x = []
+        if result.late:
+            self.metrics.late_readings += result.late
+        for event in result.events:
+            self.alert(event)
 
     def alert(self, event: AlertEvent) -> None:
         """Record an alert event in the spool and hand it to every sink (console, log, ...)."""

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from agent.lineprotocol import escape_key, format_float, series_prefix
 
 if TYPE_CHECKING:
@@ -35,6 +37,26 @@ class Channel:
     readings: int = 0
     detectors: list[Detector] = dataclasses.field(default_factory=list)
     rate_per_h: float = math.nan  # latest trend from a slope detector, quoted in other alerts
+    rates: np.ndarray | None = None  # the slope detector's trend for each reading of the batch
+    pending_ns: list[int] = dataclasses.field(default_factory=list)  # readings awaiting detection
+    pending_x: list[float] = dataclasses.field(default_factory=list)
+    last_ns: int = -(2**63)  # newest reading the detectors have seen
+
+    def publish_rate(self, per_h: np.ndarray) -> None:
+        """Record a slope detector's trend for this batch (other detectors quote it)."""
+        self.rates = per_h
+        finite = per_h[np.isfinite(per_h)]
+        if finite.size:
+            self.rate_per_h = float(finite[-1])
+
+    def rate_at(self, j: int) -> float:
+        """The trend at reading j of the current batch, else the latest known."""
+        rates = self.rates
+        if rates is not None and j < len(rates):
+            value = float(rates[j])
+            if math.isfinite(value):
+                return value
+        return self.rate_per_h
 
     def __post_init__(self) -> None:
         if not self.label:

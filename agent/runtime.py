@@ -20,7 +20,7 @@ from agent.forwarder import Forwarder, ForwarderSettings
 from agent.lineprotocol import encode_point
 from agent.logs import flush_bursts, get_logger
 from agent.metrics import AgentMetrics
-from agent.pipeline import Pipeline
+from agent.pipeline import PROCESS_INTERVAL, Pipeline
 from agent.reading import Channel
 from agent.sim.workshop import DAY, Workshop
 from agent.sources.simulated import SimulatedSource
@@ -171,6 +171,11 @@ class Agent:
         tags = {"site": self.cfg.site, "gateway": self.cfg.gateway}
         return encode_point("driftgate_agent", tags, self.metrics.fields(), time.time_ns())
 
+    async def _detect_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PROCESS_INTERVAL)
+            self.pipeline.process()
+
     async def _self_metrics_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.self_metrics.interval)
@@ -205,6 +210,7 @@ class Agent:
             else None
         )
         self._tasks.append(asyncio.create_task(self._self_metrics_loop(), name="self-metrics"))
+        self._tasks.append(asyncio.create_task(self._detect_loop(), name="detect"))
         source_tasks = [
             asyncio.create_task(src.run(self.pipeline), name=f"source:{src.name}")
             for src in self.sources
@@ -256,7 +262,12 @@ class Agent:
         stopper.cancel()
         for task in source_tasks:
             task.cancel()
-        await asyncio.gather(stopper, *source_tasks, return_exceptions=True)
+        # Stop the periodic self-metrics now: one written during the drain below would be
+        # committed only by close(), after the drain and the final stats (left unsent, uncounted).
+        metrics_tasks = [t for t in self._tasks if t.get_name() == "self-metrics"]
+        for task in metrics_tasks:
+            task.cancel()
+        await asyncio.gather(stopper, *source_tasks, *metrics_tasks, return_exceptions=True)
         self.spool.append(self.self_metrics_line())
         await self.spool.flush()
         if self._forward_task is not None:

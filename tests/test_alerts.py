@@ -7,7 +7,7 @@ import random
 
 from agent.alerts import CLEARED, ESCALATED, RAISED, AlertState, Level
 from agent.drift.baselines import BaselineStore
-from agent.drift.engine import attach_detectors, detect
+from agent.drift.engine import attach_detectors, detect, detect_batch
 from agent.reading import Channel
 
 T0 = 1_760_000_000.0
@@ -68,19 +68,20 @@ def test_baseline_shift_fires_on_a_sustained_ramp_but_not_on_a_daily_cycle() -> 
     attach_detectors(stable, None, store)
     rng = random.Random(3)
     first: dict[str, float] = {}
-    for i in range(24 * 1440):
-        t = T0 + i * 60.0
-        day = i / 1440
-        cycle = 4.0 * math.sin(2 * math.pi * day)
-        noise = rng.gauss(0.0, 0.8)
-        outlier = 15.0 if i % 9973 == 0 else 0.0
-        ramp = 1.5 * (day - 14.0) if day > 14.0 else 0.0
-        pairs = (
-            (drifting, 50 + cycle + noise + ramp + outlier),
-            (stable, 45 + cycle + noise + outlier),
-        )
-        for channel, value in pairs:
-            for event in detect(channel, int(t * 1e9), value) or []:
+    for hour in range(24 * 24):  # readings arrive in hourly batches, one a minute
+        ns, drift_x, stable_x = [], [], []
+        for i in range(hour * 60, hour * 60 + 60):
+            day = i / 1440
+            cycle = 4.0 * math.sin(2 * math.pi * day)
+            noise = rng.gauss(0.0, 0.8)
+            outlier = 15.0 if i % 9973 == 0 else 0.0
+            ramp = 1.5 * (day - 14.0) if day > 14.0 else 0.0
+            ns.append(int((T0 + i * 60.0) * 1e9))
+            drift_x.append(50 + cycle + noise + ramp + outlier)
+            stable_x.append(45 + cycle + noise + outlier)
+        for channel, values in ((drifting, drift_x), (stable, stable_x)):
+            for event in detect_batch(channel, ns, values).events:
+                day = (event.ts_ns / 1e9 - T0) / 86400
                 first.setdefault(f"{channel.name}/{event.detector}/{event.kind}", day)
     assert not any(key.startswith("cutting") for key in first), first
     shift_day = first["edge_paint.humidity/baseline_shift/raised"]
@@ -94,9 +95,8 @@ def test_alert_event_reads_as_one_sentence_with_the_numbers() -> None:
         [{"type": "baseline_shift", "window": 3600, "baseline": 50.0, "warn": 3.0, "hold": 0}],
         BaselineStore(None),
     )
-    events = []
-    for i in range(200):
-        events += detect(channel, int((T0 + i * 60) * 1e9), 50.0 if i < 100 else 56.0) or []
+    ns = [int((T0 + i * 60) * 1e9) for i in range(200)]
+    events = detect_batch(channel, ns, [50.0 if i < 100 else 56.0 for i in range(200)]).events
     raised = events[0]
     assert raised.kind == RAISED
     assert raised.baseline == 50.0
@@ -115,7 +115,7 @@ def test_learned_baseline_survives_a_restart(tmp_path) -> None:  # type: ignore[
     first = _channel()
     attach_detectors(first, spec, BaselineStore(tmp_path / "baselines.json"))
     for i in range(200):
-        detect(first, int((T0 + i * 60) * 1e9), 50.0 + (i % 2))
+        detect(first, int((T0 + i * 60) * 1e9), 50.0 + (i % 2))  # one by one, as a slow sensor
     again = _channel()
     attach_detectors(again, spec, BaselineStore(tmp_path / "baselines.json"))
     detector = again.detectors[0]

@@ -92,3 +92,54 @@ def test_slope_needs_a_trend_window() -> None:
     w.add(0.0, 1.0)
     with pytest.raises(ValueError, match="trend=True"):
         w.slope()
+
+
+def _random_batches(seed: int) -> tuple[Window, Window, list[tuple[list[float], list[float]]]]:
+    rng = random.Random(seed)
+    span = rng.choice([math.inf, 30.0, 100.0, 3600.0])
+    max_samples = rng.choice([10, 64, 100, 1000])
+    trend = rng.random() < 0.5
+    batches = []
+    t = 1.7e9
+    for _ in range(8):
+        times: list[float] = []
+        values: list[float] = []
+        for _ in range(rng.choice([1, 2, 3, 50, 200, 1500])):
+            t += rng.choice([0.0, 1.0, 1.0, 10.0, 60.0, 5000.0 if rng.random() < 0.01 else 1.0])
+            times.append(t)
+            values.append(50.0 + rng.gauss(0.0, 1.0))
+        batches.append((times, values))
+    return Window(span, max_samples, trend), Window(span, max_samples, trend), batches
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_batch_extend_equals_adding_one_by_one(seed: int) -> None:
+    """The vectorised batch path gives every sample the statistics `add` would have."""
+    one, batch, batches = _random_batches(seed)
+    for times, values in batches:
+        ref_n, ref_mean, ref_var, ref_old, ref_slope = [], [], [], [], []
+        for t, x in zip(times, values, strict=True):
+            one.add(t, x)
+            ref_n.append(one.n)
+            ref_mean.append(one.mean())
+            ref_var.append(one.variance())
+            ref_old.append(one.oldest)
+            ref_slope.append(one.slope() if one.trend else math.nan)
+        stats = batch.extend(np.array(times), np.array(values))
+        assert stats.n.tolist() == ref_n
+        assert stats.oldest.tolist() == ref_old
+        np.testing.assert_allclose(stats.mean, ref_mean, rtol=1e-10, atol=1e-9)
+        np.testing.assert_allclose(stats.var, ref_var, rtol=1e-6, atol=1e-9)
+        if one.trend:
+            assert stats.slope is not None
+            # Windows of a handful of samples lose a few digits to prefix-sum differences.
+            judged = (stats.n >= 10) & np.isfinite(ref_slope) & np.isfinite(stats.slope)
+            np.testing.assert_allclose(
+                stats.slope[judged], np.array(ref_slope)[judged], rtol=1e-5, atol=1e-9
+            )
+        assert (batch.n, batch.head, batch.tail, batch.truncated) == (
+            one.n,
+            one.head,
+            one.tail,
+            one.truncated,
+        )

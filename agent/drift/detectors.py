@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from agent.alerts import (
     CLEARED,
     ESCALATED,
@@ -33,9 +35,48 @@ class Detector(Protocol):
 
     name: str
 
-    def update(self, t: float, x: float) -> AlertEvent | None:
-        """Feed one reading (time in seconds); return an alert event when the state changes."""
+    def update_many(self, t: np.ndarray, x: np.ndarray, ns: np.ndarray) -> list[AlertEvent]:
+        """Feed a batch of readings (times in seconds and in ns, non-decreasing).
+
+        Returns the alert events the batch caused, in order. The result is the same however
+        the readings are split into batches.
+        """
         ...
+
+
+def run_states(
+    state: AlertState,
+    t: np.ndarray,
+    scores: np.ndarray,
+    begin: int,
+    make_event: Callable[[int, str], AlertEvent],
+) -> list[AlertEvent]:
+    """Feed scores[begin:] to the state machine, skipping quiet stretches without a Python loop."""
+    events: list[AlertEvent] = []
+    m = len(scores)
+    j = begin
+    warn = state.warn
+    while j < m:
+        if state.level == 0 and state.pending_since is None:
+            ahead = np.flatnonzero(scores[j:] >= warn)
+            if ahead.size == 0:
+                break
+            j += int(ahead[0])
+        score = float(scores[j])
+        if score == score:  # NaN: not evaluable here (too few samples, no time spread)
+            kind = state.observe(float(t[j]), score)
+            if kind is not None:
+                events.append(make_event(j, kind))
+        j += 1
+    return events
+
+
+def first_ready(n: np.ndarray, t: np.ndarray, oldest: np.ndarray, begin: int, min_samples: int,
+                min_cover: float) -> int:  # fmt: skip
+    """Index of the first sample from ``begin`` whose window is full enough to judge."""
+    ok = (n[begin:] >= min_samples) & (t[begin:] - oldest[begin:] >= min_cover)
+    hits = np.flatnonzero(ok)
+    return begin + int(hits[0]) if hits.size else len(n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,63 +143,75 @@ class BaselineShift:
         self._lm2 = 0.0
         self._lstart = math.nan
 
-    def update(self, t: float, x: float) -> AlertEvent | None:
-        """Feed one reading; O(1)."""
-        w = self.window
-        w.add(t, x)
+    def update_many(self, t: np.ndarray, x: np.ndarray, ns: np.ndarray) -> list[AlertEvent]:
+        """Feed a batch of readings; O(1) per reading."""
+        stats = self.window.extend(t, x)
+        begin = 0
         if self.baseline is None:
-            self._learn(t, x)
-            return None
+            begin = self._learn_many(t, x)
+            if begin >= len(t):
+                return []
         if not self._ready:
-            if w.n < self.min_samples or w.covered < self._min_cover:
-                return None
+            begin = first_ready(stats.n, t, stats.oldest, begin, self.min_samples, self._min_cover)
+            if begin >= len(t):
+                return []
             self._ready = True
-        mean = w.k + w.sx / w.n
+        mean = stats.mean
         delta = mean - self.base
         sign = self.sign
-        score = abs(delta) if sign == 0 else delta * sign
-        state = self.state
-        if state.level == 0 and score < state.warn and state.pending_since is None:
-            return None
-        kind = state.observe(t, score)
-        if kind is None:
-            return None
-        return self._event(t, kind, mean, delta)
+        scores = np.abs(delta) if sign == 0 else delta * sign
 
-    def _learn(self, t: float, x: float) -> None:
+        def event(j: int, kind: str) -> AlertEvent:
+            return self._event(int(ns[j]), j, kind, float(mean[j]), float(delta[j]))
+
+        return run_states(self.state, t, scores, begin, event)
+
+    def _learn_many(self, t: np.ndarray, x: np.ndarray) -> int:
+        """Learn from the batch until the baseline is complete; the index evaluation starts at."""
+        m = len(t)
         if self._ln == 0:
-            self._lstart = t
-        self._ln += 1
-        d = x - self._lmean
-        self._lmean += d / self._ln
-        self._lm2 += d * (x - self._lmean)
-        if t - self._lstart >= self.learn and self._ln >= self.min_samples:
-            std = math.sqrt(self._lm2 / (self._ln - 1))
-            self.set_baseline(
-                Baseline(
-                    mean=self._lmean,
-                    std=std,
-                    n=self._ln,
-                    start_ns=int(self._lstart * 1e9),
-                    end_ns=int(t * 1e9),
-                    source="learned",
-                )
-            )
-            if self.on_learned is not None and self.baseline is not None:
-                self.on_learned(self.baseline)
+            self._lstart = float(t[0])
+        counts = self._ln + np.arange(1, m + 1)
+        done = np.flatnonzero((t - self._lstart >= self.learn) & (counts >= self.min_samples))
+        upto = int(done[0]) + 1 if done.size else m
+        part = x[:upto]
+        nb = len(part)
+        mb = float(part.mean())
+        m2b = float(((part - mb) ** 2).sum())
+        n = self._ln + nb
+        d = mb - self._lmean
+        self._lm2 += m2b + d * d * self._ln * nb / n
+        self._lmean += d * nb / n
+        self._ln = n
+        if not done.size:
+            return m
+        std = math.sqrt(self._lm2 / (n - 1)) if n > 1 else 0.0
+        learned = Baseline(
+            mean=self._lmean,
+            std=std,
+            n=n,
+            start_ns=int(self._lstart * 1e9),
+            end_ns=int(float(t[upto - 1]) * 1e9),
+            source="learned",
+        )
+        self.set_baseline(learned)
+        if self.on_learned is not None:
+            self.on_learned(learned)
+        return upto
 
     def set_baseline(self, baseline: Baseline) -> None:
         """Compare against this baseline from now on."""
         self.baseline = baseline
         self.base = baseline.mean
 
-    def _event(self, t: float, kind: str, mean: float, delta: float) -> AlertEvent:
+    def _event(self, ts_ns: int, j: int, kind: str, mean: float, delta: float) -> AlertEvent:
         ch = self.channel
         state = self.state
         assert self.baseline is not None
         unit = ch.unit
-        ts_ns = int(t * 1e9)
-        since_ns = int((state.since if state.since is not None else t) * 1e9)
+        t = ts_ns / 1e9
+        since_ns = int(state.since * 1e9) if state.since is not None else ts_ns
+        rate = ch.rate_at(j)
         avg = f"{span_words(self.window.span, self.window.max_samples)} average"
         where = "above" if delta >= 0 else "below"
         base = f"{fmt(self.base, unit)} ({self.baseline.describe()})"
@@ -174,7 +227,6 @@ class BaselineShift:
             verb = "has risen to" if delta >= 0 else "has fallen to"
             if kind == ESCALATED:
                 verb = "is now at" if delta >= 0 else "is now down at"
-            rate = ch.rate_per_h
             trend = ""
             if math.isfinite(rate) and rate != 0.0:
                 direction = "rising" if rate > 0 else "falling"
@@ -195,7 +247,7 @@ class BaselineShift:
             value=mean,
             baseline=self.base,
             delta=delta,
-            rate_per_h=ch.rate_per_h,
+            rate_per_h=rate,
             since_ns=since_ns,
             baseline_note=self.baseline.describe(),
             message=message,
@@ -225,38 +277,35 @@ class Slope:
         self._ready = False
         self._min_cover = 0.8 * span if math.isfinite(span) else 0.0
 
-    def update(self, t: float, x: float) -> AlertEvent | None:
-        """Feed one reading; O(1)."""
-        w = self.window
-        w.add(t, x)
+    def update_many(self, t: np.ndarray, x: np.ndarray, ns: np.ndarray) -> list[AlertEvent]:
+        """Feed a batch of readings; O(1) per reading. Publishes the trend on the channel."""
+        stats = self.window.extend(t, x)
+        begin = 0
         if not self._ready:
-            if w.n < self.min_samples or w.covered < self._min_cover:
-                return None
+            begin = first_ready(stats.n, t, stats.oldest, 0, self.min_samples, self._min_cover)
+            if begin >= len(t):
+                return []
             self._ready = True
-        n = w.n
-        st = w.st
-        denom = n * w.stt - st * st
-        if denom <= 0.0:
-            return None
-        per_h = 3600.0 * (n * w.stx - st * w.sx) / denom
-        self.channel.rate_per_h = per_h
+        assert stats.slope is not None
+        per_h = 3600.0 * stats.slope
+        per_h[:begin] = np.nan
+        self.channel.publish_rate(per_h)
         sign = self.sign
-        score = abs(per_h) if sign == 0 else per_h * sign
-        state = self.state
-        if state.level == 0 and score < state.warn and state.pending_since is None:
-            return None
-        kind = state.observe(t, score)
-        if kind is None:
-            return None
-        return self._event(t, kind, per_h)
+        scores = np.abs(per_h) if sign == 0 else per_h * sign
+        mean = stats.mean
 
-    def _event(self, t: float, kind: str, per_h: float) -> AlertEvent:
+        def event(j: int, kind: str) -> AlertEvent:
+            return self._event(int(ns[j]), kind, float(per_h[j]), float(mean[j]))
+
+        return run_states(self.state, t, scores, begin, event)
+
+    def _event(self, ts_ns: int, kind: str, per_h: float, now: float) -> AlertEvent:
         ch = self.channel
         state = self.state
         unit = ch.unit
         w = self.window
-        now = w.mean()
-        since_ns = int((state.since if state.since is not None else t) * 1e9)
+        t = ts_ns / 1e9
+        since_ns = int(state.since * 1e9) if state.since is not None else ts_ns
         over = span_words(w.span, w.max_samples)
         direction = "rising" if per_h > 0 else "falling"
         if kind == CLEARED:
@@ -274,7 +323,7 @@ class Slope:
             if ch.affects:
                 message += f" This affects {ch.affects}."
         return AlertEvent(
-            ts_ns=int(t * 1e9),
+            ts_ns=ts_ns,
             channel=ch,
             detector=self.name,
             kind=kind,

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from agent.alerts import AlertEvent
 from agent.drift.baselines import Baseline, BaselineStore
 from agent.drift.detectors import BaselineShift, Detector, Slope, Thresholds
 from agent.reading import Channel
+
+
+@dataclass(frozen=True, slots=True)
+class DetectResult:
+    """What a batch of readings caused: alert events, and readings skipped as late."""
+
+    events: list[AlertEvent]
+    late: int
+
 
 # Detector defaults by channel kind, used where a channel's config names no detectors.
 # Durations in seconds, thresholds in the channel's units (slopes in units per hour).
@@ -82,18 +94,40 @@ def attach_detectors(
     """Give a channel its detectors: the configured ones, or its kind's defaults."""
     if specs is None:
         specs = DEFAULT_DETECTORS.get(channel.kind, [])
-    channel.detectors = [build_detector(channel, spec, store, repeat) for spec in specs]
+    detectors = [build_detector(channel, spec, store, repeat) for spec in specs]
+    # Trend detectors run first on each batch: the others quote the trend in their messages.
+    channel.detectors = sorted(detectors, key=lambda d: d.name != "slope")
+
+
+def detect_batch(channel: Channel, ns: Sequence[int], values: Sequence[float]) -> DetectResult:
+    """Run a channel's detectors over readings in arrival order.
+
+    Readings older than one the detectors already saw (late arrivals) are skipped by the
+    detectors (they are still spooled and forwarded) and counted in ``late``.
+    """
+    ts = np.asarray(ns, dtype=np.int64)
+    x = np.asarray(values, dtype=np.float64)
+    late = 0
+    before = np.maximum.accumulate(np.concatenate(([channel.last_ns], ts[:-1])))
+    if bool(np.any(ts < before)):
+        keep = ts >= before
+        late = int(len(ts) - np.count_nonzero(keep))
+        ts = ts[keep]
+        x = x[keep]
+        if not len(ts):
+            return DetectResult([], late)
+    t = ts * 1e-9
+    channel.rates = None
+    events: list[AlertEvent] = []
+    for detector in channel.detectors:
+        events += detector.update_many(t, x, ts)
+    channel.rates = None
+    channel.last_ns = int(ts[-1])
+    if len(channel.detectors) > 1:
+        events.sort(key=lambda e: e.ts_ns)
+    return DetectResult(events, late)
 
 
 def detect(channel: Channel, ts_ns: int, value: float) -> list[AlertEvent] | None:
-    """Run a channel's detectors on one reading; the events they raise, or None (most calls)."""
-    t = ts_ns * 1e-9
-    events = None
-    for detector in channel.detectors:
-        event = detector.update(t, value)
-        if event is not None:
-            if events is None:
-                events = [event]
-            else:
-                events.append(event)
-    return events
+    """Run a channel's detectors on one reading (tests, tools); the events, or None."""
+    return detect_batch(channel, [ts_ns], [value]).events or None

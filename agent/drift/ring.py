@@ -20,6 +20,9 @@ import numpy as np
 
 _MIN_CAPACITY = 64
 _MIN_RECOMPUTE = 1024
+_MIN_CHUNK = 256
+_SMALL_BATCH = 12  # below this many samples a Python loop is cheaper than NumPy calls
+_DEGENERATE = 1e-9  # relative size of the time variance below which a slope is undefined
 
 
 class Window:
@@ -145,9 +148,32 @@ class Window:
         self.tail += 1
         self.n -= 1
 
+    def extend(self, times: np.ndarray, values: np.ndarray) -> BatchStats:
+        """Add a batch of samples (times non-decreasing, not older than the window's newest).
+
+        Returns each sample's window statistics, exactly as ``add`` one by one would have left
+        them, computed with NumPy: the cost per sample falls with the batch size.
+        """
+        # Window sums come from differences of prefix sums over the batch; chunks no longer
+        # than the window keep those prefix sums near the window's own magnitude (precision).
+        m = len(times)
+        if m <= _SMALL_BATCH:
+            return _one_by_one(self, times, values)
+        step = max(_MIN_CHUNK, self.n)
+        if m <= step:
+            return _window_extend(self, times, values)
+        parts = []
+        i = 0
+        while i < m:
+            step = max(_MIN_CHUNK, self.n)
+            parts.append(_window_extend(self, times[i : i + step], values[i : i + step]))
+            i += step
+        return BatchStats.join(parts)
+
     def _grow(self) -> None:
-        cap = self._cap
-        new_cap = min(cap * 2, self.max_samples)
+        self._grow_to(min(self._cap * 2, self.max_samples))
+
+    def _grow_to(self, new_cap: int) -> None:
         times, values = self.arrays()
         self._times = array("d", bytes(8 * new_cap))
         self._values = array("d", bytes(8 * new_cap))
@@ -224,6 +250,179 @@ class Window:
             raise ValueError("this window does not keep time sums; create it with trend=True")
         n = self.n
         denom = n * self.stt - self.st * self.st
-        if n < 2 or denom <= 0.0:
+        if n < 2 or denom <= _DEGENERATE * n * self.stt:
             return math.nan
         return (n * self.stx - self.st * self.sx) / denom
+
+
+class BatchStats:
+    """Per-sample window statistics for a batch: element j describes the window after sample j."""
+
+    __slots__ = ("mean", "n", "oldest", "slope", "var")
+
+    def __init__(
+        self,
+        n: np.ndarray,
+        oldest: np.ndarray,
+        mean: np.ndarray,
+        var: np.ndarray,
+        slope: np.ndarray | None,
+    ) -> None:
+        self.n = n
+        self.oldest = oldest
+        self.mean = mean
+        self.var = var  # sample variance (NaN below two samples)
+        self.slope = slope  # units per second, NaN where undefined; None without trend sums
+
+    @staticmethod
+    def from_sums(
+        k: float,
+        n: np.ndarray,
+        oldest: np.ndarray,
+        sx: np.ndarray,
+        sxx: np.ndarray,
+        trend: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    ) -> BatchStats:
+        """Statistics from running sums relative to the value origin ``k``."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = k + sx / n
+            var = np.maximum((sxx - sx * sx / n) / (n - 1), 0.0)
+            var[n < 2] = np.nan
+            slope = None
+            if trend is not None:
+                st, stt, stx = trend
+                denom = n * stt - st * st
+                slope = (n * stx - st * sx) / denom
+                # All samples at (nearly) one instant: no slope, not amplified rounding noise.
+                slope[(denom <= _DEGENERATE * n * stt) | (n < 2)] = np.nan
+        return BatchStats(n, oldest, mean, var, slope)
+
+    @staticmethod
+    def join(parts: list[BatchStats]) -> BatchStats:
+        """One BatchStats from consecutive ones."""
+        slopes = [p.slope for p in parts]
+        return BatchStats(
+            np.concatenate([p.n for p in parts]),
+            np.concatenate([p.oldest for p in parts]),
+            np.concatenate([p.mean for p in parts]),
+            np.concatenate([p.var for p in parts]),
+            None if slopes[0] is None else np.concatenate(slopes),  # type: ignore[arg-type]
+        )
+
+
+def _one_by_one(w: Window, times: np.ndarray, values: np.ndarray) -> BatchStats:
+    """The small-batch path: plain ``add`` per sample beats NumPy's per-call overhead."""
+    m = len(times)
+    n = np.empty(m)
+    oldest = np.empty(m)
+    mean = np.empty(m)
+    var = np.empty(m)
+    slope = np.empty(m) if w.trend else None
+    for j, (t, x) in enumerate(zip(times.tolist(), values.tolist(), strict=True)):
+        w.add(t, x)
+        n[j] = w.n
+        oldest[j] = w.oldest
+        mean[j] = w.mean()
+        var[j] = w.variance()
+        if slope is not None:
+            slope[j] = w.slope()
+    return BatchStats(n, oldest, mean, var, slope)
+
+
+def _prefix(values: np.ndarray) -> np.ndarray:
+    out = np.empty(len(values) + 1)
+    out[0] = 0.0
+    np.cumsum(values, out=out[1:])
+    return out
+
+
+def _window_extend(w: Window, times: np.ndarray, values: np.ndarray) -> BatchStats:
+    """Vectorised equivalent of calling ``w.add`` for each sample (times non-decreasing)."""
+    m = len(times)
+    n = w.n
+    if n + m > w._cap and w._cap < w.max_samples:
+        w._grow_to(min(w.max_samples, 1 << (n + m - 1).bit_length()))
+    cap = w._cap
+    max_n = min(w.max_samples, cap)
+    if n == 0:
+        w.k = float(values[0])
+        w.t0 = float(times[0])
+    k = w.k
+    t0 = w.t0
+    ring_t = np.frombuffer(w._times, dtype=np.float64)
+    ring_v = np.frombuffer(w._values, dtype=np.float64)
+    start = w.tail % cap
+    first_len = min(n, cap - start)
+    seg_a_t = ring_t[start : start + first_len]
+    seg_b_t = ring_t[: n - first_len]
+    span = w.span
+    finite_span = math.isfinite(span)
+    # How many old samples the whole batch evicts: by time, and by count.
+    e_time = 0
+    if finite_span and n:
+        horizon = float(times[-1]) - span
+        e_time = int(np.searchsorted(seg_a_t, horizon, side="left"))
+        if e_time == first_len:
+            e_time += int(np.searchsorted(seg_b_t, horizon, side="left"))
+    e = min(n, max(e_time, n + m - max_n))
+    if e <= first_len:
+        old_t = seg_a_t[:e].copy()
+        old_v = ring_v[start : start + e].copy()
+    else:
+        rest = e - first_len
+        old_t = np.concatenate((seg_a_t, seg_b_t[:rest]))
+        old_v = np.concatenate((ring_v[start : start + first_len], ring_v[:rest]))
+    j = np.arange(m)
+    left = np.maximum(n + j + 1 - max_n, 0)
+    if finite_span:
+        seg_t = np.concatenate((old_t, times)) if e else times
+        idx = np.searchsorted(seg_t, times - span, side="left")
+        left_time = np.where(idx <= e, idx, n + (idx - e))
+        if not w.truncated and bool(np.any(left > left_time)):
+            w.truncated = True  # max_samples, not the span, bounded the window
+        left = np.maximum(left, left_time)
+    count = n + j + 1 - left
+    left_old = np.minimum(left, e)
+    left_new = np.clip(left - n, 0, m)
+    dx_old = old_v - k
+    dx_new = values - k
+
+    def window_sums(current: float, f_old: np.ndarray, f_new: np.ndarray) -> np.ndarray:
+        p_old = _prefix(f_old)
+        p_new = _prefix(f_new)
+        sums: np.ndarray = current - p_old[left_old] + p_new[1:] - p_new[left_new]
+        return sums
+
+    sx = window_sums(w.sx, dx_old, dx_new)
+    sxx = window_sums(w.sxx, dx_old * dx_old, dx_new * dx_new)
+    trend = None
+    if w.trend:
+        dt_old = old_t - t0
+        dt_new = times - t0
+        st = window_sums(w.st, dt_old, dt_new)
+        stt = window_sums(w.stt, dt_old * dt_old, dt_new * dt_new)
+        stx = window_sums(w.stx, dt_old * dx_old, dt_new * dx_new)
+        trend = (st, stt, stx)
+        w.st, w.stt, w.stx = float(st[-1]), float(stt[-1]), float(stx[-1])
+    # Oldest sample time after each step: in the evicted old part, the kept old part, or new.
+    kept_old_time = ring_t[(w.tail + e) % cap] if e < n else math.nan
+    oldest = np.where(
+        left < e,
+        old_t[np.minimum(left, max(e - 1, 0))] if e else math.nan,
+        np.where(left < n, kept_old_time, times[np.minimum(left_new, m - 1)]),
+    )
+    final_left = int(left[-1])
+    # Write the batch into the ring (only the last `cap` samples can survive anyway).
+    keep = min(m, cap)
+    pos = (w.head + m - keep + np.arange(keep)) % cap
+    ring_t[pos] = times[m - keep :]
+    ring_v[pos] = values[m - keep :]
+    w.head += m
+    w.tail += final_left
+    w.n = n + m - final_left
+    w.sx = float(sx[-1])
+    w.sxx = float(sxx[-1])
+    w._since_recompute += m
+    if w._since_recompute >= w.n and w._since_recompute >= _MIN_RECOMPUTE:
+        w.recompute()
+    return BatchStats.from_sums(k, count.astype(np.float64), oldest, sx, sxx, trend)

@@ -56,5 +56,6 @@ class SimulatedSource:
                 self.frames += 1
                 t += self.interval
                 self.sim_time = t
+            pipeline.process()
             await asyncio.sleep(_TICK_S)
         self.finished = True
