@@ -19,3 +19,11 @@ class SpoolError(DriftgateError):
 
 class ForwardError(DriftgateError):
     """InfluxDB refused or could not take a batch; carries what to do next."""
+
+
+class DecodeError(DriftgateError):
+    """A frame could not be decoded (bad checksum, wrong shape, not a number, unknown topic)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
