@@ -21,7 +21,7 @@ import json
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC
 from enum import Enum
@@ -365,6 +365,17 @@ def make_writer(settings: ForwarderSettings) -> Writer:
     return V1Writer(settings) if settings.api == "v1" else V2Writer(settings)
 
 
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of several waits completes; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class Forwarder:
     """Moves spooled lines to InfluxDB in batches; at-least-once, oldest first."""
 
@@ -379,6 +390,7 @@ class Forwarder:
         self._spool = spool
         self._settings = settings
         self.metrics = metrics if metrics is not None else spool.metrics
+        self._stopping = asyncio.Event()
         self._writer_factory = writer_factory
         self._target = (
             f"{settings.url} db={settings.database}"
@@ -390,17 +402,22 @@ class Forwarder:
         self._problem: tuple[int, Action] | None = None
 
     async def run(self) -> None:
-        """Forward until cancelled; waits for new commits (or flush_interval) when empty."""
+        """Forward until cancelled or stop(); when empty, wait for commits or flush_interval."""
+        self._stopping.clear()
         async with self._writer() as writer:
-            while True:
+            while not self._stopping.is_set():
                 self._spool.committed.clear()
                 batch = await self._spool.read_batch(self._settings.batch_size)
                 if batch is None:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self._settings.flush_interval):
-                            await self._spool.committed.wait()
+                            await _first(self._spool.committed.wait(), self._stopping.wait())
                     continue
                 await self._forward(writer, batch)
+
+    def stop(self) -> None:
+        """Ask run() to return after the batch in flight (no batch is sent twice at shutdown)."""
+        self._stopping.set()
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 (a budget, not a wrapper)
         """Flush the spool and forward until it is empty; False if that took over timeout."""
@@ -437,7 +454,15 @@ class Forwarder:
         size = self._settings.batch_size  # a single chunk may hold more lines than one request
         for start in range(0, len(batch.lines), size):
             accepted += await self._deliver(writer, batch.lines[start : start + size], dead)
-        await self._spool.ack(batch, dead)
+        try:
+            await self._spool.ack(batch, dead)
+        except asyncio.CancelledError:
+            # Spool.ack is shielded: the chunks are deleted even though this task was
+            # cancelled (shutdown), so these lines must still count as forwarded.
+            self.metrics.forwarded += accepted
+            self.metrics.forward_batches += 1
+            self.metrics.dead_letters += len(dead)
+            raise
         self.metrics.forwarded += accepted
         self.metrics.forward_batches += 1
         if dead:

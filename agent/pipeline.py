@@ -28,6 +28,7 @@ class Pipeline:
         self.sinks: list[AlertSink] = []
         self.clock_ns = 0  # time of the newest reading seen (simulated time in the demo)
         self._dirty: list[Channel] = []
+        self.rejected: list[tuple[str, str]] = []
 
     def ingest(self, channel: Channel, ts_ns: int, value: float) -> None:
         """Accept one reading: spool it, run its channel's detectors, emit any alert events."""
@@ -71,6 +72,23 @@ class Pipeline:
             self.metrics.late_readings += result.late
         for event in result.events:
             self.alert(event)
+
+    def reject(self, raw: bytes | str, reason: str) -> None:
+        """Keep a frame that could not become a reading (out of range) for the dead-letter table."""
+        text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+        self.rejected.append((text, reason))
+        self.metrics.invalid_readings += 1
+
+    async def flush_rejected(self) -> None:
+        """Write queued rejects to the spool's dead-letter table."""
+        if not self.rejected:
+            return
+        batch, self.rejected = self.rejected, []
+        by_reason: dict[str, list[str]] = {}
+        for text, reason in batch:
+            by_reason.setdefault(reason, []).append(text)
+        for reason, texts in by_reason.items():
+            await self.spool.dead_letter(texts, 0, reason)
 
     def alert(self, event: AlertEvent) -> None:
         """Record an alert event in the spool and hand it to every sink (console, log, ...)."""

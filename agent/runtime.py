@@ -175,6 +175,7 @@ class Agent:
         while True:
             await asyncio.sleep(PROCESS_INTERVAL)
             self.pipeline.process()
+            await self.pipeline.flush_rejected()
 
     async def _self_metrics_loop(self) -> None:
         while True:
@@ -260,18 +261,24 @@ class Agent:
     ) -> SpoolStats:
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S
         stopper.cancel()
-        for task in source_tasks:
+        # Stop everything that produces lines first (sources, detection, self-metrics), so
+        # nothing is appended after the final flush and drain below (it would be left unsent).
+        producers = [t for t in self._tasks if t.get_name() in ("self-metrics", "detect")]
+        for task in [*source_tasks, *producers]:
             task.cancel()
-        # Stop the periodic self-metrics now: one written during the drain below would be
-        # committed only by close(), after the drain and the final stats (left unsent, uncounted).
-        metrics_tasks = [t for t in self._tasks if t.get_name() == "self-metrics"]
-        for task in metrics_tasks:
-            task.cancel()
-        await asyncio.gather(stopper, *source_tasks, *metrics_tasks, return_exceptions=True)
+        await asyncio.gather(stopper, *source_tasks, *producers, return_exceptions=True)
+        self.pipeline.process()
+        await self.pipeline.flush_rejected()
         self.spool.append(self.self_metrics_line())
         await self.spool.flush()
-        if self._forward_task is not None:
-            self._forward_task.cancel()
+        if self._forward_task is not None and self.forwarder is not None:
+            # Let the batch in flight finish rather than cancel it: a cancelled write may have
+            # reached the server and would be sent again by the drain.
+            self.forwarder.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._forward_task), 1.0)
+            except TimeoutError:
+                self._forward_task.cancel()
             await asyncio.gather(self._forward_task, return_exceptions=True)
         if self.forwarder is not None:
             budget = 1.5 if by_signal else max(drain_at_end, 1.5)

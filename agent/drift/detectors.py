@@ -63,7 +63,7 @@ def run_states(
                 break
             j += int(ahead[0])
         score = float(scores[j])
-        if score == score:  # NaN: not evaluable here (too few samples, no time spread)
+        if not math.isnan(score):  # NaN: not evaluable (too few samples, no time spread)
             kind = state.observe(float(t[j]), score)
             if kind is not None:
                 events.append(make_event(j, kind))
