@@ -44,7 +44,9 @@ __all__ = [
     "InfluxConfig",
     "LogConfig",
     "MqttConfig",
+    "MqttSourceConfig",
     "SelfMetricsConfig",
+    "SerialSourceConfig",
     "SimulatedSourceConfig",
     "SlopeConfig",
     "SourceConfig",
@@ -373,8 +375,61 @@ class SimulatedSourceConfig(_Section):
     )
 
 
-SourceConfig = Annotated[SimulatedSourceConfig, Field(discriminator="type")]
-_SOURCE_TYPES = ("simulated",)
+class _DeviceSource(_Section):
+    """What every real-device source shares: the profile and where the device is."""
+
+    name: Name
+    profile: NonBlank = Field(description="device profile: a firmware_configs name or a path")
+    zone: NonBlank | None = None
+    line: NonBlank | None = None
+    station: NonBlank | None = None
+    sensor: NonBlank | None = Field(default=None, description="sensor id if frames carry none")
+    tags: dict[NonBlank, NonBlank] = Field(default_factory=dict)
+    channel_prefix: NonBlank | None = Field(
+        default=None, description="channel names start with this (default: zone, else name)"
+    )
+
+    def base_tags(self) -> dict[str, str]:
+        """The location tags this source puts on every reading."""
+        out = dict(self.tags)
+        for key in ("zone", "line", "station", "sensor"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+    def prefix(self) -> str:
+        """The first part of this source's channel names."""
+        return self.channel_prefix or self.zone or self.name
+
+
+class SerialSourceConfig(_DeviceSource):
+    """A device on a serial port (USB or RS-485 adapter); use /dev/serial/by-id/... paths."""
+
+    type: Literal["serial"]
+    port: NonBlank
+    baud: Annotated[int, Field(ge=50, le=4_000_000)] = 115200
+    bytesize: Literal[5, 6, 7, 8] = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    reconnect_max: PositiveDuration = Field(default=5.0, description="longest reconnect wait")
+
+
+class MqttSourceConfig(_DeviceSource):
+    """Devices publishing to the broker in `mqtt:` (ESPHome, Tasmota, custom JSON)."""
+
+    type: Literal["mqtt"]
+    topics: list[NonBlank] = Field(
+        default_factory=list,
+        description="subscriptions; {name} segments become tags (default: the profile's)",
+    )
+    qos: Literal[0, 1, 2] = 1
+
+
+SourceConfig = Annotated[
+    SimulatedSourceConfig | SerialSourceConfig | MqttSourceConfig, Field(discriminator="type")
+]
+_SOURCE_TYPES = ("simulated", "serial", "mqtt")
 
 
 class _ThresholdDetector(_Section):
@@ -595,6 +650,16 @@ class MqttConfig(_Section):
     cert_file: ExistingFile | None = None
     key_file: ExistingFile | None = None
     keepalive: Annotated[int, Field(ge=1, le=65535)] = 60
+    session_expiry: PositiveDuration = Field(
+        default=86400.0, description="how long the broker keeps our queue while we are away"
+    )
+    context_topic: NonBlank | None = Field(
+        default=None,
+        description="production context updates (default driftgate/<site>/context/#)",
+    )
+    watch_dropped: bool = Field(
+        default=True, description="read $SYS/broker/publish/messages/dropped into self-metrics"
+    )
     password: SecretStr | None = None
 
     @field_validator("password", mode="before")
@@ -673,7 +738,14 @@ class AgentConfig(_Section):
             "sources": [source.name for source in self.sources],
             "channels": [channel.name for channel in self.channels],
         }
-        _raise_problems("AgentConfig", _duplicate_names(names))
+        problems = _duplicate_names(names)
+        if self.mqtt is None:
+            for index, source in enumerate(self.sources):
+                if isinstance(source, MqttSourceConfig):
+                    problems.append(
+                        (("sources", index, "type"), "an mqtt source needs the mqtt: section")
+                    )
+        _raise_problems("AgentConfig", problems)
         return self
 
     def redacted_dict(self) -> dict[str, Any]:

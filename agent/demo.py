@@ -142,7 +142,6 @@ def summary(result: RunResult, cfg: AgentConfig, out: TextIO = sys.stdout) -> No
     for (channel_name, detector), events in sorted(per_key.items()):
         story = ", ".join(f"{e.kind} {e.level.label} {when(e.ts_ns)}" for e in events)
         p(f"  {channel_name} / {detector}: {story}", file=out)
-    quiet = [c.name for c in result.channels if (c.name, "") not in per_key]
     quiet = [c.name for c in result.channels if not any(k[0] == c.name for k in per_key)]
     p(f"  no alerts: {', '.join(quiet)}" if quiet else "", file=out)
     p(

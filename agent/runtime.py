@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from agent.alerts import AlertEvent
-from agent.config import AgentConfig, ChannelConfig, InfluxConfig, SimulatedSourceConfig
+from agent.channels import ChannelRegistry
+from agent.config import AgentConfig, InfluxConfig, SimulatedSourceConfig
+from agent.context import ContextStore
 from agent.drift.baselines import BaselineStore
-from agent.drift.engine import attach_detectors
+from agent.errors import DriftgateError
 from agent.forwarder import Forwarder, ForwarderSettings
 from agent.lineprotocol import encode_point
 from agent.logs import flush_bursts, get_logger
@@ -83,7 +85,7 @@ def forwarder_settings(influx: InfluxConfig) -> ForwarderSettings:
     )
 
 
-def build_sources(cfg: AgentConfig) -> list[Source]:
+def build_sources(cfg: AgentConfig, registry: ChannelRegistry) -> list[Source]:
     """Instantiate the configured sources."""
     sources: list[Source] = []
     base_tags = {"site": cfg.site, "gateway": cfg.gateway}
@@ -107,30 +109,6 @@ def build_sources(cfg: AgentConfig) -> list[Source]:
     return sources
 
 
-def configure_channels(
-    channels: list[Channel], configs: list[ChannelConfig], store: BaselineStore,
-    repeat: float | None,
-) -> None:  # fmt: skip
-    """Apply each channel's config (label, unit, affects, detectors) or its kind's defaults."""
-    by_name = {c.name: c for c in configs}
-    known = {c.name for c in channels}
-    for name in sorted(set(by_name) - known):
-        log.warning("configured channel is produced by no source", channel=name)
-    for channel in channels:
-        cc = by_name.get(channel.name)
-        specs: list[dict[str, Any]] | None = None
-        if cc is not None:
-            channel.label = cc.label or channel.label
-            channel.unit = cc.unit or channel.unit
-            channel.affects = cc.affects or channel.affects
-            channel.kind = cc.kind or channel.kind
-            if not cc.enabled:
-                specs = []
-            elif cc.detectors is not None:
-                specs = [d.model_dump() for d in cc.detectors]
-        attach_detectors(channel, specs, store, repeat)
-
-
 class Agent:
     """One running agent: owns the spool, the forwarder, the sources and their tasks."""
 
@@ -149,10 +127,15 @@ class Agent:
             metrics=self.metrics,
         )
         self.pipeline = Pipeline(self.spool, self.metrics, cfg.site, cfg.gateway)
-        self.sources = build_sources(cfg)
-        self.channels = [ch for src in self.sources for ch in src.channels()]
         self.baselines = BaselineStore(cfg.state_dir / "baselines.json")
-        configure_channels(self.channels, cfg.channels, self.baselines, cfg.alerts.repeat)
+        self.context = ContextStore(cfg.state_dir / "context.json")
+        self.registry = ChannelRegistry(
+            cfg.channels, self.baselines, self.context, cfg.alerts.repeat
+        )
+        self.sources = build_sources(cfg, self.registry)
+        for source in self.sources:
+            for channel in source.channels():
+                self.registry.add(channel)
         self.events: list[AlertEvent] = []
         self.pipeline.sinks.append(self.events.append)
         self.pipeline.sinks.append(_log_alert)
@@ -166,10 +149,23 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._forward_task: asyncio.Task[None] | None = None
 
-    def self_metrics_line(self) -> str:
-        """The agent's own counters as one `driftgate_agent` point, stamped with the wall clock."""
+    @property
+    def channels(self) -> list[Channel]:
+        """Every channel seen so far."""
+        return list(self.registry.channels.values())
+
+    def self_metrics_lines(self) -> list[str]:
+        """The agent's own counters as `driftgate_agent` (and per-source `driftgate_source`)
+        points, stamped with the wall clock."""
+        now = time.time_ns()
         tags = {"site": self.cfg.site, "gateway": self.cfg.gateway}
-        return encode_point("driftgate_agent", tags, self.metrics.fields(), time.time_ns())
+        lines = [encode_point("driftgate_agent", tags, self.metrics.fields(), now)]
+        for source in self.sources:
+            health = getattr(source, "health", None)
+            if health is not None:
+                source_tags = {**tags, "source": source.name}
+                lines.append(encode_point("driftgate_source", source_tags, health.fields(), now))
+        return lines
 
     async def _detect_loop(self) -> None:
         while True:
@@ -177,10 +173,28 @@ class Agent:
             self.pipeline.process()
             await self.pipeline.flush_rejected()
 
+    async def _context_loop(self) -> None:
+        # `driftgate context set` writes the file; pick the change up within a second.
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                changed = self.context.reload()
+            except DriftgateError as exc:
+                log.error("cannot read the production context", error=str(exc))
+                continue
+            if changed:
+                self.apply_context()
+
+    def apply_context(self) -> None:
+        """Re-tag every channel with the current production context (after a change)."""
+        self.pipeline.process()  # readings already received keep the context they came under
+        count = self.registry.retag_all()
+        log.info("production context changed", channels=count, context=self.context.scopes)
+
     async def _self_metrics_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.self_metrics.interval)
-            self.spool.append(self.self_metrics_line())
+            self.spool.extend(self.self_metrics_lines())
             flush_bursts()
 
     async def run(self, *, drain_at_end: float = 0.0, handle_signals: bool = True) -> RunResult:
@@ -200,7 +214,7 @@ class Agent:
             site=self.cfg.site,
             gateway=self.cfg.gateway,
             state_dir=str(self.state_dir),
-            channels=len(self.channels),
+            channels=len(self.registry.channels),
             spool_pending=stats.pending_lines,
             influx=self.cfg.influx.url if self.cfg.influx else None,
         )
@@ -212,6 +226,7 @@ class Agent:
         )
         self._tasks.append(asyncio.create_task(self._self_metrics_loop(), name="self-metrics"))
         self._tasks.append(asyncio.create_task(self._detect_loop(), name="detect"))
+        self._tasks.append(asyncio.create_task(self._context_loop(), name="context"))
         source_tasks = [
             asyncio.create_task(src.run(self.pipeline), name=f"source:{src.name}")
             for src in self.sources
@@ -241,7 +256,7 @@ class Agent:
         sim_start = min(sim_starts, default=0)
         return RunResult(
             metrics=self.metrics,
-            channels=self.channels,
+            channels=list(self.registry.channels.values()),
             events=self.events,
             wall_seconds=time.monotonic() - started,
             sim_start_ns=sim_start,
@@ -269,7 +284,7 @@ class Agent:
         await asyncio.gather(stopper, *source_tasks, *producers, return_exceptions=True)
         self.pipeline.process()
         await self.pipeline.flush_rejected()
-        self.spool.append(self.self_metrics_line())
+        self.spool.extend(self.self_metrics_lines())
         await self.spool.flush()
         if self._forward_task is not None and self.forwarder is not None:
             # Let the batch in flight finish rather than cancel it: a cancelled write may have

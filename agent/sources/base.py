@@ -1,0 +1,155 @@
+"""What every device source shares: health counters and the frame → readings step."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from agent.channels import ChannelRegistry
+from agent.decode import DecodedValue, Decoder, DecodeResult
+from agent.errors import DecodeError
+from agent.lineprotocol import encode_point
+from agent.logs import get_logger
+from agent.pipeline import Pipeline
+from agent.reading import Channel
+
+log = get_logger("driftgate.sources")
+
+_RAW_PREVIEW = 120  # bytes of a bad frame quoted in the log
+
+
+@dataclass(slots=True)
+class SourceHealth:
+    """A source's own health, reported in the self-metrics (`driftgate_source` points)."""
+
+    connected: bool = False
+    last_frame_ns: int = 0
+    frames: int = 0
+    readings: int = 0
+    decode_errors: int = 0
+    invalid: int = 0
+    reconnects: int = 0
+    discarded_bytes: int = 0
+
+    def fields(self) -> dict[str, int | bool]:
+        """As InfluxDB fields."""
+        return {
+            "connected": self.connected,
+            "last_frame_ns": self.last_frame_ns,
+            "frames": self.frames,
+            "readings": self.readings,
+            "decode_errors": self.decode_errors,
+            "invalid": self.invalid,
+            "reconnects": self.reconnects,
+            "discarded_bytes": self.discarded_bytes,
+        }
+
+
+def preview(raw: bytes) -> str:
+    """A bad frame as a log can show it: printable, bounded."""
+    text = raw[:_RAW_PREVIEW].decode("utf-8", "backslashreplace")
+    return text + ("…" if len(raw) > _RAW_PREVIEW else "")
+
+
+class FrameHandler:
+    """Decodes a source's frames and hands the readings to the pipeline.
+
+    Nothing a device sends can raise out of here: a malformed frame is counted and logged
+    (identical errors are summarised per burst by the logging setup), an out-of-range value is
+    counted, kept out of the data and the detectors, and its raw frame dead-lettered.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        decoder: Decoder,
+        pipeline: Pipeline,
+        registry: ChannelRegistry,
+        *,
+        prefix: str,
+        base_tags: Mapping[str, str],
+        health: SourceHealth,
+    ) -> None:
+        self.source = source
+        self.decoder = decoder
+        self.pipeline = pipeline
+        self.registry = registry
+        self.prefix = prefix
+        self.base_tags = dict(base_tags)
+        self.health = health
+        self._channels: dict[tuple[str, tuple[tuple[str, str], ...]], Channel] = {}
+
+    def frame(self, raw: bytes, topic: str | None = None, received_ns: int | None = None) -> None:
+        """Decode one frame (or MQTT payload) and ingest what it holds."""
+        now = time.time_ns() if received_ns is None else received_ns
+        health = self.health
+        health.frames += 1
+        health.last_frame_ns = now
+        try:
+            result = self.decoder.decode(raw, topic, received_ns=now)
+        except DecodeError as exc:
+            health.decode_errors += 1
+            self.pipeline.metrics.decode_errors += 1
+            log.warning(
+                "cannot decode frame",
+                source=self.source,
+                topic=topic,
+                reason=exc.reason,
+                frame=preview(raw),
+            )
+            return
+        self.ingest(result)
+
+    def ingest(self, result: DecodeResult) -> None:
+        """Hand decoded values to the pipeline; dead-letter the invalid ones."""
+        pipeline = self.pipeline
+        ingest = pipeline.ingest
+        for value in result.values:
+            ingest(self.channel_for(value), value.ts_ns, value.value)
+        self.health.readings += len(result.values)
+        for bad in result.invalid:
+            self.health.invalid += 1
+            pipeline.reject(bad.raw, f"{self.source}: {bad.reason}")
+            log.warning("reading out of range", source=self.source, reason=bad.reason)
+        spectrum = result.spectrum
+        if spectrum is not None:
+            fields: dict[str, float | int | bool | str] = {
+                f"r{round(nm)}": v
+                for nm, v in zip(spectrum.wavelengths_nm, spectrum.values, strict=True)
+            }
+            tags = {**self.base_tags, **spectrum.tags, "site": pipeline.site}
+            tags["gateway"] = pipeline.gateway
+            if spectrum.sample:
+                tags["sample"] = spectrum.sample
+            pipeline.spool.append(encode_point("spectrum", tags, fields, spectrum.ts_ns))
+
+    def channel_for(self, value: DecodedValue) -> Channel:
+        """The channel a decoded value belongs to (created on first sight)."""
+        frame_tags = tuple(
+            sorted((k, v) for k, v in value.tags.items() if self.base_tags.get(k) != v)
+        )
+        key = (value.name, frame_tags)
+        channel = self._channels.get(key)
+        if channel is None:
+            # Tags the frame itself carries (a machine id, a sample id) make separate channels:
+            # prefix.<machine>.<name>; a sample id is a tag, not a channel of its own.
+            parts = [self.prefix]
+            parts += [v for k, v in frame_tags if k not in ("sample",)]
+            parts.append(value.name)
+            tags = {
+                **self.base_tags,
+                **value.tags,
+                "site": self.pipeline.site,
+                "gateway": self.pipeline.gateway,
+            }
+            channel = self.registry.get_or_create(
+                ".".join(parts),
+                measurement=value.measurement,
+                field=value.field,
+                unit=value.unit,
+                kind=value.kind,
+                tags=tags,
+            )
+            self._channels[key] = channel
+        return channel
