@@ -48,6 +48,23 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file and list every problem")
     check.add_argument("-c", "--config", type=Path, required=True)
+
+    ctx = sub.add_parser(
+        "context",
+        help="show or set the production context (lot, operator, shift, order) of a line or zone",
+        description="Every reading on that line or zone carries these tags from now on; a "
+        "running agent picks the change up within a second.",
+    )
+    ctx_sub = ctx.add_subparsers(dest="context_command", required=True)
+    ctx_set = ctx_sub.add_parser("set", help="set tags: driftgate context set --line L2 lot=X")
+    where = ctx_set.add_mutually_exclusive_group(required=True)
+    where.add_argument("--line", help="production line, e.g. L2")
+    where.add_argument("--zone", help="zone, e.g. edge_paint")
+    ctx_set.add_argument("tags", nargs="+", metavar="KEY=VALUE", help="KEY= removes a tag")
+    ctx_show = ctx_sub.add_parser("show", help="print the current context of every line and zone")
+    for p in (ctx_set, ctx_show):
+        p.add_argument("-c", "--config", type=Path, help="agent config (for its state_dir)")
+        p.add_argument("--state-dir", type=Path, help="state dir (default ./.driftgate)")
     return parser
 
 
@@ -118,6 +135,40 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _state_dir(args: argparse.Namespace) -> Path:
+    if args.state_dir is not None:
+        return Path(args.state_dir)
+    if args.config is not None:
+        from agent.config import load_config
+
+        return load_config(args.config).state_dir
+    return Path(".driftgate")
+
+
+def _context(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.context import ContextStore
+
+    store = ContextStore(_state_dir(args) / "context.json")
+    if args.context_command == "show":
+        print(json.dumps(store.scopes, indent=2, sort_keys=True))
+        return EXIT_OK
+    tags: dict[str, str | None] = {}
+    for item in args.tags:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"driftgate: {item!r} is not KEY=VALUE (KEY= removes a tag)", file=sys.stderr)
+            return EXIT_CONFIG
+        tags[key.strip()] = value.strip() or None
+    scope, name = ("line", args.line) if args.line else ("zone", args.zone)
+    changed = store.set(scope, name, tags)
+    now = store.scopes.get(f"{scope}:{name}", {})
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(now.items())) or "(none)"
+    print(f"{scope} {name}: {shown}" + ("" if changed else " (unchanged)"))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `driftgate` console script and `python -m agent`."""
     args = _parser().parse_args(argv)
@@ -128,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             return check_config_command(args.config)
         if args.command == "run":
             return _run(args)
+        if args.command == "context":
+            return _context(args)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
