@@ -13,7 +13,7 @@ import pytest
 from agent.config import config_from_dict
 from agent.context import ContextError, ContextStore
 from agent.runtime import Agent
-from agent.spool import spool_path, split_body
+from agent.spool import split_body, spool_path
 
 
 def test_set_merge_remove_and_persist(tmp_path: Path) -> None:
