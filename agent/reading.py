@@ -43,19 +43,21 @@ class Channel:
     last_ns: int = -(2**63)  # newest reading the detectors have seen
 
     def publish_rate(self, per_h: np.ndarray) -> None:
-        """Record a slope detector's trend for this batch (other detectors quote it)."""
-        self.rates = per_h
-        finite = per_h[np.isfinite(per_h)]
-        if finite.size:
-            self.rate_per_h = float(finite[-1])
+        """Record a slope detector's trend for this batch (other detectors quote it).
+
+        Where the trend is undefined the latest known one holds, as on the scalar path.
+        """
+        known = np.isfinite(per_h)
+        index = np.maximum.accumulate(np.where(known, np.arange(len(per_h)), -1))
+        self.rates = np.where(index >= 0, per_h[np.maximum(index, 0)], self.rate_per_h)
+        if known.any():
+            self.rate_per_h = float(per_h[known][-1])
 
     def rate_at(self, j: int) -> float:
-        """The trend at reading j of the current batch, else the latest known."""
+        """The trend at reading j of the current batch (j < 0: the latest known)."""
         rates = self.rates
-        if rates is not None and j < len(rates):
-            value = float(rates[j])
-            if math.isfinite(value):
-                return value
+        if rates is not None and 0 <= j < len(rates):
+            return float(rates[j])
         return self.rate_per_h
 
     def __post_init__(self) -> None:

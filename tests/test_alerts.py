@@ -122,3 +122,40 @@ def test_learned_baseline_survives_a_restart(tmp_path) -> None:  # type: ignore[
     assert detector.baseline is not None  # type: ignore[attr-defined]
     assert detector.baseline.mean == first.detectors[0].baseline.mean  # type: ignore[attr-defined]
     assert detector.baseline.source == "learned"  # type: ignore[attr-defined]
+
+
+def _stream(seed: int, days: int = 20) -> tuple[list[int], list[float]]:
+    rng = random.Random(seed)
+    ns, xs = [], []
+    for i in range(days * 1440):
+        day = i / 1440
+        ramp = 1.5 * (day - 10.0) if day > 10.0 else 0.0
+        ramp -= 1.5 * (day - 15.0) if day > 15.0 else 0.0  # and back: raise, escalate, clear
+        ns.append(int((T0 + i * 60.0) * 1e9))
+        xs.append(50 + 4.0 * math.sin(2 * math.pi * day) + rng.gauss(0.0, 0.8) + ramp)
+    return ns, xs
+
+
+def _events(batch_sizes: list[int], ns: list[int], xs: list[float]) -> list[tuple[object, ...]]:
+    channel = _channel()
+    attach_detectors(channel, None, BaselineStore(None), repeat=6 * 3600.0)
+    out = []
+    i = 0
+    k = 0
+    while i < len(ns):
+        size = batch_sizes[k % len(batch_sizes)]
+        k += 1
+        for e in detect_batch(channel, ns[i : i + size], xs[i : i + size]).events:
+            out.append((e.ts_ns, e.detector, e.kind, e.level, round(e.value, 6), e.message))
+        i += size
+    return out
+
+
+def test_events_do_not_depend_on_how_readings_are_batched() -> None:
+    """One by one (scalar path), small and large batches (NumPy path): the same events."""
+    ns, xs = _stream(5)
+    reference = _events([1], ns, xs)
+    kinds = {k[2] for k in reference}
+    assert {"raised", "escalated", "cleared", "repeat"} <= kinds
+    assert _events([4096], ns, xs) == reference
+    assert _events([7, 300, 1, 2000, 16, 17], ns, xs) == reference

@@ -18,6 +18,7 @@ from agent.alerts import (
     ESCALATED,
     AlertEvent,
     AlertState,
+    Level,
     duration_words,
     fmt,
     fmt_rate,
@@ -43,6 +44,10 @@ class Detector(Protocol):
         """
         ...
 
+    def update_one(self, t: float, x: float, ns: int) -> AlertEvent | None:
+        """Feed one reading: the scalar path for small batches (same result, no NumPy calls)."""
+        ...
+
 
 def run_states(
     state: AlertState,
@@ -55,10 +60,11 @@ def run_states(
     events: list[AlertEvent] = []
     m = len(scores)
     j = begin
-    warn = state.warn
     while j < m:
-        if state.level == 0 and state.pending_since is None:
-            ahead = np.flatnonzero(scores[j:] >= warn)
+        if state.pending_since is None and state.clear_since is None:
+            # Steady state: nothing can change until a score crosses a boundary (or a repeat
+            # falls due), so jump to the next such sample in one vectorised step.
+            ahead = np.flatnonzero(_interesting(state, t[j:], scores[j:]))
             if ahead.size == 0:
                 break
             j += int(ahead[0])
@@ -69,6 +75,19 @@ def run_states(
                 events.append(make_event(j, kind))
         j += 1
     return events
+
+
+def _interesting(state: AlertState, t: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Where a steady state machine could change: a score crossing a boundary, a repeat due."""
+    level = state.level
+    if level == Level.OK:
+        return np.asarray(scores >= state.warn)
+    up = state.alarm if level == Level.WARN else math.inf
+    down = (state.warn if level == Level.WARN else state.alarm) - state.margin
+    hit = (scores >= up) | (scores <= down)
+    if state.repeat is not None:
+        hit |= t - state.last_emit >= state.repeat
+    return np.asarray(hit)
 
 
 def first_ready(n: np.ndarray, t: np.ndarray, oldest: np.ndarray, begin: int, min_samples: int,
@@ -166,6 +185,54 @@ class BaselineShift:
 
         return run_states(self.state, t, scores, begin, event)
 
+    def update_one(self, t: float, x: float, ns: int) -> AlertEvent | None:
+        """Feed one reading; the scalar twin of update_many."""
+        w = self.window
+        w.add(t, x)
+        if self.baseline is None:
+            self._learn_one(t, x)
+            return None
+        if not self._ready:
+            if w.n < self.min_samples or t - w.oldest < self._min_cover:
+                return None
+            self._ready = True
+        mean = w.k + w.sx / w.n
+        delta = mean - self.base
+        sign = self.sign
+        score = abs(delta) if sign == 0 else delta * sign
+        state = self.state
+        if state.level == 0 and score < state.warn and state.pending_since is None:
+            return None
+        kind = state.observe(t, score)
+        if kind is None:
+            return None
+        return self._event(ns, -1, kind, mean, delta)
+
+    def _learn_one(self, t: float, x: float) -> None:
+        if self._ln == 0:
+            self._lstart = t
+        self._ln += 1
+        d = x - self._lmean
+        self._lmean += d / self._ln
+        self._lm2 += d * (x - self._lmean)
+        if t - self._lstart >= self.learn and self._ln >= self.min_samples:
+            self._freeze(t)
+
+    def _freeze(self, t_end: float) -> None:
+        n = self._ln
+        std = math.sqrt(self._lm2 / (n - 1)) if n > 1 else 0.0
+        learned = Baseline(
+            mean=self._lmean,
+            std=std,
+            n=n,
+            start_ns=int(self._lstart * 1e9),
+            end_ns=int(t_end * 1e9),
+            source="learned",
+        )
+        self.set_baseline(learned)
+        if self.on_learned is not None:
+            self.on_learned(learned)
+
     def _learn_many(self, t: np.ndarray, x: np.ndarray) -> int:
         """Learn from the batch until the baseline is complete; the index evaluation starts at."""
         m = len(t)
@@ -185,18 +252,7 @@ class BaselineShift:
         self._ln = n
         if not done.size:
             return m
-        std = math.sqrt(self._lm2 / (n - 1)) if n > 1 else 0.0
-        learned = Baseline(
-            mean=self._lmean,
-            std=std,
-            n=n,
-            start_ns=int(self._lstart * 1e9),
-            end_ns=int(float(t[upto - 1]) * 1e9),
-            source="learned",
-        )
-        self.set_baseline(learned)
-        if self.on_learned is not None:
-            self.on_learned(learned)
+        self._freeze(float(t[upto - 1]))
         return upto
 
     def set_baseline(self, baseline: Baseline) -> None:
@@ -298,6 +354,28 @@ class Slope:
             return self._event(int(ns[j]), kind, float(per_h[j]), float(mean[j]))
 
         return run_states(self.state, t, scores, begin, event)
+
+    def update_one(self, t: float, x: float, ns: int) -> AlertEvent | None:
+        """Feed one reading; the scalar twin of update_many."""
+        w = self.window
+        w.add(t, x)
+        if not self._ready:
+            if w.n < self.min_samples or t - w.oldest < self._min_cover:
+                return None
+            self._ready = True
+        per_h = 3600.0 * w.slope()
+        if math.isnan(per_h):
+            return None
+        self.channel.rate_per_h = per_h
+        sign = self.sign
+        score = abs(per_h) if sign == 0 else per_h * sign
+        state = self.state
+        if state.level == 0 and score < state.warn and state.pending_since is None:
+            return None
+        kind = state.observe(t, score)
+        if kind is None:
+            return None
+        return self._event(ns, kind, per_h, w.mean())
 
     def _event(self, ts_ns: int, kind: str, per_h: float, now: float) -> AlertEvent:
         ch = self.channel

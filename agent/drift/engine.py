@@ -22,6 +22,8 @@ class DetectResult:
     late: int
 
 
+SMALL_BATCH = 16  # readings per channel below which detection runs sample by sample
+
 # Detector defaults by channel kind, used where a channel's config names no detectors.
 # Durations in seconds, thresholds in the channel's units (slopes in units per hour).
 DEFAULT_DETECTORS: dict[str, list[dict[str, Any]]] = {
@@ -105,6 +107,25 @@ def detect_batch(channel: Channel, ns: Sequence[int], values: Sequence[float]) -
     Readings older than one the detectors already saw (late arrivals) are skipped by the
     detectors (they are still spooled and forwarded) and counted in ``late``.
     """
+    if len(ns) <= SMALL_BATCH:
+        # A few readings (a slow sensor between two process() calls): the scalar path costs
+        # microseconds where NumPy's per-call overheads cost tens.
+        events: list[AlertEvent] = []
+        late = 0
+        last = channel.last_ns
+        detectors = channel.detectors
+        for ns_, v in zip(ns, values, strict=True):
+            if ns_ < last:
+                late += 1
+                continue
+            last = ns_
+            t_ = ns_ * 1e-9
+            for detector in detectors:
+                event = detector.update_one(t_, v, ns_)
+                if event is not None:
+                    events.append(event)
+        channel.last_ns = last
+        return DetectResult(events, late)
     ts = np.asarray(ns, dtype=np.int64)
     x = np.asarray(values, dtype=np.float64)
     late = 0
@@ -116,9 +137,9 @@ def detect_batch(channel: Channel, ns: Sequence[int], values: Sequence[float]) -
         x = x[keep]
         if not len(ts):
             return DetectResult([], late)
+    events = []
     t = ts * 1e-9
     channel.rates = None
-    events: list[AlertEvent] = []
     for detector in channel.detectors:
         events += detector.update_many(t, x, ts)
     channel.rates = None

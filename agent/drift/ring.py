@@ -20,7 +20,7 @@ import numpy as np
 
 _MIN_CAPACITY = 64
 _MIN_RECOMPUTE = 1024
-_MIN_CHUNK = 256
+_MIN_CHUNK = 1024
 _SMALL_BATCH = 12  # below this many samples a Python loop is cheaper than NumPy calls
 _DEGENERATE = 1e-9  # relative size of the time variance below which a slope is undefined
 
