@@ -308,13 +308,13 @@ class _Store:
         self.pending_lines, self.pending_bytes, self.chunks = int(lines), int(size), int(chunks)
         self.dropped_total = int(dropped[0])
 
-    def read(self, max_lines: int) -> SpoolBatch | None:
+    def read(self, max_lines: int, after: int = 0) -> SpoolBatch | None:
         conn = self._conn()
         ids: list[int] = []
         lines: list[str] = []
         try:
             for chunk_id, n_lines, body in conn.execute(
-                "SELECT id, n_lines, body FROM chunks ORDER BY id"
+                "SELECT id, n_lines, body FROM chunks WHERE id > ? ORDER BY id", (after,)
             ):
                 if ids and len(lines) + n_lines > max_lines:
                     break
@@ -531,10 +531,13 @@ class Spool:
                 )
 
     # -- forwarder side ----------------------------------------------------------------------
-    async def read_batch(self, max_lines: int) -> SpoolBatch | None:
-        """The oldest whole chunks, up to max_lines lines (at least one chunk); None if empty."""
+    async def read_batch(self, max_lines: int, after: int = 0) -> SpoolBatch | None:
+        """The oldest whole chunks, up to max_lines lines (at least one chunk); None if empty.
+
+        ``after``: only chunks with a larger id (the forwarder reads ahead of a batch in flight).
+        """
         await self.open()
-        return await self._call(self._store.read, max_lines)
+        return await self._call(self._store.read, max_lines, after)
 
     async def ack(self, batch: SpoolBatch, dead: Sequence[DeadLetter] = ()) -> None:
         """Delete exactly the batch's chunks, storing its rejected lines in the same transaction."""

@@ -127,8 +127,8 @@ class Phases:
         phases = self
 
         class TimedWriter:
-            async def write(self, body: bytes) -> WriteResult:
-                return await phases.timed("write", inner.write)(body)
+            async def write(self, body: bytes, gzipped: bytes | None = None) -> WriteResult:
+                return await phases.timed("write", inner.write)(body, gzipped)
 
             async def close(self) -> None:
                 await inner.close()
