@@ -35,6 +35,12 @@ ESCALATED = "escalated"
 EASED = "eased"
 CLEARED = "cleared"
 REPEAT = "repeat"
+FLAPPING = "flapping"  # the key keeps changing: further changes are held back
+SETTLED = "settled"  # ...and has been quiet for a flap window again
+
+FLAP_COUNT = 6
+"""Changes (raised, cleared, ...) within FLAP_WINDOW that make an alert key count as flapping."""
+FLAP_WINDOW = 6 * 3600.0
 
 
 class AlertState:
@@ -44,14 +50,19 @@ class AlertState:
         "alarm",
         "clear_hold",
         "clear_since",
+        "flap_count",
+        "flap_window",
+        "flapping",
         "hold",
         "last_emit",
+        "last_transition",
         "level",
         "margin",
         "pending_level",
         "pending_since",
         "repeat",
         "since",
+        "transitions",
         "warn",
     )
 
@@ -63,6 +74,8 @@ class AlertState:
         clear_hold: float | None = None,
         hysteresis: float | None = None,
         repeat: float | None = None,
+        flap_count: int = FLAP_COUNT,
+        flap_window: float = FLAP_WINDOW,
     ) -> None:
         self.warn = warn
         self.alarm = math.inf if alarm is None else alarm
@@ -76,6 +89,11 @@ class AlertState:
         self.clear_since: float | None = None
         self.since: float | None = None  # when the active condition first crossed warn
         self.last_emit = -math.inf
+        self.flap_count = flap_count
+        self.flap_window = flap_window
+        self.flapping = False
+        self.transitions: list[float] = []
+        self.last_transition = -math.inf
 
     def target(self, score: float) -> Level:
         """The level a score asks for, given the current level (hysteresis applied)."""
@@ -91,7 +109,27 @@ class AlertState:
         return Level.OK
 
     def observe(self, t: float, score: float) -> str | None:
-        """Feed one score at reading time ``t``; return the event kind if the state changed."""
+        """Feed one score at reading time ``t``; return the event kind to announce, if any."""
+        if self.flapping and t - self.last_transition >= self.flap_window:
+            self.flapping = False
+            self.transitions.clear()
+            return SETTLED
+        kind = self._step(t, score)
+        if kind is None or kind == REPEAT:
+            return None if kind is None or self.flapping else kind
+        # A change of level: count it, and hold changes back while the key flaps.
+        self.last_transition = t
+        horizon = t - self.flap_window
+        self.transitions = [x for x in self.transitions if x > horizon]
+        self.transitions.append(t)
+        if self.flapping:
+            return None
+        if len(self.transitions) >= self.flap_count:
+            self.flapping = True
+            return FLAPPING
+        return kind
+
+    def _step(self, t: float, score: float) -> str | None:
         level = self.level
         target = self.target(score)
         if self.pending_since is not None and target < self.pending_level:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from agent.alerts import FLAP_COUNT, FLAP_WINDOW
 from agent.config import ChannelConfig
 from agent.context import ContextStore
 from agent.drift.baselines import BaselineStore
@@ -25,11 +26,13 @@ class ChannelRegistry:
         baselines: BaselineStore,
         context: ContextStore,
         repeat: float | None = None,
+        flap: tuple[int, float] = (FLAP_COUNT, FLAP_WINDOW),
     ) -> None:
         self.configs = {c.name: c for c in configs}
         self.baselines = baselines
         self.context = context
         self.repeat = repeat
+        self.flap = flap
         self.channels: dict[str, Channel] = {}
 
     def add(self, channel: Channel) -> Channel:
@@ -39,7 +42,10 @@ class ChannelRegistry:
             return existing
         cc = self.configs.get(channel.name)
         specs: list[dict[str, Any]] | None = None
+        baseline: dict[str, Any] | None = None
         if cc is not None:
+            if cc.baseline is not None:
+                baseline = cc.baseline.model_dump()
             channel.label = cc.label or channel.label
             channel.unit = cc.unit or channel.unit
             channel.affects = cc.affects or channel.affects
@@ -48,7 +54,7 @@ class ChannelRegistry:
                 specs = []
             elif cc.detectors is not None:
                 specs = [d.model_dump() for d in cc.detectors]
-        attach_detectors(channel, specs, self.baselines, self.repeat)
+        attach_detectors(channel, specs, self.baselines, self.repeat, baseline, self.flap)
         channel.retag(self.context.for_tags(channel.tags))
         self.channels[channel.name] = channel
         return channel
@@ -85,6 +91,15 @@ class ChannelRegistry:
         for channel in self.channels.values():
             channel.retag(self.context.for_tags(channel.tags))
         return len(self.channels)
+
+    def reload_baselines(self) -> bool:
+        """Pick up baselines captured or cleared with the CLI; True if any changed."""
+        if not self.baselines.reload():
+            return False
+        for channel in self.channels.values():
+            if channel.baseline is not None:
+                channel.baseline.reload()
+        return True
 
     def warn_unused_configs(self) -> None:
         """Log configured channel names no source has produced (a typo, or a device offline)."""

@@ -65,7 +65,76 @@ def _parser() -> argparse.ArgumentParser:
     for p in (ctx_set, ctx_show):
         p.add_argument("-c", "--config", type=Path, help="agent config (for its state_dir)")
         p.add_argument("--state-dir", type=Path, help="state dir (default ./.driftgate)")
+
+    sim = sub.add_parser(
+        "simulate",
+        help="emulate a device: write its real frames to a serial port or an MQTT broker",
+        description="Write one emulated device's frames (the demo's physics and drift "
+        "scenarios) to a serial port / pty or to MQTT, to check wiring and config without "
+        "the hardware. Stops on Ctrl-C, after --count frames or --days simulated days.",
+    )
+    sim.add_argument("--profile", required=True, help="device profile, e.g. sht4x-serial")
+    target = sim.add_mutually_exclusive_group(required=True)
+    target.add_argument("--serial", metavar="PORT", help="serial port or pty to write to")
+    target.add_argument("--mqtt", metavar="URL", help="broker: mqtt://[user:pass@]host:port")
+    pace = sim.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, help="frames per second (wall clock)")
+    pace.add_argument("--speed", type=float, default=1.0, help="simulated s per wall s (1)")
+    sim.add_argument("--start", help="simulated start, ISO 8601 (default: now)")
+    sim.add_argument("--days", type=float, help="stop after this many simulated days")
+    sim.add_argument("--seed", type=int, default=1, help="random seed of the simulation")
+    sim.add_argument("--device", help="which device: a zone, machine (m01-m08) or sample kind")
+    sim.add_argument("--count", type=int, help="stop after this many frames")
+    sim.add_argument("--baud", type=int, default=115200, help="serial baud rate (115200)")
+    sim.add_argument("--qos", type=int, choices=[0, 1, 2], default=0, help="MQTT QoS (0)")
+
+    rep = sub.add_parser(
+        "replay",
+        help="run the detectors over recorded readings (CSV or line protocol); print the events",
+        description="Replay a CSV (time column + value columns) or an InfluxDB line-protocol "
+        "export through the same detectors as a live agent: alert events as JSON lines, then a "
+        "summary table. Baselines stay in memory unless --state-dir is given.",
+    )
+    rep.add_argument("file", type=Path, help="CSV or line-protocol file")
+    rep.add_argument("-c", "--config", type=Path, help="agent config (channels and detectors)")
+    rep.add_argument("--plot", type=Path, metavar="PNG", help="draw signals and alerts to PNG")
+    rep.add_argument("--channel", action="extend", nargs="+", metavar="NAME", help="only these")
+    rep.add_argument("--time-column", metavar="NAME", help="CSV time column (default: time, ...)")
+    rep.add_argument("--state-dir", type=Path, help="read and keep baselines in this state dir")
+    _reference_parser(sub)
+    from agent.capture import add_baseline_parser
+
+    add_baseline_parser(sub)
     return parser
+
+
+def _reference_parser(sub: Any) -> None:
+    ref = sub.add_parser(
+        "reference",
+        help="approved colour references per SKU and part (capture, import, list, show, clear)",
+        description="ΔE00 and metamerism are measured against these. A running agent picks "
+        "changes up within a second.",
+    )
+    ref_sub = ref.add_subparsers(dest="reference_command", required=True)
+    cap = ref_sub.add_parser(
+        "capture", help="the NEXT measurement of this SKU and part becomes its reference"
+    )
+    cap.add_argument("--sku", required=True, help="e.g. 4711")
+    cap.add_argument("--part", required=True, help="e.g. clasp")
+    cap.add_argument("--note", default="", help="e.g. 'golden sample approved 2024-03-01'")
+    cap.add_argument("--label", default="", help="how alerts name it, e.g. 'Clasp plating'")
+    cap.add_argument("--affects", default="", help="consequence sentence quoted in alerts")
+    imp = ref_sub.add_parser("import", help="references from a YAML or CSV file (see README)")
+    imp.add_argument("file", type=Path)
+    ref_sub.add_parser("list", help="one line per reference and pending capture")
+    show = ref_sub.add_parser("show", help="one reference in full, as JSON")
+    clear = ref_sub.add_parser("clear", help="delete a reference (and a pending capture)")
+    for p in (show, clear):
+        p.add_argument("--sku", required=True)
+        p.add_argument("--part", required=True)
+    for p in (cap, imp, ref_sub.choices["list"], show, clear):
+        p.add_argument("-c", "--config", type=Path, help="agent config (for its state_dir)")
+        p.add_argument("--state-dir", type=Path, help="state dir (default ./.driftgate)")
 
 
 def _log_level(verbose: int, default: str) -> str:
@@ -169,6 +238,12 @@ def _context(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _reference(args: argparse.Namespace) -> int:
+    from agent.references import run_reference_command
+
+    return run_reference_command(args, _state_dir(args))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `driftgate` console script and `python -m agent`."""
     args = _parser().parse_args(argv)
@@ -179,8 +254,22 @@ def main(argv: list[str] | None = None) -> int:
             return check_config_command(args.config)
         if args.command == "run":
             return _run(args)
+        if args.command == "baseline":
+            from agent.capture import run_baseline_command
+
+            return run_baseline_command(args, _state_dir(args))
+        if args.command == "reference":
+            return _reference(args)
         if args.command == "context":
             return _context(args)
+        if args.command == "replay":
+            from agent.replay import replay_command
+
+            return replay_command(args)
+        if args.command == "simulate":
+            from agent.simulate import options_from_args, run_simulate
+
+            return run_simulate(options_from_args(args))
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

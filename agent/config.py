@@ -39,9 +39,14 @@ __all__ = [
     "AgentConfig",
     "AlertsConfig",
     "BaselineShiftConfig",
+    "BaselineSpecConfig",
     "ChannelConfig",
+    "ColorConfig",
+    "CusumConfig",
     "DetectorConfig",
+    "EwmaConfig",
     "InfluxConfig",
+    "InvalidRateConfig",
     "LogConfig",
     "MqttConfig",
     "MqttSourceConfig",
@@ -51,6 +56,9 @@ __all__ = [
     "SlopeConfig",
     "SourceConfig",
     "SpoolConfig",
+    "StaleConfig",
+    "StuckConfig",
+    "VarianceChangeConfig",
     "check_config_command",
     "config_from_dict",
     "load_config",
@@ -432,17 +440,26 @@ SourceConfig = Annotated[
 _SOURCE_TYPES = ("simulated", "serial", "mqtt")
 
 
-class _ThresholdDetector(_Section):
+class _Timing(_Section):
+    """How long a condition must hold before an alert, and before it clears."""
+
+    hold: Duration = 0.0
+    clear_hold: Duration | None = Field(default=None, description="None: same as hold")
+
+
+class _ThresholdDetector(_Timing):
     """Settings shared by detectors that compare a drift figure against warn/alarm thresholds."""
 
     window: PositiveDuration
     warn: Annotated[float, AfterValidator(_positive)]
     alarm: float | None = None
+    units: Literal["abs", "sigma"] = Field(
+        default="abs",
+        description="abs: thresholds in the channel's units; sigma: in baseline std devs",
+    )
     direction: Direction = "both"
-    hold: Duration = 0.0
-    clear_hold: Duration | None = Field(default=None, description="None: same as hold")
     hysteresis: Annotated[float, Field(ge=0)] | None = Field(
-        default=None, description="in the channel's units; None: 10% of warn"
+        default=None, description="in the thresholds' units; None: 10% of warn"
     )
     min_samples: Annotated[int, Field(ge=2)] = 10
     max_samples: Annotated[int, Field(le=10_000_000)] = Field(
@@ -456,7 +473,7 @@ class _ThresholdDetector(_Section):
 
     @property
     def effective_hysteresis(self) -> float:
-        """How far back below a threshold the figure must come to step down (channel units)."""
+        """How far back below a threshold the figure must come to step down."""
         return 0.1 * self.warn if self.hysteresis is None else self.hysteresis
 
     @model_validator(mode="after")
@@ -486,35 +503,136 @@ class _ThresholdDetector(_Section):
         return self
 
 
-def _baseline(v: Any) -> Any:
-    if v == "learn" or (isinstance(v, int | float) and not isinstance(v, bool)):
+class BaselineShiftConfig(_ThresholdDetector):
+    """Alert when the recent mean moves away from the channel's baseline."""
+
+    type: Literal["baseline_shift"]
+
+
+class SlopeConfig(_ThresholdDetector):
+    """Alert when the trend over a window is steeper than warn/alarm (units, or sigmas, per h)."""
+
+    type: Literal["slope"]
+
+
+class VarianceChangeConfig(_ThresholdDetector):
+    """Alert when the rolling std departs from the baseline's (warn/alarm are ratios, e.g. 1.5)."""
+
+    type: Literal["variance_change"]
+
+
+class _NoWindow(_Timing):
+    """Threshold settings for detectors without a window of their own."""
+
+    warn: Annotated[float, AfterValidator(_positive)]
+    alarm: float | None = None
+    direction: Direction = "both"
+    hysteresis: Annotated[float, Field(ge=0)] | None = None
+    min_samples: Annotated[int, Field(ge=2)] = 10
+
+    @model_validator(mode="after")
+    def _check_alarm(self) -> "_NoWindow":
+        if self.alarm is not None and self.alarm <= self.warn:
+            _raise_problems(
+                type(self).__name__,
+                [(("alarm",), f"alarm ({self.alarm:g}) must be greater than warn ({self.warn:g})")],
+            )
+        return self
+
+
+class CusumConfig(_NoWindow):
+    """Two-sided tabular CUSUM of standardised readings (k, and warn/alarm = h, in σ)."""
+
+    type: Literal["cusum"]
+    k: Annotated[float, Field(ge=0)] = Field(default=0.5, description="allowance, in sigmas")
+
+
+class EwmaConfig(_NoWindow):
+    """EWMA control chart: alert when the EWMA leaves baseline ± L·σ_ewma (warn/alarm = L)."""
+
+    type: Literal["ewma"]
+    lam: Annotated[float, Field(gt=0, le=1)] = Field(default=0.05, description="λ, the weight")
+
+
+class StaleConfig(_Section):
+    """Alert when no reading arrived for max_gap (sensor or link down)."""
+
+    type: Literal["stale"]
+    max_gap: PositiveDuration
+
+
+class StuckConfig(_Timing):
+    """Alert when the readings do not change at all over a window (a frozen sensor)."""
+
+    type: Literal["stuck"]
+    window: PositiveDuration
+    tolerance: Annotated[float, Field(ge=0)] = Field(
+        default=0.0, description="a spread (std) at or below this counts as flat"
+    )
+    min_samples: Annotated[int, Field(ge=2)] = 10
+    max_samples: Annotated[int, Field(le=10_000_000)] = 100_000
+
+
+class InvalidRateConfig(_Timing):
+    """Alert when the share of out-of-range readings over a window exceeds warn/alarm (0..1)."""
+
+    type: Literal["invalid_rate"]
+    window: PositiveDuration
+    warn: Annotated[float, Field(gt=0, le=1)] = 0.05
+    alarm: Annotated[float, Field(gt=0, le=1)] | None = 0.2
+    min_samples: Annotated[int, Field(ge=1)] = 20
+    max_samples: Annotated[int, Field(le=10_000_000)] = 100_000
+
+
+DetectorConfig = Annotated[
+    BaselineShiftConfig
+    | SlopeConfig
+    | VarianceChangeConfig
+    | CusumConfig
+    | EwmaConfig
+    | StaleConfig
+    | StuckConfig
+    | InvalidRateConfig,
+    Field(discriminator="type"),
+]
+_DETECTOR_TYPES = (
+    "baseline_shift",
+    "slope",
+    "variance_change",
+    "cusum",
+    "ewma",
+    "stale",
+    "stuck",
+    "invalid_rate",
+)
+
+
+def _baseline_value(v: Any) -> Any:
+    if v is None or (isinstance(v, int | float) and not isinstance(v, bool)):
         return v
     if isinstance(v, str):
         try:
             return float(v)
         except ValueError:
             pass
-    raise _reason(f"{v!r} is not a baseline: give a number in the channel's units, or 'learn'")
+    raise _reason(f"{v!r} is not a baseline value: give a number in the channel's units")
 
 
-class BaselineShiftConfig(_ThresholdDetector):
-    """Alert when the recent mean moves away from a fixed or learned baseline."""
+class BaselineSpecConfig(_Section):
+    """What a channel's detectors compare against.
 
-    type: Literal["baseline_shift"]
-    baseline: Annotated[float | Literal["learn"], BeforeValidator(_baseline)] = "learn"
-    learn: PositiveDuration = Field(
-        default=86400.0, description="how long to learn the baseline for"
+    A locked baseline (captured with `driftgate baseline capture`, or learned automatically over
+    the first `learn` of readings) when there is one, else the mean and std of a long rolling
+    `window`. `value` (and `std`) fix it instead.
+    """
+
+    value: Annotated[float | None, BeforeValidator(_baseline_value)] = None
+    std: Annotated[float, Field(gt=0)] | None = None
+    window: PositiveDuration = 7 * 86400.0
+    learn: PositiveDuration | None = Field(
+        default=None, description="lock a learned baseline after this much data (None: never)"
     )
-
-
-class SlopeConfig(_ThresholdDetector):
-    """Alert when the trend over a window is steeper than warn/alarm (units per hour)."""
-
-    type: Literal["slope"]
-
-
-DetectorConfig = Annotated[BaselineShiftConfig | SlopeConfig, Field(discriminator="type")]
-_DETECTOR_TYPES = ("baseline_shift", "slope")
+    min_samples: Annotated[int, Field(ge=2)] = 30
 
 
 class ChannelConfig(_Section):
@@ -525,17 +643,27 @@ class ChannelConfig(_Section):
     unit: str = ""
     affects: str = ""
     kind: Literal["climate", "tension", "color"] | None = None
+    baseline: BaselineSpecConfig | None = Field(
+        default=None, description="None: the defaults for the kind"
+    )
     detectors: list[DetectorConfig] | None = Field(
         default=None, description="None: the defaults for the kind; []: no detectors"
     )
     enabled: bool = True
+    lot_effect: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="lot comparison: smallest mean difference (units) worth an alert"
+    )
 
 
 class AlertsConfig(_Section):
-    """Where alerts go and how often an active one is repeated."""
+    """How alert events reach people: console sentences, repeats, flapping suppression."""
 
     console: bool = True
     repeat: PositiveDuration | None = None
+    flap_count: Annotated[int, Field(ge=2)] = Field(
+        default=6, description="changes within flap_window that make an alert key flap"
+    )
+    flap_window: PositiveDuration = 6 * 3600.0
 
 
 def _http_url(v: str) -> str:
@@ -691,10 +819,110 @@ class SpoolConfig(_Section):
     flush_lines: Annotated[int, Field(ge=1)] = 2000
 
 
+class HistoryConfig(_Section):
+    """The local history of per-minute aggregates that `driftgate baseline capture` reads."""
+
+    days: Annotated[float, Field(gt=0)] = Field(
+        default=30.0, description="keep this many days back from the newest reading"
+    )
+
+
+class LotsConfig(_Section):
+    """Lot comparison: a new lot's first readings against the previous lot's, per channel."""
+
+    readings: Annotated[int, Field(ge=10)] = Field(
+        default=500, description="readings per lot and channel that make its sample"
+    )
+    alpha: Annotated[float, Field(gt=0, lt=1)] = Field(
+        default=0.01, description="Welch's t-test p below which a difference counts"
+    )
+    effect: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: {"climate": 1.0, "tension": 3.0, "color": 0.5},
+        description="smallest mean difference worth an alert, in the channel's units, per kind",
+    )
+
+
 class SelfMetricsConfig(_Section):
     """How often the agent writes its own health figures (driftgate_agent measurement)."""
 
     interval: PositiveDuration = 10.0
+
+
+# Illuminant names colour-science knows (its SDS_ILLUMINANTS keys), plus the names people use.
+COLOR_ILLUMINANT_ALIASES: dict[str, str] = {
+    **{n: n for n in ("A", "D50", "D55", "D65", "D75")},
+    **{f"FL{i}": f"FL{i}" for i in range(1, 13)},
+    **{f"F{i}": f"FL{i}" for i in range(1, 13)},
+    **{f"LED-B{i}": f"LED-B{i}" for i in range(1, 6)},
+    **{n: n for n in ("LED-BH1", "LED-RGB1", "LED-V1", "LED-V2")},
+    "TL84": "FL11",
+}
+
+
+def _illuminant(v: str) -> str:
+    name = COLOR_ILLUMINANT_ALIASES.get(v.strip().upper())
+    if name is None:
+        raise _reason(
+            f"unknown illuminant {v!r}; use one of D65, D50, A, F1-F12 (F11 = TL84), LED-B1-LED-B5"
+        )
+    return name
+
+
+Illuminant = Annotated[str, AfterValidator(_illuminant)]
+
+
+class ColorToleranceConfig(_Section):
+    """ΔE00 limits against the approved reference, under every illuminant."""
+
+    warn: Annotated[float, AfterValidator(_positive)] = 1.0
+    alarm: Annotated[float, AfterValidator(_positive)] = 2.0
+
+    @model_validator(mode="after")
+    def _alarm_above_warn(self) -> "ColorToleranceConfig":
+        if self.alarm < self.warn:
+            _raise_problems("ColorToleranceConfig", [(("alarm",), "must not be below warn")])
+        return self
+
+
+class ColorConfig(_Section):
+    """The colour stage: spectra and L*a*b* → ΔE00 per illuminant against approved references."""
+
+    observer: Literal[2, 10] = 10
+    illuminants: list[Illuminant] = Field(
+        default_factory=lambda: ["D65", "FL11", "LED-B3"],
+        min_length=1,
+        description="the first is the reference light of the metamerism index",
+    )
+    colorimeter_illuminant: Illuminant = "D65"
+    tolerance: ColorToleranceConfig = Field(default_factory=ColorToleranceConfig)
+    metamerism: Annotated[float, AfterValidator(_positive)] = Field(
+        default=1.0, description="alert when max-min ΔE00 across illuminants exceeds this"
+    )
+    references: ExistingFile | None = Field(
+        default=None, description="YAML or CSV of reference spectra / L*a*b*, imported at start"
+    )
+    sample_pattern: NonBlank = Field(
+        default=r"^(?P<sku>[A-Za-z0-9_.]+)-(?P<part>[A-Za-z][A-Za-z0-9_.]*)-[A-Za-z0-9_.]+$",
+        description="regex on the sample id with groups sku and part (4711-clasp-0042)",
+    )
+
+    @field_validator("illuminants")
+    @classmethod
+    def _unique_illuminants(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise _reason("each illuminant once (F11 and TL84 are the same light)")
+        return v
+
+    @field_validator("sample_pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        try:
+            groups = re.compile(v).groupindex
+        except re.error as exc:
+            raise _reason(f"not a regular expression: {exc}") from None
+        if "sku" not in groups or "part" not in groups:
+            raise _reason("the pattern needs named groups (?P<sku>...) and (?P<part>...)")
+        return v
 
 
 def _duplicate_names(names: Mapping[str, list[Any]]) -> list[tuple[Loc, str]]:
@@ -731,6 +959,9 @@ class AgentConfig(_Section):
     mqtt: MqttConfig | None = None
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     self_metrics: SelfMetricsConfig = Field(default_factory=SelfMetricsConfig)
+    color: ColorConfig = Field(default_factory=ColorConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
+    lots: LotsConfig = Field(default_factory=LotsConfig)
 
     @model_validator(mode="after")
     def _check_unique_names(self) -> "AgentConfig":
@@ -965,7 +1196,7 @@ def _problem_lines(
 
 # --------------------------------------------------------------------------- entry points
 
-_DEFAULTED_SECTIONS = ("log", "alerts", "spool", "self_metrics", "sources", "channels")
+_DEFAULTED_SECTIONS = ("log", "alerts", "spool", "self_metrics", "sources", "channels", "color")
 
 
 def _validate(

@@ -365,9 +365,19 @@ def _framer(profile: Profile) -> _Framer:
 
 
 def _topic_pattern(template: str) -> re.Pattern[str]:
+    """``{name}`` captures one topic level; MQTT's ``+`` and a final ``#`` match without one."""
     out, pos = "", 0
-    for match in re.finditer(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", template):
-        out += re.escape(template[pos : match.start()]) + f"(?P<{match.group(1)}>[^/]+)"
+    for match in re.finditer(
+        r"\{([A-Za-z_][A-Za-z0-9_]*)\}|(?<![^/])\+(?![^/])|/?(?<![^/])#$", template
+    ):
+        out += re.escape(template[pos : match.start()])
+        token = match.group(0)
+        if match.group(1):
+            out += f"(?P<{match.group(1)}>[^/]+)"
+        elif token == "+":
+            out += "[^/]+"
+        else:
+            out += "(?:/.*)?" if token.startswith("/") else ".*"
         pos = match.end()
     return re.compile(out + re.escape(template[pos:]))
 
@@ -433,7 +443,8 @@ class Decoder:
 
     ``tags`` are added to every value (a frame's own tags win); ``sensor`` is the sensor id
     when the frame carries none; ``calibration`` (sensor id → channel → two points) extends
-    and overrides the profile's.
+    and overrides the profile's; ``topic`` is the MQTT topic template to match instead of the
+    profile's (an MQTT source's own, e.g. ``factory/{zone}/tele/{sensor}/SENSOR``).
     """
 
     def __init__(
@@ -443,6 +454,7 @@ class Decoder:
         tags: Mapping[str, str] | None = None,
         sensor: str | None = None,
         calibration: Mapping[str, Mapping[str, TwoPoint]] | None = None,
+        topic: str | None = None,
     ) -> None:
         self.profile = profile
         self.tags = dict(tags or {})
@@ -454,7 +466,8 @@ class Decoder:
         for sensor_id, points in (calibration or {}).items():
             self.calibration.setdefault(sensor_id, {}).update(points)
         self._framer = _framer(profile)
-        template = profile.topic_template
+        template = topic or profile.topic_template
+        self.topic_template = template
         self._topic = _topic_pattern(template) if template else None
         fmt = profile.format
         self._regex = re.compile(fmt.pattern) if fmt.type == "regex" else None
@@ -525,12 +538,10 @@ class Decoder:
         topic_vars: dict[str, str] = {}
         if self._topic is not None:
             if topic is None:
-                raise DecodeError(f"needs the MQTT topic ({profile.topic_template})")
+                raise DecodeError(f"needs the MQTT topic ({self.topic_template})")
             match = self._topic.fullmatch(topic)
             if match is None:
-                raise DecodeError(
-                    f"unknown topic {topic[:120]!r}: expected {profile.topic_template}"
-                )
+                raise DecodeError(f"unknown topic {topic[:120]!r}: expected {self.topic_template}")
             topic_vars = match.groupdict()
 
         get = self._parse(text, topic_vars)

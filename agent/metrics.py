@@ -26,6 +26,9 @@ class AgentMetrics:
     dead_letters: int = 0
     forward_latency_ms: float = 0.0
     influx_reachable: bool = False
+    mqtt_connected: bool = False
+    mqtt_messages: int = 0
+    broker_dropped: int = 0  # the broker's $SYS/broker/publish/messages/dropped (cumulative)
     per_channel: dict[str, int] = field(default_factory=dict)
 
     def fields(self) -> dict[str, float | int | bool]:

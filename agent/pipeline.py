@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from agent.alerts import AlertEvent
-from agent.drift.engine import detect_batch
+from agent.drift.engine import check_stale, detect_batch
 from agent.metrics import AgentMetrics
 from agent.reading import Channel
 from agent.spool import Spool
+
+if TYPE_CHECKING:
+    from agent.color import ColorStage
+    from agent.history import History
+    from agent.lots import LotTracker
 
 AlertSink = Callable[[AlertEvent], None]
 
@@ -29,11 +35,15 @@ class Pipeline:
         self.clock_ns = 0  # time of the newest reading seen (simulated time in the demo)
         self._dirty: list[Channel] = []
         self.rejected: list[tuple[str, str]] = []
+        self.color: ColorStage | None = None  # spectra and L*a*b* → ΔE00 (agent/color.py)
+        self.channels_seen: list[Channel] = []  # channels with detectors that had readings
+        self.history: History | None = None  # per-minute aggregates (agent/history.py)
+        self.lots: LotTracker | None = None  # lot samples and comparison (agent/lots.py)
 
     def ingest(self, channel: Channel, ts_ns: int, value: float) -> None:
-        """Accept one reading: spool it, run its channel's detectors, emit any alert events."""
+        """Accept one reading: spool it, queue it for its channel's detectors."""
         if not math.isfinite(value):
-            self.metrics.invalid_readings += 1
+            self.reject(f"{channel.name} {value!r} {ts_ns}", "not a finite number", channel, ts_ns)
             return
         channel.readings += 1
         self.metrics.readings_in += 1
@@ -44,6 +54,8 @@ class Pipeline:
             pending = channel.pending_ns
             if not pending:
                 self._dirty.append(channel)
+                if channel.last_ns == -(2**63):
+                    self.channels_seen.append(channel)
             pending.append(ts_ns)
             channel.pending_x.append(value)
             if len(pending) >= BATCH_MAX:
@@ -65,19 +77,41 @@ class Pipeline:
                 self._detect(channel)
 
     def _detect(self, channel: Channel) -> None:
-        result = detect_batch(channel, channel.pending_ns, channel.pending_x)
+        ns, xs = channel.pending_ns, channel.pending_x
+        result = detect_batch(channel, ns, xs)
         channel.pending_ns = []
         channel.pending_x = []
+        # Per-batch aggregation, never per reading on the hot path.
+        if self.history is not None:
+            self.history.add(channel.name, ns, xs)
+        lots = self.lots
+        if lots is not None and channel.name not in lots.quiet:
+            lots.add(channel, ns, xs)
         if result.late:
             self.metrics.late_readings += result.late
         for event in result.events:
             self.alert(event)
 
-    def reject(self, raw: bytes | str, reason: str) -> None:
-        """Keep a frame that could not become a reading (out of range) for the dead-letter table."""
+    def reject(
+        self,
+        raw: bytes | str,
+        reason: str,
+        channel: Channel | None = None,
+        ts_ns: int | None = None,
+    ) -> None:
+        """Keep a frame that could not become a reading (out of range) for the dead-letter table.
+
+        With its channel, an invalid_rate detector counts it (as a NaN among the readings).
+        """
         text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
         self.rejected.append((text, reason))
         self.metrics.invalid_readings += 1
+        if channel is not None and ts_ns is not None and channel.wants_invalid:
+            pending = channel.pending_ns
+            if not pending:
+                self._dirty.append(channel)
+            pending.append(ts_ns)
+            channel.pending_x.append(math.nan)
 
     async def flush_rejected(self) -> None:
         """Write queued rejects to the spool's dead-letter table."""
@@ -89,6 +123,14 @@ class Pipeline:
             by_reason.setdefault(reason, []).append(text)
         for reason, texts in by_reason.items():
             await self.spool.dead_letter(texts, 0, reason)
+
+    def check_stale(self, now_s: float) -> None:
+        """Raise stale alerts for channels that have gone quiet by ``now_s``."""
+        self.process()  # readings already received count: they are not silence
+        for channel in self.channels_seen:
+            event = check_stale(channel, now_s)
+            if event is not None:
+                self.alert(event)
 
     def alert(self, event: AlertEvent) -> None:
         """Record an alert event in the spool and hand it to every sink (console, log, ...)."""

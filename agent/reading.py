@@ -13,6 +13,7 @@ import numpy as np
 from agent.lineprotocol import escape_key, format_float, series_prefix
 
 if TYPE_CHECKING:
+    from agent.drift.baselines import ChannelBaseline
     from agent.drift.detectors import Detector
 
 
@@ -41,6 +42,8 @@ class Channel:
     pending_ns: list[int] = dataclasses.field(default_factory=list)  # readings awaiting detection
     pending_x: list[float] = dataclasses.field(default_factory=list)
     last_ns: int = -(2**63)  # newest reading the detectors have seen
+    baseline: ChannelBaseline | None = None  # what the detectors compare against
+    wants_invalid: bool = False  # an invalid_rate detector counts out-of-range readings
 
     def publish_rate(self, per_h: np.ndarray) -> None:
         """Record a slope detector's trend for this batch (other detectors quote it).

@@ -14,17 +14,30 @@ from typing import Any, Protocol
 
 from agent.alerts import AlertEvent
 from agent.channels import ChannelRegistry
-from agent.config import AgentConfig, InfluxConfig, SimulatedSourceConfig
+from agent.color import ColorStage
+from agent.config import (
+    AgentConfig,
+    InfluxConfig,
+    MqttSourceConfig,
+    SerialSourceConfig,
+    SimulatedSourceConfig,
+)
 from agent.context import ContextStore
 from agent.drift.baselines import BaselineStore
 from agent.errors import DriftgateError
 from agent.forwarder import Forwarder, ForwarderSettings
+from agent.history import History, HistoryError, history_path
 from agent.lineprotocol import encode_point
 from agent.logs import flush_bursts, get_logger
+from agent.lots import LotTracker
 from agent.metrics import AgentMetrics
+from agent.mqtt import MqttLink
 from agent.pipeline import PROCESS_INTERVAL, Pipeline
 from agent.reading import Channel
+from agent.references import ReferenceStore
 from agent.sim.workshop import DAY, Workshop
+from agent.sources.mqtt import MqttSource
+from agent.sources.serial import SerialSource
 from agent.sources.simulated import SimulatedSource
 from agent.spool import Spool, SpoolStats, spool_path
 
@@ -85,8 +98,14 @@ def forwarder_settings(influx: InfluxConfig) -> ForwarderSettings:
     )
 
 
-def build_sources(cfg: AgentConfig, registry: ChannelRegistry) -> list[Source]:
-    """Instantiate the configured sources."""
+def build_sources(
+    cfg: AgentConfig,
+    registry: ChannelRegistry,
+    *,
+    pipeline: Pipeline | None = None,
+    mqtt: MqttLink | None = None,
+) -> list[Source]:
+    """Instantiate the configured sources (MQTT sources need the pipeline and the link)."""
     sources: list[Source] = []
     base_tags = {"site": cfg.site, "gateway": cfg.gateway}
     for sc in cfg.sources:
@@ -106,6 +125,12 @@ def build_sources(cfg: AgentConfig, registry: ChannelRegistry) -> list[Source]:
                     days=sc.days,
                 )
             )  # fmt: skip
+        elif isinstance(sc, SerialSourceConfig):
+            sources.append(SerialSource(sc, None, registry))  # the pipeline is bound in run()
+        elif isinstance(sc, MqttSourceConfig):
+            if mqtt is None or pipeline is None:
+                raise DriftgateError(f"source {sc.name}: an mqtt source needs the mqtt: section")
+            sources.append(MqttSource(sc, mqtt, pipeline, registry))
     return sources
 
 
@@ -130,9 +155,33 @@ class Agent:
         self.baselines = BaselineStore(cfg.state_dir / "baselines.json")
         self.context = ContextStore(cfg.state_dir / "context.json")
         self.registry = ChannelRegistry(
-            cfg.channels, self.baselines, self.context, cfg.alerts.repeat
+            cfg.channels,
+            self.baselines,
+            self.context,
+            cfg.alerts.repeat,
+            (cfg.alerts.flap_count, cfg.alerts.flap_window),
         )
-        self.sources = build_sources(cfg, self.registry)
+        self.color = ColorStage(
+            cfg.color, ReferenceStore(cfg.state_dir / "references"), self.registry, self.pipeline
+        )
+        self.pipeline.color = self.color
+        self.history = History(history_path(cfg.state_dir), days=cfg.history.days)
+        self.pipeline.history = self.history
+        self.lots = LotTracker(cfg.lots, cfg.state_dir / "lots.json", self.pipeline, self.registry)
+        self.pipeline.lots = self.lots
+        self.mqtt = (
+            MqttLink(
+                cfg.mqtt,
+                site=cfg.site,
+                gateway=cfg.gateway,
+                metrics=self.metrics,
+                context=self.context,
+                on_context=self.apply_context,
+            )
+            if cfg.mqtt is not None
+            else None
+        )
+        self.sources = build_sources(cfg, self.registry, pipeline=self.pipeline, mqtt=self.mqtt)
         for source in self.sources:
             for channel in source.channels():
                 self.registry.add(channel)
@@ -184,11 +233,37 @@ class Agent:
                 continue
             if changed:
                 self.apply_context()
+            try:
+                if self.registry.reload_baselines():
+                    log.info("baselines changed on disk: detectors compare against them now")
+            except (OSError, ValueError, TypeError) as exc:
+                log.error("cannot read the baselines file", error=str(exc))
+            self.pipeline.check_stale(self.clock())
+            self.lots.save_if_due()
+
+    def clock(self) -> float:
+        """Now, for stale checks: the wall clock, or the newest reading's time when every
+        source is a simulation running faster than real time (the demo)."""
+        simulated = [s for s in self.sources if isinstance(s, SimulatedSource)]
+        if (
+            simulated
+            and len(simulated) == len(self.sources)
+            and all(s.speed != 1.0 for s in simulated)
+        ):
+            return self.pipeline.clock_ns / 1e9
+        return time.time()
+
+    async def _references_loop(self) -> None:
+        # `driftgate reference capture|import|clear` write files; pick them up within a second.
+        while True:
+            await asyncio.sleep(1.0)
+            self.color.poll()
 
     def apply_context(self) -> None:
         """Re-tag every channel with the current production context (after a change)."""
         self.pipeline.process()  # readings already received keep the context they came under
         count = self.registry.retag_all()
+        self.lots.context_changed()  # new lots start their samples with the next readings
         log.info("production context changed", channels=count, context=self.context.scopes)
 
     async def _self_metrics_loop(self) -> None:
@@ -227,6 +302,10 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._self_metrics_loop(), name="self-metrics"))
         self._tasks.append(asyncio.create_task(self._detect_loop(), name="detect"))
         self._tasks.append(asyncio.create_task(self._context_loop(), name="context"))
+        self._tasks.append(asyncio.create_task(self._references_loop(), name="references"))
+        self._tasks.append(asyncio.create_task(self.history.run(), name="history"))
+        if self.mqtt is not None:
+            self._tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt"))
         source_tasks = [
             asyncio.create_task(src.run(self.pipeline), name=f"source:{src.name}")
             for src in self.sources
@@ -276,14 +355,23 @@ class Agent:
     ) -> SpoolStats:
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S
         stopper.cancel()
+        if self.mqtt is not None:
+            await self.mqtt.stop()  # `offline` (retained), then a clean disconnect: no will
         # Stop everything that produces lines first (sources, detection, self-metrics), so
         # nothing is appended after the final flush and drain below (it would be left unsent).
-        producers = [t for t in self._tasks if t.get_name() in ("self-metrics", "detect")]
+        producers = [
+            t for t in self._tasks if t.get_name() in ("self-metrics", "detect", "history")
+        ]
         for task in [*source_tasks, *producers]:
             task.cancel()
         await asyncio.gather(stopper, *source_tasks, *producers, return_exceptions=True)
         self.pipeline.process()
         await self.pipeline.flush_rejected()
+        self.lots.save()
+        try:
+            await self.history.close()
+        except (HistoryError, OSError) as exc:
+            log.error("cannot write the local history", error=str(exc))
         self.spool.extend(self.self_metrics_lines())
         await self.spool.flush()
         if self._forward_task is not None and self.forwarder is not None:

@@ -1,7 +1,7 @@
 """Readings per second through the hot path (decode → detect → spool) on one core.
 
 The demo workshop's 12 channels (2 rooms × humidity + temperature, 8 sewing machines'
-tension) with their kinds' default detectors (``agent.runtime.configure_channels`` with no
+tension) with their kinds' default detectors (``agent.channels.ChannelRegistry`` with no
 channel config), fed through ``Pipeline.ingest`` while a real ``Spool`` runs on a temporary
 directory: its ``run()`` task commits to SQLite in its executor thread, as in the agent. The
 loop ends a burst every ``--yield-every`` readings: it calls ``Pipeline.process()`` (detection
@@ -43,11 +43,12 @@ from pathlib import Path
 
 import _common
 
+from agent.channels import ChannelRegistry
+from agent.context import ContextStore
 from agent.drift.baselines import Baseline, BaselineStore
 from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
 from agent.reading import Channel
-from agent.runtime import configure_channels
 from agent.sim.workshop import DAY, Workshop
 from agent.spool import Spool
 
@@ -97,7 +98,9 @@ class Floor:
         warm = self.sample(int(WARMUP_DAYS * DAY / interval))
         self.store = BaselineStore(None)
         self._seed_baselines(warm)
-        configure_channels(self.channels, [], self.store, None)
+        registry = ChannelRegistry([], self.store, ContextStore(None))
+        for channel in self.channels:
+            registry.add(channel)
         self.warmup = warm
 
     def sample(self, frames: int) -> list[Frame]:
@@ -118,7 +121,7 @@ class Floor:
         start_ns, end_ns = frames[0][0], frames[-1][0]
         for name, vals in values.items():
             self.store.put(
-                f"{name}/baseline_shift",
+                name,
                 Baseline(
                     statistics.fmean(vals), statistics.stdev(vals), len(vals), start_ns, end_ns,
                     "learned",

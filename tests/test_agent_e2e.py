@@ -189,7 +189,8 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+    # The agent bounds its own shutdown to 5 s; this generous limit only catches a hang.
     proc.send_signal(sig)
     try:
         return proc.wait(timeout=timeout)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import random
 
+import pytest
+
 from agent.alerts import CLEARED, ESCALATED, RAISED, AlertState, Level
 from agent.drift.baselines import BaselineStore
 from agent.drift.engine import attach_detectors, detect, detect_batch
@@ -92,8 +94,9 @@ def test_alert_event_reads_as_one_sentence_with_the_numbers() -> None:
     channel = _channel()
     attach_detectors(
         channel,
-        [{"type": "baseline_shift", "window": 3600, "baseline": 50.0, "warn": 3.0, "hold": 0}],
+        [{"type": "baseline_shift", "window": 3600, "warn": 3.0, "hold": 0}],
         BaselineStore(None),
+        baseline={"value": 50.0},
     )
     ns = [int((T0 + i * 60) * 1e9) for i in range(200)]
     events = detect_batch(channel, ns, [50.0 if i < 100 else 56.0 for i in range(200)]).events
@@ -102,7 +105,7 @@ def test_alert_event_reads_as_one_sentence_with_the_numbers() -> None:
     assert raised.baseline == 50.0
     assert raised.delta >= 3.0
     assert "Edge paint room humidity" in raised.message
-    assert "above its baseline 50.0 %RH" in raised.message
+    assert "above its baseline 50.0 %RH (configured)" in raised.message
     assert "edge paint drying" in raised.message
     line = raised.line("atelier", "gw1")
     assert line.startswith("drift_alert,channel=edge_paint.humidity,detector=baseline_shift,")
@@ -111,17 +114,20 @@ def test_alert_event_reads_as_one_sentence_with_the_numbers() -> None:
 
 
 def test_learned_baseline_survives_a_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    spec = [{"type": "baseline_shift", "window": 3600, "learn": 7200, "warn": 3.0}]
+    spec = [{"type": "baseline_shift", "window": 3600, "warn": 3.0}]
+    learn = {"window": 3600, "learn": 7200}
     first = _channel()
-    attach_detectors(first, spec, BaselineStore(tmp_path / "baselines.json"))
+    attach_detectors(first, spec, BaselineStore(tmp_path / "baselines.json"), baseline=learn)
     for i in range(200):
         detect(first, int((T0 + i * 60) * 1e9), 50.0 + (i % 2))  # one by one, as a slow sensor
+    assert first.baseline is not None
+    assert first.baseline.locked is not None
     again = _channel()
-    attach_detectors(again, spec, BaselineStore(tmp_path / "baselines.json"))
-    detector = again.detectors[0]
-    assert detector.baseline is not None  # type: ignore[attr-defined]
-    assert detector.baseline.mean == first.detectors[0].baseline.mean  # type: ignore[attr-defined]
-    assert detector.baseline.source == "learned"  # type: ignore[attr-defined]
+    attach_detectors(again, spec, BaselineStore(tmp_path / "baselines.json"), baseline=learn)
+    assert again.baseline is not None
+    assert again.baseline.locked == first.baseline.locked
+    assert again.baseline.locked.source == "learned"
+    assert again.baseline.locked.mean == pytest.approx(50.5, abs=0.01)
 
 
 def _stream(seed: int, days: int = 20) -> tuple[list[int], list[float]]:

@@ -84,8 +84,10 @@ def test_example_loads_with_a_password_file(tmp_path: Path) -> None:
     assert edge.detectors is not None
     baseline, slope = edge.detectors
     assert isinstance(baseline, BaselineShiftConfig)
-    assert (baseline.window, baseline.learn, baseline.hold) == (86400.0, 7 * 86400.0, 7200.0)
-    assert (baseline.warn, baseline.alarm, baseline.baseline) == (3.0, 6.0, "learn")
+    assert (baseline.window, baseline.hold) == (86400.0, 7200.0)
+    assert (baseline.warn, baseline.alarm) == (3.0, 6.0)
+    assert edge.baseline is not None
+    assert (edge.baseline.window, edge.baseline.learn) == (7 * 86400.0, 7 * 86400.0)
     assert isinstance(slope, SlopeConfig)
     assert (slope.window, slope.warn, slope.alarm, slope.hold) == (
         3 * 86400.0,

@@ -1,7 +1,10 @@
-"""Drift detectors: O(1) per sample over a Window, driven by the readings' own timestamps.
+"""Drift detectors: O(1) per reading over ring-buffer windows, driven by the readings' timestamps.
 
-A detector turns each reading into a score in the channel's units (how far the rolling mean is
-from the baseline, or how steep the trend is), and its AlertState turns scores into events.
+Every detector turns each reading into a score (in the channel's units, or in baseline standard
+deviations with ``units: sigma``) and an AlertState turns scores into events. All detectors of
+a channel share its ChannelBaseline (locked baseline, else a long rolling window). Each has a
+vectorised batch path (``update_many``) and a scalar twin (``update_one``) for small batches;
+tests check both give the same events.
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ import numpy as np
 from agent.alerts import (
     CLEARED,
     ESCALATED,
+    FLAP_COUNT,
+    FLAP_WINDOW,
+    FLAPPING,
+    RAISED,
+    SETTLED,
     AlertEvent,
     AlertState,
     Level,
@@ -24,11 +32,16 @@ from agent.alerts import (
     fmt_rate,
     when,
 )
-from agent.drift.baselines import Baseline
+from agent.drift.baselines import ChannelBaseline
 from agent.drift.ring import Window
 from agent.reading import Channel
 
 _DIRECTIONS = {"up": 1, "down": -1, "both": 0}
+
+CLIP_SIGMA = 4.0
+"""CUSUM and EWMA see readings clipped to baseline ± 4σ: a single outlier (a door left open, a
+knocked sensor) moves them by a bounded step instead of tripping them; a real 1–3σ shift is
+untouched."""
 
 
 class Detector(Protocol):
@@ -36,17 +49,50 @@ class Detector(Protocol):
 
     name: str
 
-    def update_many(self, t: np.ndarray, x: np.ndarray, ns: np.ndarray) -> list[AlertEvent]:
-        """Feed a batch of readings (times in seconds and in ns, non-decreasing).
+    def update_many(
+        self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
+    ) -> list[AlertEvent]:
+        """Feed a batch of readings (times in s and ns, non-decreasing) with their baseline.
 
-        Returns the alert events the batch caused, in order. The result is the same however
-        the readings are split into batches.
+        Returns the alert events the batch caused, in order; the same however the readings
+        are split into batches.
         """
         ...
 
-    def update_one(self, t: float, x: float, ns: int) -> AlertEvent | None:
+    def update_one(
+        self, t: float, x: float, ns: int, bmean: float, bstd: float
+    ) -> AlertEvent | list[AlertEvent] | None:
         """Feed one reading: the scalar path for small batches (same result, no NumPy calls)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Alert thresholds and timing shared by the detectors."""
+
+    warn: float
+    alarm: float | None = None
+    direction: str = "both"
+    hold: float = 0.0
+    clear_hold: float | None = None
+    hysteresis: float | None = None
+    repeat: float | None = None
+    units: str = "abs"
+    flap_count: int = FLAP_COUNT
+    flap_window: float = FLAP_WINDOW
+
+    def state(self) -> AlertState:
+        """A fresh state machine with these thresholds."""
+        return AlertState(
+            self.warn,
+            self.alarm,
+            self.hold,
+            self.clear_hold,
+            self.hysteresis,
+            self.repeat,
+            self.flap_count,
+            self.flap_window,
+        )
 
 
 def run_states(
@@ -63,13 +109,13 @@ def run_states(
     while j < m:
         if state.pending_since is None and state.clear_since is None:
             # Steady state: nothing can change until a score crosses a boundary (or a repeat
-            # falls due), so jump to the next such sample in one vectorised step.
+            # or the end of flapping falls due): jump to the next such reading in one step.
             ahead = np.flatnonzero(_interesting(state, t[j:], scores[j:]))
             if ahead.size == 0:
                 break
             j += int(ahead[0])
         score = float(scores[j])
-        if not math.isnan(score):  # NaN: not evaluable (too few samples, no time spread)
+        if not math.isnan(score):  # NaN: not evaluable (too few samples, no baseline yet)
             kind = state.observe(float(t[j]), score)
             if kind is not None:
                 events.append(make_event(j, kind))
@@ -78,47 +124,28 @@ def run_states(
 
 
 def _interesting(state: AlertState, t: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Where a steady state machine could change: a score crossing a boundary, a repeat due."""
+    """Where a steady state machine could change: a score crossing a boundary, a timer due."""
     level = state.level
     if level == Level.OK:
-        return np.asarray(scores >= state.warn)
-    up = state.alarm if level == Level.WARN else math.inf
-    down = (state.warn if level == Level.WARN else state.alarm) - state.margin
-    hit = (scores >= up) | (scores <= down)
-    if state.repeat is not None:
-        hit |= t - state.last_emit >= state.repeat
+        hit = scores >= state.warn
+    else:
+        up = state.alarm if level == Level.WARN else math.inf
+        down = (state.warn if level == Level.WARN else state.alarm) - state.margin
+        hit = (scores >= up) | (scores <= down)
+        if state.repeat is not None:
+            hit |= t - state.last_emit >= state.repeat
+    if state.flapping:
+        hit |= t - state.last_transition >= state.flap_window
     return np.asarray(hit)
 
 
-def first_ready(n: np.ndarray, t: np.ndarray, oldest: np.ndarray, begin: int, min_samples: int,
-                min_cover: float) -> int:  # fmt: skip
-    """Index of the first sample from ``begin`` whose window is full enough to judge."""
-    ok = (n[begin:] >= min_samples) & (t[begin:] - oldest[begin:] >= min_cover)
-    hits = np.flatnonzero(ok)
-    return begin + int(hits[0]) if hits.size else len(n)
-
-
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    """Alert thresholds and timing shared by the detectors (scores in the channel's units)."""
-
-    warn: float
-    alarm: float | None = None
-    direction: str = "both"
-    hold: float = 0.0
-    clear_hold: float | None = None
-    hysteresis: float | None = None
-    repeat: float | None = None
-
-    def state(self) -> AlertState:
-        """A fresh state machine with these thresholds."""
-        return AlertState(
-            self.warn, self.alarm, self.hold, self.clear_hold, self.hysteresis, self.repeat
-        )
+def _first_true(mask: np.ndarray, begin: int = 0) -> int:
+    hits = np.flatnonzero(mask[begin:])
+    return begin + int(hits[0]) if hits.size else len(mask)
 
 
 def span_words(span: float, samples: int) -> str:
-    """How a window reads in an alert: '24 h', '3 d 0 h', or 'last 500 readings'."""
+    """How a window reads in an alert: '24 h', '3 d', or 'last 500 readings'."""
     if math.isfinite(span):
         if span <= 2 * 86400 and span % 3600 == 0:
             return f"{span / 3600:.0f} h"
@@ -127,218 +154,245 @@ def span_words(span: float, samples: int) -> str:
     return f"last {samples} readings"
 
 
-class BaselineShift:
-    """Rolling-window mean against a baseline (configured, learned once, or captured)."""
+def _directed(delta: np.ndarray, sign: int) -> np.ndarray:
+    out: np.ndarray = np.abs(delta) if sign == 0 else delta * sign
+    return out
+
+
+class _Base:
+    """Shared plumbing: thresholds, state machine, baseline, event building."""
+
+    name = "detector"
+
+    def __init__(self, channel: Channel, base: ChannelBaseline, thresholds: Thresholds) -> None:
+        self.channel = channel
+        self.base = base
+        self.thresholds = thresholds
+        self.state = thresholds.state()
+        self.sign = _DIRECTIONS[thresholds.direction]
+        self.sigma = thresholds.units == "sigma"
+
+    def _scale(self, bstd: np.ndarray) -> np.ndarray:
+        if not self.sigma:
+            return np.ones_like(bstd)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out: np.ndarray = np.where(bstd > 0, 1.0 / bstd, np.nan)
+        return out
+
+    def _scale_one(self, bstd: float) -> float:
+        if not self.sigma:
+            return 1.0
+        return 1.0 / bstd if bstd > 0 else math.nan
+
+    def _fast_quiet(self, score: float) -> bool:
+        state = self.state
+        return (
+            state.level == 0
+            and state.pending_since is None
+            and not state.flapping
+            and not score >= state.warn
+        )
+
+    def _since(self, ts_ns: int) -> int:
+        since = self.state.since
+        return int(since * 1e9) if since is not None else ts_ns
+
+    def _unit_words(self) -> str:
+        return "σ" if self.sigma else self.channel.unit
+
+    def _event(
+        self,
+        ts_ns: int,
+        kind: str,
+        *,
+        value: float,
+        baseline: float,
+        delta: float,
+        rate: float,
+        message: str,
+    ) -> AlertEvent:
+        ch = self.channel
+        if kind in (FLAPPING, SETTLED):
+            message = self._flap_message(ts_ns, kind)
+        elif kind != CLEARED and ch.affects:
+            message += f" This affects {ch.affects}."
+        return AlertEvent(
+            ts_ns=ts_ns,
+            channel=ch,
+            detector=self.name,
+            kind=kind,
+            level=self.state.level,
+            value=value,
+            baseline=baseline,
+            delta=delta,
+            rate_per_h=rate,
+            since_ns=self._since(ts_ns),
+            baseline_note=self.base.describe(),
+            message=message,
+        )
+
+    def _flap_message(self, ts_ns: int, kind: str) -> str:
+        ch = self.channel
+        if kind == FLAPPING:
+            return (
+                f"{ch.label}: the {self.name.replace('_', ' ')} alert keeps coming and going "
+                f"({self.state.flap_count} changes within "
+                f"{duration_words(self.state.flap_window)}); further changes are held back "
+                "until it settles. Check the sensor and the thresholds."
+            )
+        return (
+            f"{ch.label}: the {self.name.replace('_', ' ')} alert has settled, now "
+            f"{self.state.level.label}."
+        )
+
+    def _head(self, kind: str) -> str:
+        return f"{self.state.level.label.upper()}: " if kind != CLEARED else ""
+
+
+class BaselineShift(_Base):
+    """Rolling-window mean against the channel's baseline."""
 
     name = "baseline_shift"
 
     def __init__(
         self,
         channel: Channel,
+        base: ChannelBaseline,
         thresholds: Thresholds,
         *,
         span: float,
         max_samples: int = 100_000,
         min_samples: int = 10,
-        baseline: Baseline | None = None,
-        learn: float = 86400.0,
-        on_learned: Callable[[Baseline], None] | None = None,
     ) -> None:
-        self.channel = channel
-        self.thresholds = thresholds
+        super().__init__(channel, base, thresholds)
         self.window = Window(span, max_samples)
         self.min_samples = min_samples
-        self.state = thresholds.state()
-        self.sign = _DIRECTIONS[thresholds.direction]
-        self.baseline = baseline
-        self.base = baseline.mean if baseline is not None else math.nan
-        self.learn = learn
-        self.on_learned = on_learned
         self._ready = False
         self._min_cover = 0.8 * span if math.isfinite(span) else 0.0
-        # Welford accumulator for learning the baseline from the first `learn` seconds.
-        self._ln = 0
-        self._lmean = 0.0
-        self._lm2 = 0.0
-        self._lstart = math.nan
 
-    def update_many(self, t: np.ndarray, x: np.ndarray, ns: np.ndarray) -> list[AlertEvent]:
+    def update_many(
+        self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
+    ) -> list[AlertEvent]:
         """Feed a batch of readings; O(1) per reading."""
         stats = self.window.extend(t, x)
         begin = 0
-        if self.baseline is None:
-            begin = self._learn_many(t, x)
-            if begin >= len(t):
-                return []
         if not self._ready:
-            begin = first_ready(stats.n, t, stats.oldest, begin, self.min_samples, self._min_cover)
+            ok = (stats.n >= self.min_samples) & (t - stats.oldest >= self._min_cover)
+            begin = _first_true(ok)
             if begin >= len(t):
                 return []
             self._ready = True
         mean = stats.mean
-        delta = mean - self.base
-        sign = self.sign
-        scores = np.abs(delta) if sign == 0 else delta * sign
+        delta = mean - bmean
+        scores = _directed(delta, self.sign) * self._scale(bstd)
 
         def event(j: int, kind: str) -> AlertEvent:
-            return self._event(int(ns[j]), j, kind, float(mean[j]), float(delta[j]))
+            return self._make(int(ns[j]), j, kind, float(mean[j]), float(bmean[j]))
 
         return run_states(self.state, t, scores, begin, event)
 
-    def update_one(self, t: float, x: float, ns: int) -> AlertEvent | None:
+    def update_one(
+        self, t: float, x: float, ns: int, bmean: float, bstd: float
+    ) -> AlertEvent | None:
         """Feed one reading; the scalar twin of update_many."""
         w = self.window
         w.add(t, x)
-        if self.baseline is None:
-            self._learn_one(t, x)
-            return None
         if not self._ready:
             if w.n < self.min_samples or t - w.oldest < self._min_cover:
                 return None
             self._ready = True
         mean = w.k + w.sx / w.n
-        delta = mean - self.base
-        sign = self.sign
-        score = abs(delta) if sign == 0 else delta * sign
-        state = self.state
-        if state.level == 0 and score < state.warn and state.pending_since is None:
+        delta = mean - bmean
+        score = (abs(delta) if self.sign == 0 else delta * self.sign) * self._scale_one(bstd)
+        if math.isnan(score) or self._fast_quiet(score):
             return None
-        kind = state.observe(t, score)
-        if kind is None:
-            return None
-        return self._event(ns, -1, kind, mean, delta)
+        kind = self.state.observe(t, score)
+        return None if kind is None else self._make(ns, -1, kind, mean, bmean)
 
-    def _learn_one(self, t: float, x: float) -> None:
-        if self._ln == 0:
-            self._lstart = t
-        self._ln += 1
-        d = x - self._lmean
-        self._lmean += d / self._ln
-        self._lm2 += d * (x - self._lmean)
-        if t - self._lstart >= self.learn and self._ln >= self.min_samples:
-            self._freeze(t)
+    def levels(self) -> dict[str, float]:
+        """The warn/alarm levels in the channel's units around the current baseline (for plots)."""
+        base = self.base.locked
+        if base is None:
+            w = self.base.rolling
+            mean, std = w.mean(), w.std()
+        else:
+            mean, std = base.mean, base.std
+        scale = std if self.sigma else 1.0
+        if not (math.isfinite(mean) and math.isfinite(scale)):
+            return {}
+        out: dict[str, float] = {}
+        th = self.thresholds
+        for name, value in (("warn", th.warn), ("alarm", th.alarm)):
+            if value is None:
+                continue
+            if self.sign >= 0:
+                out[f"{name} +"] = mean + value * scale
+            if self.sign <= 0:
+                out[f"{name} -"] = mean - value * scale
+        return out
 
-    def _freeze(self, t_end: float) -> None:
-        n = self._ln
-        std = math.sqrt(self._lm2 / (n - 1)) if n > 1 else 0.0
-        learned = Baseline(
-            mean=self._lmean,
-            std=std,
-            n=n,
-            start_ns=int(self._lstart * 1e9),
-            end_ns=int(t_end * 1e9),
-            source="learned",
-        )
-        self.set_baseline(learned)
-        if self.on_learned is not None:
-            self.on_learned(learned)
-
-    def _learn_many(self, t: np.ndarray, x: np.ndarray) -> int:
-        """Learn from the batch until the baseline is complete; the index evaluation starts at."""
-        m = len(t)
-        if self._ln == 0:
-            self._lstart = float(t[0])
-        counts = self._ln + np.arange(1, m + 1)
-        done = np.flatnonzero((t - self._lstart >= self.learn) & (counts >= self.min_samples))
-        upto = int(done[0]) + 1 if done.size else m
-        part = x[:upto]
-        nb = len(part)
-        mb = float(part.mean())
-        m2b = float(((part - mb) ** 2).sum())
-        n = self._ln + nb
-        d = mb - self._lmean
-        self._lm2 += m2b + d * d * self._ln * nb / n
-        self._lmean += d * nb / n
-        self._ln = n
-        if not done.size:
-            return m
-        self._freeze(float(t[upto - 1]))
-        return upto
-
-    def set_baseline(self, baseline: Baseline) -> None:
-        """Compare against this baseline from now on."""
-        self.baseline = baseline
-        self.base = baseline.mean
-
-    def _event(self, ts_ns: int, j: int, kind: str, mean: float, delta: float) -> AlertEvent:
+    def _make(self, ts_ns: int, j: int, kind: str, mean: float, base: float) -> AlertEvent:
         ch = self.channel
-        state = self.state
-        assert self.baseline is not None
         unit = ch.unit
-        t = ts_ns / 1e9
-        since_ns = int(state.since * 1e9) if state.since is not None else ts_ns
+        delta = mean - base
         rate = ch.rate_at(j)
         avg = f"{span_words(self.window.span, self.window.max_samples)} average"
         where = "above" if delta >= 0 else "below"
-        base = f"{fmt(self.base, unit)} ({self.baseline.describe()})"
-        if self.baseline.source == "configured":
-            base = fmt(self.base, unit)
+        baseline = f"{fmt(base, unit)} ({self.base.describe()})"
+        since = self._since(ts_ns)
         if kind == CLEARED:
             message = (
                 f"{ch.label} is back to normal: {fmt(mean, unit)} ({avg}), "
-                f"{fmt(abs(delta), unit)} from its baseline {base}; the alert that began "
-                f"{when(since_ns)} lasted {duration_words(t - since_ns / 1e9)}."
+                f"{fmt(abs(delta), unit)} from its baseline {baseline}; the alert that began "
+                f"{when(since)} lasted {duration_words((ts_ns - since) / 1e9)}."
             )
         else:
             verb = "has risen to" if delta >= 0 else "has fallen to"
             if kind == ESCALATED:
-                verb = "is now at" if delta >= 0 else "is now down at"
+                verb = "is now at"
             trend = ""
-            if math.isfinite(rate) and rate != 0.0:
-                direction = "rising" if rate > 0 else "falling"
-                trend = f", still {direction} {fmt_rate(abs(rate), unit)}"
+            if math.isfinite(rate) and rate * delta > 0.0:  # quote a trend that agrees
+                trend = f", still {'rising' if rate > 0 else 'falling'} {fmt_rate(abs(rate), unit)}"
             message = (
-                f"{state.level.label.upper()}: {ch.label} {verb} {fmt(mean, unit)} ({avg}), "
-                f"{fmt(abs(delta), unit)} {where} its baseline {base}, "
-                f"since {when(since_ns)}{trend}."
+                f"{self._head(kind)}{ch.label} {verb} {fmt(mean, unit)} ({avg}), "
+                f"{fmt(abs(delta), unit)} {where} its baseline {baseline}, "
+                f"since {when(since)}{trend}."
             )
-            if ch.affects:
-                message += f" This affects {ch.affects}."
-        return AlertEvent(
-            ts_ns=ts_ns,
-            channel=ch,
-            detector=self.name,
-            kind=kind,
-            level=state.level,
-            value=mean,
-            baseline=self.base,
-            delta=delta,
-            rate_per_h=rate,
-            since_ns=since_ns,
-            baseline_note=self.baseline.describe(),
-            message=message,
+        return self._event(
+            ts_ns, kind, value=mean, baseline=base, delta=delta, rate=rate, message=message
         )
 
 
-class Slope:
-    """Least-squares slope over a window, scored in the channel's units per hour."""
+class Slope(_Base):
+    """Least-squares slope over a window, in units (or baseline sigmas) per hour."""
 
     name = "slope"
 
     def __init__(
         self,
         channel: Channel,
+        base: ChannelBaseline,
         thresholds: Thresholds,
         *,
         span: float,
         max_samples: int = 100_000,
         min_samples: int = 10,
     ) -> None:
-        self.channel = channel
-        self.thresholds = thresholds
+        super().__init__(channel, base, thresholds)
         self.window = Window(span, max_samples, trend=True)
         self.min_samples = min_samples
-        self.state = thresholds.state()
-        self.sign = _DIRECTIONS[thresholds.direction]
         self._ready = False
         self._min_cover = 0.8 * span if math.isfinite(span) else 0.0
 
-    def update_many(self, t: np.ndarray, x: np.ndarray, ns: np.ndarray) -> list[AlertEvent]:
+    def update_many(
+        self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
+    ) -> list[AlertEvent]:
         """Feed a batch of readings; O(1) per reading. Publishes the trend on the channel."""
         stats = self.window.extend(t, x)
         begin = 0
         if not self._ready:
-            begin = first_ready(stats.n, t, stats.oldest, 0, self.min_samples, self._min_cover)
+            ok = (stats.n >= self.min_samples) & (t - stats.oldest >= self._min_cover)
+            begin = _first_true(ok)
             if begin >= len(t):
                 return []
             self._ready = True
@@ -346,16 +400,17 @@ class Slope:
         per_h = 3600.0 * stats.slope
         per_h[:begin] = np.nan
         self.channel.publish_rate(per_h)
-        sign = self.sign
-        scores = np.abs(per_h) if sign == 0 else per_h * sign
+        scores = _directed(per_h, self.sign) * self._scale(bstd)
         mean = stats.mean
 
         def event(j: int, kind: str) -> AlertEvent:
-            return self._event(int(ns[j]), kind, float(per_h[j]), float(mean[j]))
+            return self._make(int(ns[j]), kind, float(per_h[j]), float(mean[j]))
 
         return run_states(self.state, t, scores, begin, event)
 
-    def update_one(self, t: float, x: float, ns: int) -> AlertEvent | None:
+    def update_one(
+        self, t: float, x: float, ns: int, bmean: float, bstd: float
+    ) -> AlertEvent | None:
         """Feed one reading; the scalar twin of update_many."""
         w = self.window
         w.add(t, x)
@@ -367,50 +422,564 @@ class Slope:
         if math.isnan(per_h):
             return None
         self.channel.rate_per_h = per_h
-        sign = self.sign
-        score = abs(per_h) if sign == 0 else per_h * sign
-        state = self.state
-        if state.level == 0 and score < state.warn and state.pending_since is None:
+        score = (abs(per_h) if self.sign == 0 else per_h * self.sign) * self._scale_one(bstd)
+        if math.isnan(score) or self._fast_quiet(score):
             return None
-        kind = state.observe(t, score)
-        if kind is None:
-            return None
-        return self._event(ns, kind, per_h, w.mean())
+        kind = self.state.observe(t, score)
+        return None if kind is None else self._make(ns, kind, per_h, w.mean())
 
-    def _event(self, ts_ns: int, kind: str, per_h: float, now: float) -> AlertEvent:
+    def _make(self, ts_ns: int, kind: str, per_h: float, now: float) -> AlertEvent:
         ch = self.channel
-        state = self.state
         unit = ch.unit
-        w = self.window
-        t = ts_ns / 1e9
-        since_ns = int(state.since * 1e9) if state.since is not None else ts_ns
-        over = span_words(w.span, w.max_samples)
-        direction = "rising" if per_h > 0 else "falling"
+        over = span_words(self.window.span, self.window.max_samples)
+        since = self._since(ts_ns)
         if kind == CLEARED:
             message = (
                 f"{ch.label} has levelled off: trend {fmt_rate(per_h, unit)} over {over}, "
-                f"now {fmt(now, unit)}; the trend alert that began {when(since_ns)} lasted "
-                f"{duration_words(t - since_ns / 1e9)}."
+                f"now {fmt(now, unit)}; the trend alert that began {when(since)} lasted "
+                f"{duration_words((ts_ns - since) / 1e9)}."
             )
         else:
             message = (
-                f"{state.level.label.upper()}: {ch.label} is {direction} "
+                f"{self._head(kind)}{ch.label} is {'rising' if per_h > 0 else 'falling'} "
                 f"{fmt_rate(abs(per_h), unit)} (trend over {over}), now {fmt(now, unit)}, "
-                f"since {when(since_ns)}."
+                f"since {when(since)}."
             )
-            if ch.affects:
-                message += f" This affects {ch.affects}."
-        return AlertEvent(
-            ts_ns=ts_ns,
-            channel=ch,
-            detector=self.name,
-            kind=kind,
-            level=state.level,
-            value=now,
+        return self._event(
+            ts_ns, kind, value=now, baseline=math.nan, delta=math.nan, rate=per_h, message=message
+        )
+
+
+class VarianceChange(_Base):
+    """Rolling standard deviation against the baseline's (stitching consistency)."""
+
+    name = "variance_change"
+
+    def __init__(
+        self,
+        channel: Channel,
+        base: ChannelBaseline,
+        thresholds: Thresholds,
+        *,
+        span: float,
+        max_samples: int = 100_000,
+        min_samples: int = 10,
+    ) -> None:
+        super().__init__(channel, base, thresholds)
+        self.window = Window(span, max_samples)
+        self.min_samples = min_samples
+        self._ready = False
+        self._min_cover = 0.8 * span if math.isfinite(span) else 0.0
+
+    def _score(self, std: np.ndarray, bstd: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(bstd > 0, std / bstd, np.nan)
+            if self.sign > 0:
+                return np.asarray(ratio)
+            inverse = np.where(ratio > 0, 1.0 / ratio, np.inf)
+            return np.asarray(inverse if self.sign < 0 else np.maximum(ratio, inverse))
+
+    def update_many(
+        self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
+    ) -> list[AlertEvent]:
+        """Feed a batch of readings; O(1) per reading."""
+        stats = self.window.extend(t, x)
+        begin = 0
+        if not self._ready:
+            ok = (stats.n >= self.min_samples) & (t - stats.oldest >= self._min_cover)
+            begin = _first_true(ok)
+            if begin >= len(t):
+                return []
+            self._ready = True
+        std = np.sqrt(stats.var)
+        scores = self._score(std, bstd)
+
+        def event(j: int, kind: str) -> AlertEvent:
+            return self._make(int(ns[j]), kind, float(std[j]), float(bstd[j]))
+
+        return run_states(self.state, t, scores, begin, event)
+
+    def update_one(
+        self, t: float, x: float, ns: int, bmean: float, bstd: float
+    ) -> AlertEvent | None:
+        """Feed one reading; the scalar twin of update_many."""
+        w = self.window
+        w.add(t, x)
+        if not self._ready:
+            if w.n < self.min_samples or t - w.oldest < self._min_cover:
+                return None
+            self._ready = True
+        std = w.std()
+        score = float(self._score(np.array([std]), np.array([bstd]))[0])
+        if math.isnan(score) or self._fast_quiet(score):
+            return None
+        kind = self.state.observe(t, score)
+        return None if kind is None else self._make(ns, kind, std, bstd)
+
+    def _make(self, ts_ns: int, kind: str, std: float, bstd: float) -> AlertEvent:
+        ch = self.channel
+        unit = ch.unit
+        over = span_words(self.window.span, self.window.max_samples)
+        ratio = std / bstd if bstd > 0 else math.nan
+        if kind == CLEARED:
+            message = (
+                f"{ch.label} is steady again: spread ±{fmt(std, unit)} over {over}, "
+                f"against ±{fmt(bstd, unit)} normally."
+            )
+        else:
+            word = "more erratic" if ratio >= 1 else "unusually uniform"
+            message = (
+                f"{self._head(kind)}{ch.label} is {word}: spread ±{fmt(std, unit)} over {over}, "
+                f"{ratio:.1f}x its baseline's ±{fmt(bstd, unit)} ({self.base.describe()}), "
+                f"since {when(self._since(ts_ns))}."
+            )
+        return self._event(
+            ts_ns,
+            kind,
+            value=std,
+            baseline=bstd,
+            delta=std - bstd,
+            rate=math.nan,
+            message=message,
+        )
+
+
+class Cusum(_Base):
+    """Two-sided tabular CUSUM of readings standardised by the baseline (k and h in sigmas)."""
+
+    name = "cusum"
+
+    def __init__(
+        self, channel: Channel, base: ChannelBaseline, thresholds: Thresholds, *, k: float = 0.5
+    ) -> None:
+        super().__init__(channel, base, thresholds)
+        self.k = k
+        self.hi = 0.0  # S+
+        self.lo = 0.0  # S-
+        self.hi_n = 0  # readings since S+ was last zero (for the shift estimate)
+        self.lo_n = 0
+
+    @staticmethod
+    def _lindley(a: np.ndarray, start: float) -> np.ndarray:
+        """S_j = max(0, S_{j-1} + a_j) for all j at once."""
+        c = np.cumsum(a)
+        out: np.ndarray = c - np.minimum(np.minimum.accumulate(c), -start)
+        return out
+
+    @staticmethod
+    def _since_zero(s: np.ndarray, start_n: int) -> np.ndarray:
+        idx = np.arange(len(s))
+        last_zero = np.maximum.accumulate(np.where(s <= 0.0, idx, -1))
+        out: np.ndarray = np.where(last_zero >= 0, idx - last_zero, start_n + idx + 1)
+        return out
+
+    def update_many(
+        self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
+    ) -> list[AlertEvent]:
+        """Feed a batch of readings; O(1) per reading."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = (x - bmean) / bstd
+        known = np.isfinite(z) & (bstd > 0)
+        begin = _first_true(known)
+        if begin >= len(t):
+            return []
+        z = np.clip(np.where(known, z, 0.0)[begin:], -CLIP_SIGMA, CLIP_SIGMA)
+        hi = self._lindley(z - self.k, self.hi)
+        lo = self._lindley(-z - self.k, self.lo)
+        hi_n = self._since_zero(hi, self.hi_n)
+        lo_n = self._since_zero(lo, self.lo_n)
+        self.hi, self.lo = float(hi[-1]), float(lo[-1])
+        self.hi_n, self.lo_n = int(hi_n[-1]), int(lo_n[-1])
+        sign = self.sign
+        score = hi if sign > 0 else lo if sign < 0 else np.maximum(hi, lo)
+        scores = np.full(len(t), np.nan)
+        scores[begin:] = score
+
+        def event(j: int, kind: str) -> AlertEvent:
+            i = j - begin
+            up = sign > 0 or (sign == 0 and hi[i] >= lo[i])
+            s, n = (float(hi[i]), int(hi_n[i])) if up else (float(lo[i]), int(lo_n[i]))
+            return self._make(int(ns[j]), kind, s, n, up, float(bmean[j]), float(bstd[j]))
+
+        return run_states(self.state, t, scores, begin, event)
+
+    def update_one(
+        self, t: float, x: float, ns: int, bmean: float, bstd: float
+    ) -> AlertEvent | None:
+        """Feed one reading; the scalar twin of update_many."""
+        if not bstd > 0 or math.isnan(bmean):
+            return None
+        z = min(max((x - bmean) / bstd, -CLIP_SIGMA), CLIP_SIGMA)
+        self.hi = max(0.0, self.hi + z - self.k)
+        self.lo = max(0.0, self.lo - z - self.k)
+        self.hi_n = 0 if self.hi <= 0.0 else self.hi_n + 1
+        self.lo_n = 0 if self.lo <= 0.0 else self.lo_n + 1
+        sign = self.sign
+        score = self.hi if sign > 0 else self.lo if sign < 0 else max(self.hi, self.lo)
+        if self._fast_quiet(score):
+            return None
+        kind = self.state.observe(t, score)
+        if kind is None:
+            return None
+        up = sign > 0 or (sign == 0 and self.hi >= self.lo)
+        s, n = (self.hi, self.hi_n) if up else (self.lo, self.lo_n)
+        return self._make(ns, kind, s, n, up, bmean, bstd)
+
+    def _make(
+        self, ts_ns: int, kind: str, s: float, n: int, up: bool, bmean: float, bstd: float
+    ) -> AlertEvent:
+        ch = self.channel
+        unit = ch.unit
+        # The classic estimate of the shifted mean: mu0 ± sigma·(k + S/N).
+        shift = bstd * (self.k + s / max(n, 1))
+        level = bmean + shift if up else bmean - shift
+        if kind == CLEARED:
+            message = (
+                f"{ch.label} is back on its baseline {fmt(bmean, unit)} "
+                f"({self.base.describe()}): the small persistent shift that began "
+                f"{when(self._since(ts_ns))} has gone."
+            )
+        else:
+            message = (
+                f"{self._head(kind)}{ch.label} has shifted {'up' if up else 'down'} by about "
+                f"{fmt(shift, unit)} to about {fmt(level, unit)} over the last {n} readings, "
+                f"against its baseline {fmt(bmean, unit)} ({self.base.describe()}); "
+                f"since {when(self._since(ts_ns))} (CUSUM {s:.1f}σ)."
+            )
+        return self._event(
+            ts_ns,
+            kind,
+            value=level,
+            baseline=bmean,
+            delta=level - bmean,
+            rate=ch.rate_per_h,
+            message=message,
+        )
+
+
+class Ewma(_Base):
+    """EWMA control chart: the smoothed reading against baseline ± L·σ·sqrt(λ/(2−λ))."""
+
+    name = "ewma"
+
+    def __init__(
+        self, channel: Channel, base: ChannelBaseline, thresholds: Thresholds, *, lam: float = 0.05
+    ) -> None:
+        super().__init__(channel, base, thresholds)
+        self.lam = lam
+        self.factor = math.sqrt(lam / (2.0 - lam))
+        self.z = math.nan
+
+    def update_many(
+        self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
+    ) -> list[AlertEvent]:
+        """Feed a batch of readings; O(1) per reading (a first-order filter in SciPy)."""
+        from scipy.signal import lfilter
+
+        known = np.isfinite(bmean) & (bstd > 0)
+        begin = _first_true(known)
+        if begin >= len(t):
+            return []
+        lam = self.lam
+        lim = CLIP_SIGMA * bstd[begin:]
+        xs = np.clip(x[begin:], bmean[begin:] - lim, bmean[begin:] + lim)
+        start = self.z if math.isfinite(self.z) else float(bmean[begin])
+        z, _ = lfilter([lam], [1.0, lam - 1.0], xs, zi=[(1.0 - lam) * start])
+        self.z = float(z[-1])
+        mean = bmean[begin:]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            score = _directed(z - mean, self.sign) / (bstd[begin:] * self.factor)
+        scores = np.full(len(t), np.nan)
+        scores[begin:] = score
+
+        def event(j: int, kind: str) -> AlertEvent:
+            i = j - begin
+            return self._make(int(ns[j]), kind, float(z[i]), float(bmean[j]), float(bstd[j]))
+
+        return run_states(self.state, t, scores, begin, event)
+
+    def update_one(
+        self, t: float, x: float, ns: int, bmean: float, bstd: float
+    ) -> AlertEvent | None:
+        """Feed one reading; the scalar twin of update_many."""
+        if not bstd > 0 or math.isnan(bmean):
+            return None
+        prev = self.z if math.isfinite(self.z) else bmean
+        lim = CLIP_SIGMA * bstd
+        z = self.lam * min(max(x, bmean - lim), bmean + lim) + (1.0 - self.lam) * prev
+        self.z = z
+        delta = z - bmean
+        score = (abs(delta) if self.sign == 0 else delta * self.sign) / (bstd * self.factor)
+        if math.isnan(score) or self._fast_quiet(score):
+            return None
+        kind = self.state.observe(t, score)
+        return None if kind is None else self._make(ns, kind, z, bmean, bstd)
+
+    def _make(self, ts_ns: int, kind: str, z: float, bmean: float, bstd: float) -> AlertEvent:
+        ch = self.channel
+        unit = ch.unit
+        delta = z - bmean
+        if kind == CLEARED:
+            message = (
+                f"{ch.label} is back within its control limits: smoothed {fmt(z, unit)} "
+                f"against its baseline {fmt(bmean, unit)} ({self.base.describe()})."
+            )
+        else:
+            message = (
+                f"{self._head(kind)}{ch.label} is drifting {'up' if delta >= 0 else 'down'}: "
+                f"smoothed value {fmt(z, unit)}, {fmt(abs(delta), unit)} "
+                f"{'above' if delta >= 0 else 'below'} its baseline {fmt(bmean, unit)} "
+                f"({self.base.describe()}), since {when(self._since(ts_ns))}."
+            )
+        return self._event(
+            ts_ns, kind, value=z, baseline=bmean, delta=delta, rate=ch.rate_per_h, message=message
+        )
+
+
+class Stuck(_Base):
+    """A flat line: no change at all (spread at or below ``tolerance``) over a whole window."""
+
+    name = "stuck"
+
+    def __init__(
+        self,
+        channel: Channel,
+        base: ChannelBaseline,
+        thresholds: Thresholds,
+        *,
+        span: float,
+        tolerance: float = 0.0,
+        max_samples: int = 100_000,
+        min_samples: int = 10,
+    ) -> None:
+        super().__init__(channel, base, thresholds)
+        self.window = Window(span, max_samples)
+        self.tolerance = tolerance
+        self.min_samples = min_samples
+        self._min_cover = 0.8 * span if math.isfinite(span) else 0.0
+
+    def _flat(
+        self, n: np.ndarray, cover: np.ndarray, var: np.ndarray, mean: np.ndarray
+    ) -> np.ndarray:
+        # Running sums leave rounding dust on a truly flat line: allow a relative 1e-6.
+        tol = np.maximum(self.tolerance, 1e-6 * np.maximum(np.abs(mean), 1.0))
+        flat = (n >= self.min_samples) & (cover >= self._min_cover) & (np.sqrt(var) <= tol)
+        return np.asarray(flat, dtype=np.float64)
+
+    def update_many(
+        self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
+    ) -> list[AlertEvent]:
+        """Feed a batch of readings; O(1) per reading."""
+        stats = self.window.extend(t, x)
+        var = np.nan_to_num(stats.var, nan=np.inf)
+        scores = self._flat(stats.n, t - stats.oldest, var, stats.mean)
+        mean = stats.mean
+        covered = t - stats.oldest
+
+        def event(j: int, kind: str) -> AlertEvent:
+            return self._make(int(ns[j]), kind, float(mean[j]), float(covered[j]))
+
+        return run_states(self.state, t, scores, 0, event)
+
+    def update_one(
+        self, t: float, x: float, ns: int, bmean: float, bstd: float
+    ) -> AlertEvent | None:
+        """Feed one reading; the scalar twin of update_many."""
+        w = self.window
+        w.add(t, x)
+        var = w.variance()
+        var = math.inf if math.isnan(var) else var
+        mean = w.mean()
+        score = float(
+            self._flat(
+                np.array([w.n]), np.array([t - w.oldest]), np.array([var]), np.array([mean])
+            )[0]
+        )
+        if self._fast_quiet(score):
+            return None
+        kind = self.state.observe(t, score)
+        return None if kind is None else self._make(ns, kind, mean, t - w.oldest)
+
+    def _make(self, ts_ns: int, kind: str, value: float, covered: float) -> AlertEvent:
+        ch = self.channel
+        if kind == CLEARED:
+            message = f"{ch.label} is changing again after being stuck at {fmt(value, ch.unit)}."
+        else:
+            message = (
+                f"{self._head(kind)}{ch.label} has not changed from {fmt(value, ch.unit)} for "
+                f"{duration_words(covered)}: the sensor may be frozen or disconnected."
+            )
+        return self._event(
+            ts_ns,
+            kind,
+            value=value,
             baseline=math.nan,
             delta=math.nan,
-            rate_per_h=per_h,
-            since_ns=since_ns,
+            rate=math.nan,
+            message=message,
+        )
+
+
+class InvalidRate(_Base):
+    """The share of out-of-range readings over a window (the pipeline marks them as NaN)."""
+
+    name = "invalid_rate"
+    sees_invalid = True
+
+    def __init__(
+        self,
+        channel: Channel,
+        base: ChannelBaseline,
+        thresholds: Thresholds,
+        *,
+        span: float,
+        max_samples: int = 100_000,
+        min_samples: int = 20,
+    ) -> None:
+        super().__init__(channel, base, thresholds)
+        self.window = Window(span, max_samples)
+        self.min_samples = min_samples
+
+    def update_many(
+        self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
+    ) -> list[AlertEvent]:
+        """Feed a batch in which invalid readings are NaN; O(1) per reading."""
+        stats = self.window.extend(t, np.isnan(x).astype(np.float64))
+        share = np.where(stats.n >= self.min_samples, stats.mean, np.nan)
+
+        def event(j: int, kind: str) -> AlertEvent:
+            return self._make(int(ns[j]), kind, float(share[j]), int(stats.n[j]))
+
+        return run_states(self.state, t, share, 0, event)
+
+    def update_one(
+        self, t: float, x: float, ns: int, bmean: float, bstd: float
+    ) -> AlertEvent | None:
+        """Feed one reading (NaN: an invalid one); the scalar twin of update_many."""
+        w = self.window
+        w.add(t, 1.0 if math.isnan(x) else 0.0)
+        if w.n < self.min_samples:
+            return None
+        share = w.mean()
+        if self._fast_quiet(share):
+            return None
+        kind = self.state.observe(t, share)
+        return None if kind is None else self._make(ns, kind, share, w.n)
+
+    def _make(self, ts_ns: int, kind: str, share: float, n: int) -> AlertEvent:
+        ch = self.channel
+        over = span_words(self.window.span, self.window.max_samples)
+        if kind == CLEARED:
+            message = f"{ch.label}: out-of-range readings are back to {share:.0%} over {over}."
+        else:
+            message = (
+                f"{self._head(kind)}{ch.label}: {share:.0%} of the last {n} readings "
+                f"({over}) were out of the sensor's physical range and were kept out of the "
+                "data; check the sensor, its wiring and its calibration."
+            )
+        return self._event(
+            ts_ns,
+            kind,
+            value=share,
+            baseline=math.nan,
+            delta=math.nan,
+            rate=math.nan,
+            message=message,
+        )
+
+
+class Stale:
+    """No reading for ``max_gap``: raised at the moment the gap passed max_gap, cleared by the
+    next reading. Live, ``check(now)`` raises while the gap lasts; replaying the same readings
+    raises the same event afterwards (same timestamp), so replay equals live."""
+
+    name = "stale"
+    sees_invalid = True  # an out-of-range reading still shows the sensor is talking
+
+    def __init__(self, channel: Channel, base: ChannelBaseline, max_gap: float) -> None:
+        self.channel = channel
+        self.base = base
+        self.max_gap = max_gap
+        self.last: float | None = None
+        self.last_ns = 0
+        self.raised = False
+
+    def check(self, now: float) -> AlertEvent | None:
+        """Called on a timer with the agent's clock: raise if the channel has gone quiet."""
+        if self.raised or self.last is None or now - self.last <= self.max_gap:
+            return None
+        self.raised = True
+        return self._raise()
+
+    def update_many(
+        self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
+    ) -> list[AlertEvent]:
+        """Feed a batch; only gaps longer than max_gap cost anything."""
+        events: list[AlertEvent] = []
+        prev = np.concatenate(([self.last if self.last is not None else t[0]], t[:-1]))
+        gaps = np.flatnonzero(t - prev > self.max_gap)
+        for j in gaps.tolist():
+            self.last = float(prev[j])
+            self.last_ns = int(ns[j - 1]) if j > 0 else self.last_ns
+            events += self._gap_closed(float(t[j]), int(ns[j]))
+        if self.raised and not gaps.size:
+            events += self._gap_closed(float(t[0]), int(ns[0]))
+        self.last = float(t[-1])
+        self.last_ns = int(ns[-1])
+        return events
+
+    def update_one(
+        self, t: float, x: float, ns: int, bmean: float, bstd: float
+    ) -> list[AlertEvent] | None:
+        """Feed one reading; the scalar twin of update_many."""
+        events = None
+        if self.last is not None and (t - self.last > self.max_gap or self.raised):
+            events = self._gap_closed(t, ns)
+        self.last = t
+        self.last_ns = ns
+        return events
+
+    def _gap_closed(self, t: float, ns: int) -> list[AlertEvent]:
+        events = []
+        if not self.raised:
+            events.append(self._raise())
+        self.raised = False
+        gap = t - (self.last if self.last is not None else t)
+        events.append(
+            self._alert(
+                ns,
+                CLEARED,
+                Level.OK,
+                f"{self.channel.label} is reporting again after {duration_words(gap)} "
+                "without readings.",
+            )
+        )
+        return events
+
+    def _raise(self) -> AlertEvent:
+        assert self.last is not None
+        ts_ns = self.last_ns + int(self.max_gap * 1e9)
+        ch = self.channel
+        message = (
+            f"WARN: {ch.label} has sent no reading for {duration_words(self.max_gap)} "
+            f"(last at {when(self.last_ns)}): the sensor or its link may be down."
+        )
+        if ch.affects:
+            message += f" Meanwhile {ch.affects} goes unwatched."
+        return self._alert(ts_ns, RAISED, Level.WARN, message)
+
+    def _alert(self, ts_ns: int, kind: str, level: Level, message: str) -> AlertEvent:
+        return AlertEvent(
+            ts_ns=ts_ns,
+            channel=self.channel,
+            detector=self.name,
+            kind=kind,
+            level=level,
+            value=math.nan,
+            baseline=math.nan,
+            delta=math.nan,
+            rate_per_h=math.nan,
+            since_ns=self.last_ns + int(self.max_gap * 1e9),
             baseline_note="",
             message=message,
         )

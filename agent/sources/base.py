@@ -98,10 +98,13 @@ class FrameHandler:
                 reason=exc.reason,
                 frame=preview(raw),
             )
+            color = self.pipeline.color
+            if color is not None and self.decoder.profile.spectrum is not None:
+                color.bad_frame(self, raw, exc.reason)  # a lost measurement: dead-letter it
             return
-        self.ingest(result)
+        self.ingest(result, raw)
 
-    def ingest(self, result: DecodeResult) -> None:
+    def ingest(self, result: DecodeResult, raw: bytes = b"") -> None:
         """Hand decoded values to the pipeline; dead-letter the invalid ones."""
         pipeline = self.pipeline
         ingest = pipeline.ingest
@@ -110,7 +113,9 @@ class FrameHandler:
         self.health.readings += len(result.values)
         for bad in result.invalid:
             self.health.invalid += 1
-            pipeline.reject(bad.raw, f"{self.source}: {bad.reason}")
+            channel = self._channel_named(bad.name)
+            ts = result.values[0].ts_ns if result.values else time.time_ns()
+            pipeline.reject(bad.raw, f"{self.source}: {bad.reason}", channel, ts)
             log.warning("reading out of range", source=self.source, reason=bad.reason)
         spectrum = result.spectrum
         if spectrum is not None:
@@ -123,6 +128,19 @@ class FrameHandler:
             if spectrum.sample:
                 tags["sample"] = spectrum.sample
             pipeline.spool.append(encode_point("spectrum", tags, fields, spectrum.ts_ns))
+        color = pipeline.color
+        if color is not None:
+            if spectrum is not None:
+                color.spectrum(self, spectrum, raw)
+            elif result.values and result.values[0].kind == "color":
+                color.lab_values(self, result.values, raw)
+
+    def _channel_named(self, name: str) -> Channel | None:
+        """The channel an out-of-range value would have gone to (frame tags unknown: first)."""
+        for (value_name, _), channel in self._channels.items():
+            if value_name == name:
+                return channel
+        return None
 
     def channel_for(self, value: DecodedValue) -> Channel:
         """The channel a decoded value belongs to (created on first sight)."""

@@ -1,0 +1,386 @@
+"""The agent's one MQTT connection: a persistent session, birth/will status, topic dispatch.
+
+One client per agent, so one persistent session: a fixed client id, MQTT v5 with clean start
+off and a session expiry, so that while the agent is away (restart, reboot, network outage)
+the broker keeps its subscriptions and queues QoS 1 messages for it, within the broker's
+``max_queued_messages`` (see ``deploy/mosquitto/README.md``). Sources and the production
+context register topic filters with ``subscribe`` before ``run``; ``run`` is aiomqtt's
+documented reconnect loop (one reusable client, ``async with client`` → subscribe → iterate,
+``except MqttError`` → back off and go round).
+
+The ack window. aiomqtt (paho underneath) sends a QoS 1 PUBACK when its message callback
+returns, and by default only queues the message there, so an acknowledged message could sit
+in the client's memory behind a burst. Here the callback hands each message straight to its
+handler (``FrameHandler.frame`` → ``Pipeline.ingest``, which only appends to memory), so at
+PUBACK time the reading is in the spool's buffer. It is durable when the spool commits,
+every ``spool.flush_interval`` (0.2 s by default): a crash or power cut loses at most that
+window of acknowledged messages. A clean stop flushes, and a crash before the PUBACK makes
+the broker deliver the message again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiomqtt import Client, Message, MqttCodeError, MqttError, ProtocolVersion, TLSParameters, Will
+from aiomqtt import Topic as _Topic
+from aiomqtt import Wildcard as _Wildcard
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from agent.config import MqttConfig
+from agent.context import ContextError, ContextStore
+from agent.logs import get_logger
+from agent.metrics import AgentMetrics
+from agent.sources.base import SourceHealth, preview
+
+__all__ = ["DROPPED_TOPIC", "LinkHealth", "MessageHandler", "MqttLink", "parse_context"]
+
+log = get_logger("driftgate.mqtt")
+
+MessageHandler = Callable[[str, bytes, int], None]
+"""``handler(topic, payload, received_ns)``: synchronous and quick (it runs in the read path)."""
+
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 30.0
+RECONNECT_JITTER = 0.25  # ± this fraction of the delay, so gateways do not reconnect in step
+STOP_TIMEOUT_S = 2.0
+DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+ONLINE, OFFLINE = b"online", b"offline"
+_SESSION_EXPIRY_MAX = 0xFFFFFFFF
+_ROUTE_CACHE_MAX = 10_000  # distinct topics remembered with their handlers
+# CONNACK reason codes that retrying will not fix (MQTT v5 and v3 numbering): say so.
+AUTH_FAILURES = frozenset({4, 5, 134, 135, 138, 140})
+
+
+@dataclass(slots=True)
+class LinkHealth:
+    """The connection's own health; also mirrored into AgentMetrics and each MQTT source."""
+
+    connected: bool = False
+    reconnects: int = 0
+    messages: int = 0
+    last_message_ns: int = 0
+    unrouted: int = 0
+    handler_errors: int = 0
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before reconnect attempt ``attempt`` (1, 2, …): doubling, capped, jittered."""
+    delay = min(RECONNECT_MIN_S * 2.0 ** min(attempt - 1, 16), RECONNECT_MAX_S)
+    return delay * random.uniform(1 - RECONNECT_JITTER, 1 + RECONNECT_JITTER)
+
+
+def parse_context(topic: str, payload: bytes) -> tuple[str, str, dict[str, str | None]]:
+    """``(scope, name, tags)`` from a context message: the topic's last two levels are
+    ``<line|zone>/<name>``, the payload a JSON object (null or "" removes a tag).
+    Raises ContextError."""
+    levels = topic.split("/")
+    if len(levels) < 2:
+        raise ContextError(f"context topic {topic!r} should end in <line|zone>/<name>")
+    scope, name = levels[-2], levels[-1]
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise ContextError(f"payload is not JSON: {preview(payload)}") from None
+    if not isinstance(doc, dict):
+        raise ContextError(f"payload should be a JSON object, got {type(doc).__name__}")
+    tags: dict[str, str | None] = {}
+    for key, value in doc.items():
+        if value is None or isinstance(value, str):
+            tags[key] = value
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            tags[key] = str(value)
+        else:
+            raise ContextError(f"the value of {key!r} should be text, got {type(value).__name__}")
+    return scope, name, tags
+
+
+def _inbox(deliver: Callable[[Message], None]) -> type[asyncio.Queue[Message]]:
+    """aiomqtt's incoming queue, replaced by a hand-over: each message goes to ``deliver``
+    inside the client's message callback, before the PUBACK (see the module docstring)."""
+
+    class Inbox(asyncio.Queue[Message]):
+        def put_nowait(self, item: Message) -> None:
+            deliver(item)
+
+    return Inbox
+
+
+@dataclass(slots=True)
+class _Subscription:
+    qos: int
+    retained: bool
+    handlers: list[MessageHandler]
+
+
+class MqttLink:
+    """The agent's connection to its broker (``mqtt:`` in the config)."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        *,
+        site: str,
+        gateway: str,
+        metrics: AgentMetrics,
+        context: ContextStore | None = None,
+        on_context: Callable[[], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.client_id = cfg.client_id or f"driftgate-{site}-{gateway}"
+        self.status_topic = f"driftgate/{site}/{gateway}/status"
+        self.context_filter = cfg.context_topic or f"driftgate/{site}/context/#"
+        self.health = LinkHealth()
+        self.watchers: list[SourceHealth] = []
+        self._context = context
+        self._on_context = on_context
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._routes: dict[str, tuple[MessageHandler, ...]] = {}
+        self._client: Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.connected_event = asyncio.Event()
+        if context is not None:
+            self.subscribe(self.context_filter, 1, self._context_message, retained=True)
+        if cfg.watch_dropped:
+            self.subscribe(DROPPED_TOPIC, 0, self._dropped_message, retained=True)
+
+    # -- registration
+
+    def subscribe(
+        self, topic_filter: str, qos: int, handler: MessageHandler, *, retained: bool = False
+    ) -> None:
+        """Route messages matching ``topic_filter`` to ``handler`` (register before ``run``).
+
+        ``retained``: also take the retained message the broker sends on subscribing (the
+        last context, the broker's $SYS counters); a sensor's retained value is an old
+        reading stamped as new, so by default it is not requested.
+        """
+        _Wildcard(topic_filter)  # ValueError for a malformed filter
+        sub = self._subscriptions.get(topic_filter)
+        if sub is None:
+            self._subscriptions[topic_filter] = _Subscription(qos, retained, [handler])
+        else:
+            sub.qos = max(sub.qos, qos)
+            sub.retained = sub.retained or retained
+            sub.handlers.append(handler)
+        self._routes.clear()
+
+    @property
+    def filters(self) -> list[str]:
+        """The registered topic filters."""
+        return list(self._subscriptions)
+
+    # -- the connection
+
+    def _make_client(self) -> Client:
+        cfg = self.cfg
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = min(int(cfg.session_expiry), _SESSION_EXPIRY_MAX)
+        tls = None
+        if cfg.tls or cfg.ca_file or cfg.cert_file:
+            tls = TLSParameters(
+                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                keyfile=str(cfg.key_file) if cfg.key_file else None,
+            )
+        return Client(
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            password=cfg.password.get_secret_value() if cfg.password else None,
+            identifier=self.client_id,
+            protocol=ProtocolVersion.V5,
+            clean_start=False,  # resume the session the broker kept for us, from the first connect
+            properties=properties,
+            keepalive=cfg.keepalive,
+            will=Will(self.status_topic, OFFLINE, qos=1, retain=True),
+            tls_params=tls,
+            queue_type=_inbox(self._dispatch),
+        )
+
+    async def run(self) -> None:
+        """Connect, subscribe and hand messages over until cancelled; reconnect with backoff."""
+        self._task = asyncio.current_task()
+        client = self._client = self._make_client()
+        attempt = 0
+        outage_since: float | None = None
+        while not self.stopping():
+            try:
+                async with client:
+                    await self._connected(client)
+                    if outage_since is not None:
+                        self.health.reconnects += 1
+                        log.info(
+                            "mqtt reconnected",
+                            broker=self._where(),
+                            downtime_s=round(time.monotonic() - outage_since, 1),
+                            attempts=attempt,
+                        )
+                    outage_since, attempt = None, 0
+                    # Messages are handed over on arrival (_inbox): this only ends on disconnect.
+                    async for message in client.messages:
+                        self._dispatch(message)
+            except MqttError as exc:
+                self._set_connected(False)
+                if self.stopping():
+                    break
+                attempt += 1
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    self._log_outage(exc)
+                await asyncio.sleep(backoff(attempt))
+            except Exception as exc:  # a bug must not end MQTT ingestion for good
+                self._set_connected(False)
+                attempt += 1
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                log.error("mqtt link failed", error=repr(exc))
+                await asyncio.sleep(backoff(attempt))
+
+    async def _connected(self, client: Client) -> None:
+        await client.publish(self.status_topic, ONLINE, qos=1, retain=True)
+        for topic_filter, sub in self._subscriptions.items():
+            handling = (
+                SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
+                if sub.retained
+                else SubscribeOptions.RETAIN_DO_NOT_SEND
+            )
+            options = SubscribeOptions(qos=sub.qos, retainHandling=handling)
+            granted = await client.subscribe(topic_filter, options=options)
+            refused = [code for code in granted if getattr(code, "value", code) >= 0x80]
+            if refused:
+                log.error(
+                    "mqtt broker refused a subscription: check the ACL",
+                    filter=topic_filter,
+                    reason=str(refused[0]),
+                )
+        self._set_connected(True)
+        log.info(
+            "mqtt connected",
+            broker=self._where(),
+            client_id=self.client_id,
+            subscriptions=len(self._subscriptions),
+        )
+
+    def _log_outage(self, exc: MqttError) -> None:
+        code = exc.rc if isinstance(exc, MqttCodeError) else None
+        value = getattr(code, "value", code)
+        if isinstance(value, int) and value in AUTH_FAILURES:
+            log.error(
+                "mqtt broker refused the connection: check username, password and ACL",
+                broker=self._where(),
+                reason=str(exc),
+            )
+        else:
+            log.warning("mqtt connection lost", broker=self._where(), reason=str(exc))
+
+    def _where(self) -> str:
+        return f"{self.cfg.host}:{self.cfg.port}"
+
+    def _set_connected(self, connected: bool) -> None:
+        self.health.connected = connected
+        self.metrics.mqtt_connected = connected
+        for health in self.watchers:
+            health.connected = connected
+            health.reconnects = self.health.reconnects
+        if connected:
+            self.connected_event.set()
+        else:
+            self.connected_event.clear()
+
+    async def publish(
+        self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Publish while connected; raises MqttError when not connected or not acknowledged."""
+        client = self._client
+        if client is None or not self.health.connected:
+            raise MqttError(f"not connected to the MQTT broker {self._where()}")
+        await client.publish(topic, payload, qos=qos, retain=retain)
+
+    def stopping(self) -> bool:
+        """Whether ``stop`` was called."""
+        return self._stopping
+
+    async def stop(self, grace: float = STOP_TIMEOUT_S) -> None:
+        """Publish ``offline`` (retained) and disconnect cleanly, so the will is not sent."""
+        self._stopping = True
+        if self._client is not None and self.health.connected:
+            try:
+                await self._client.publish(
+                    self.status_topic, OFFLINE, qos=1, retain=True, timeout=grace
+                )
+            except MqttError as exc:
+                log.warning("could not publish the offline status", reason=str(exc))
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._set_connected(False)
+
+    # -- dispatch (runs inside the client's read callback: never raise, never block)
+
+    def _dispatch(self, message: Message) -> None:
+        received_ns = time.time_ns()
+        topic = message.topic.value
+        health = self.health
+        health.messages += 1
+        health.last_message_ns = received_ns
+        self.metrics.mqtt_messages += 1
+        handlers = self._routes.get(topic)
+        if handlers is None:
+            handlers = self._route(message.topic)
+        if not handlers:
+            health.unrouted += 1
+            return
+        payload = message.payload
+        for handler in handlers:
+            try:
+                handler(topic, payload, received_ns)
+            except Exception as exc:
+                health.handler_errors += 1
+                log.error("mqtt message handler failed", topic=topic, error=repr(exc))
+
+    def _route(self, topic: _Topic) -> tuple[MessageHandler, ...]:
+        found = tuple(
+            handler
+            for topic_filter, sub in self._subscriptions.items()
+            if topic.matches(topic_filter)
+            for handler in sub.handlers
+        )
+        if len(self._routes) >= _ROUTE_CACHE_MAX:
+            self._routes.clear()
+        self._routes[topic.value] = found
+        return found
+
+    def _context_message(self, topic: str, payload: bytes, _received_ns: int) -> None:
+        if not payload or self._context is None:
+            return  # an empty payload clears a retained message: nothing to apply
+        try:
+            scope, name, tags = parse_context(topic, payload)
+            changed = self._context.set(scope, name, tags)
+        except ContextError as exc:
+            self.metrics.decode_errors += 1
+            log.warning("bad production context message ignored", topic=topic, reason=str(exc))
+            return
+        except OSError as exc:
+            log.error("cannot save the production context", error=str(exc))
+            return
+        if changed:
+            log.info("production context set over mqtt", scope=scope, name=name, tags=tags)
+            if self._on_context is not None:
+                self._on_context()
+
+    def _dropped_message(self, _topic: str, payload: bytes, _received_ns: int) -> None:
+        try:
+            self.metrics.broker_dropped = int(payload.strip() or b"0")
+        except ValueError:
+            log.warning("unexpected $SYS dropped counter", payload=preview(payload))

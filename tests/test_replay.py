@@ -1,0 +1,363 @@
+"""Replay: recorded readings through the live detectors give the live events; bad input is named."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.config import config_from_dict
+from agent.drift.baselines import BaselineStore
+from agent.pipeline import Pipeline
+from agent.reading import Channel
+from agent.replay import (
+    CsvInput,
+    LineProtocolInput,
+    ReplayError,
+    TimeParser,
+    guess_kind,
+    guess_unit,
+    open_input,
+    parse_line,
+    replay,
+)
+from agent.runtime import Agent
+
+FIXTURES = Path(__file__).parent / "fixtures" / "replay"
+T0 = int(datetime(2026, 3, 2, tzinfo=UTC).timestamp())
+STEP = 300  # s between readings, like a climate probe every 5 minutes
+COLUMNS = ("edge_paint.humidity", "edge_paint.temperature", "sewing.m05.tension")
+
+
+def drifting_stream(days: int = 30, seed: int = 4) -> Iterator[tuple[int, list[float | None]]]:
+    """A daily humidity cycle that ramps up from day 14 (and a 1 h outage), a steady temperature
+    with gaps, and a thread tension that steps up 8 cN on day 20 (seeded noise, one outlier)."""
+    rng = random.Random(seed)
+    for i in range(days * 86400 // STEP):
+        d = i * STEP / 86400
+        ramp = min(max(d - 14, 0) * 1.5, 10)
+        rh = 50 + 3 * math.sin(2 * math.pi * d) + rng.gauss(0, 0.3) + ramp
+        temp: float | None = 21.5 + math.sin(2 * math.pi * d) + rng.gauss(0, 0.1)
+        if i % 211 == 3:
+            temp = None  # sensor gap: an empty cell
+        cn = 120 + rng.gauss(0, 1.5) + (8 if d >= 20 else 0) + (25 if i == 4000 else 0)
+        humidity = None if 1440 <= i < 1452 else round(rh, 3)  # a 1 h outage on day 5: stale
+        yield T0 + i * STEP, [humidity, None if temp is None else round(temp, 3), round(cn, 2)]
+
+
+def write_csv(path: Path, rows: list[tuple[int, list[float | None]]]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        f.write("time," + ",".join(COLUMNS) + "\n")
+        for ts, values in rows:
+            stamp = datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+            cells = ["" if v is None else repr(v) for v in values]
+            f.write(f"{stamp},{','.join(cells)}\n")
+
+
+CONFIG = {
+    "site": "atelier",
+    "gateway": "gw1",
+    "channels": [
+        {"name": "edge_paint.humidity", "label": "Edge paint room humidity", "unit": "%RH",
+         "affects": "edge paint drying", "kind": "climate"},
+        {"name": "sewing.m05.tension", "label": "Sewing machine M05 thread tension",
+         "unit": "cN", "kind": "tension"},
+    ],
+}  # fmt: skip
+
+
+class RecordedSource:
+    """A live source playing the readings in bursts of varying size, as a serial or MQTT source
+    hands them to the pipeline, yielding to the event loop (and its 50 ms detect loop) between."""
+
+    name = "recorded"
+
+    def __init__(self, agent: Agent, rows: list[tuple[int, list[float | None]]]) -> None:
+        self.rows = rows
+        self._channels = [
+            agent.registry.get_or_create(
+                name,
+                measurement=guess_kind(name),
+                field=name,
+                unit=guess_unit(name),
+                kind=guess_kind(name),
+                tags={},
+            )
+            for name in COLUMNS
+        ]
+
+    def channels(self) -> list[Channel]:
+        return self._channels
+
+    async def run(self, pipeline: Pipeline) -> None:
+        import asyncio
+
+        rng = random.Random(11)
+        i = 0
+        while i < len(self.rows):
+            burst = rng.choice((1, 3, 17, 64, 250, 1500))
+            for ts, values in self.rows[i : i + burst]:
+                for channel, value in zip(self._channels, values, strict=True):
+                    if value is not None:
+                        pipeline.ingest(channel, ts * 1_000_000_000, value)
+            i += burst
+            if rng.random() < 0.5:
+                pipeline.process()  # a source's end-of-burst call; otherwise the detect loop's
+            await asyncio.sleep(0.001 if rng.random() < 0.1 else 0)
+
+
+def event_view(events: list[dict[str, object]]) -> list[tuple[object, ...]]:
+    keys = ("time", "channel", "detector", "event", "severity", "value", "baseline", "message")
+    rows = [tuple(e[k] for k in keys) for e in events]
+    return sorted(rows, key=lambda r: (str(r[0]), str(r[1]), str(r[2])))
+
+
+class RealTimeAgent(Agent):
+    """The live agent as it runs on a gateway receiving these readings as they happen: its
+    clock (for stale checks) is the newest reading's time, not today's date."""
+
+    def clock(self) -> float:
+        self.pipeline.process()  # readings already received count (see the report on stale)
+        return self.pipeline.clock_ns / 1e9
+
+
+@pytest.mark.parametrize("configured", [True, False], ids=["with-config", "defaults"])
+async def test_replay_equals_live(
+    tmp_path: Path, configured: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = list(drifting_stream())
+    data = dict(CONFIG) if configured else {"site": "atelier", "gateway": "gw1"}
+    cfg = config_from_dict({**data, "state_dir": str(tmp_path / "live")})
+    agent = RealTimeAgent(cfg)
+    source = RecordedSource(agent, rows)
+    agent.sources.append(source)
+    await agent.run(handle_signals=False)
+    live = [e.as_dict() for e in agent.events]
+
+    csv_path = tmp_path / "recorded.csv"
+    write_csv(csv_path, rows)
+    argv = ["replay", str(csv_path)]
+    if configured:
+        cfg_path = tmp_path / "agent.yaml"
+        cfg_path.write_text(json.dumps(data), encoding="utf-8")  # JSON is YAML
+        argv += ["-c", str(cfg_path)]
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    replayed = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+    assert event_view(replayed) == event_view(live)
+    kinds = {(e["channel"], e["detector"], e["event"]) for e in replayed}
+    assert ("edge_paint.humidity", "baseline_shift", "raised") in kinds  # the ramp
+    assert any(c == "sewing.m05.tension" and k == "raised" for c, _, k in kinds)  # the step
+    assert ("edge_paint.humidity", "stale", "raised") in kinds  # the outage
+    assert not any(c == "edge_paint.temperature" for c, _, _ in kinds)  # cycle + gaps: quiet
+    times = [e["time"] for e in replayed]
+    assert times == sorted(times)
+    for e in replayed:
+        assert {"time", "channel", "detector", "event", "value", "baseline"} <= e.keys()
+    if configured:
+        assert any("edge paint drying" in str(e["message"]) for e in replayed)
+    table = out[out.index("\nchannel") :]
+    assert "edge_paint.humidity" in table
+    assert str(sum(1 for _, v in rows if v[0] is not None)) in table  # readings per channel
+
+
+@pytest.mark.parametrize(
+    ("name", "line", "column", "text"),
+    [
+        ("missing_time.csv", 1, "time", "missing"),
+        ("bad_time.csv", 5, "time", "'yesterday' is not a time"),
+        ("bad_value.csv", 4, "humidity", "'abc' is not a number"),
+        ("short_row.csv", 3, "tension_cn", "missing"),
+    ],
+)
+def test_bad_csv_names_line_and_column(
+    name: str, line: int, column: str, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = FIXTURES / name
+    assert main(["replay", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"{path}:{line}: column '{column}': ")
+    assert text in err
+
+
+def test_bad_value_message_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    rows = ["time,humidity"] + [f"{T0 + 60 * i},{50 + i / 10}" for i in range(15)]
+    rows.append(f"{T0 + 900},abc")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(ReplayError) as info:
+        replay(open_input(path))
+    assert str(info.value) == f"{path}:17: column 'humidity': 'abc' is not a number"
+
+
+def test_named_time_column_missing(capsys: pytest.CaptureFixture[str]) -> None:
+    path = FIXTURES / "workshop_4d.csv"
+    assert main(["replay", str(path), "--time-column", "when"]) == 2
+    assert capsys.readouterr().err.startswith(f"{path}:1: column 'when': missing")
+
+
+def test_time_formats() -> None:
+    parse = TimeParser()
+    ns = 1_772_409_600_000_000_000
+    assert parse("2026-03-02T00:00:00Z") == ns
+    assert parse("2026-03-02T01:00:00.5+01:00") == ns + 500_000_000
+    with pytest.raises(ValueError, match="no timezone"):
+        parse("2026-03-02T00:00:00")
+    for text, unit in (("1772409600", "s"), ("1772409600000", "ms"), (str(ns), "ns")):
+        fresh = TimeParser()
+        assert fresh(text) == ns
+        assert fresh.unit is not None
+        assert fresh.unit[0] == unit
+    assert TimeParser()("1772409600.25") == ns + 250_000_000
+    mixed = TimeParser()
+    mixed("1772409600")
+    with pytest.raises(ValueError, match="started with epoch s"):
+        mixed("1772409600000")
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "unit"),
+    [
+        ("humidity", "climate", "%RH"),
+        ("edge_paint.rh", "climate", "%RH"),
+        ("Temperature_C", "climate", "°C"),
+        ("tension_cn", "tension", "cN"),
+        ("m05 load", "tension", "cN"),
+        ("de00_d65", "color", ""),
+        ("deltaE", "color", ""),
+        ("L", "color", ""),
+        ("b", "color", ""),
+        ("pressure", "climate", ""),
+    ],
+)
+def test_default_detector_guess(name: str, kind: str, unit: str, tmp_path: Path) -> None:
+    assert (guess_kind(name), guess_unit(name)) == (kind, unit)
+    path = tmp_path / "one.csv"
+    path.write_text(f"time,{name}\n{T0},1.0\n", encoding="utf-8")
+    result = replay(open_input(path))
+    channel = result.channels[name]
+    assert (channel.kind, channel.unit) == (kind, unit)
+    fresh = Channel(name=name, measurement=kind, field="f", kind=kind)
+    from agent.drift.engine import attach_detectors
+
+    attach_detectors(fresh, None, BaselineStore(None))
+    assert [d.name for d in channel.detectors] == [d.name for d in fresh.detectors]
+
+
+def test_csv_streams_with_empty_cells() -> None:
+    source = CsvInput(FIXTURES / "workshop_4d.csv")
+    readings = source.readings()
+    first = [next(readings) for _ in range(4)]
+    assert first[0] == (0, 1_772_409_600_000_000_000, 47.92)
+    result = replay(CsvInput(FIXTURES / "workshop_4d.csv"))
+    assert result.summaries["humidity"].readings == 1152 - 12  # every 97th cell is empty
+    assert result.summaries["tension_cn"].readings == 1152
+
+
+def test_line_protocol_parser_escapes() -> None:
+    m, tags, fields, ts = parse_line(
+        r'weird\ meas\,x,tag\ key=a\=b\,c field\ key=2.5,n=3i,ok=T,s="say \"hi\", \\o/" 17'
+    )
+    assert m == "weird meas,x"
+    assert tags == {"tag key": "a=b,c"}
+    assert fields == {"field key": 2.5, "n": 3, "ok": True, "s": 'say "hi", \\o/'}
+    assert ts == 17
+    _, tags, _, _ = parse_line(r"m,path=C:\temp v=1 5")
+    assert tags == {"path": r"C:\temp"}  # a backslash before an ordinary character is literal
+    with pytest.raises(ValueError, match="not a number"):
+        parse_line("m v=abc 1")
+
+
+def test_line_protocol_round_trips_our_encoder() -> None:
+    from agent.lineprotocol import encode_point
+
+    tags = {"zone": "edge paint", "k,=": "v =,", "path": "C:\\temp"}
+    fields: dict[str, float | int | bool | str] = {"x y": 1.5, "n": 7, "msg": 'a "b" \\ c\nd'}
+    line = encode_point("clim ate,x", tags, fields, 123)
+    assert parse_line(line) == ("clim ate,x", tags, fields, 123)
+
+
+def test_line_protocol_input_names_and_config_match(tmp_path: Path) -> None:
+    path = FIXTURES / "export.lp"
+    plain = LineProtocolInput(path)
+    names = {s.name for s in plain.series}
+    assert names == {
+        "climate.humidity_rh.edge_paint",
+        "climate.temperature_c.edge_paint",
+        "climate.humidity_rh.cutting",
+        "climate.temperature_c.cutting",
+        "tension.tension_cn",
+        "weird meas,x.field key",
+    }  # the lot tag (production context) does not split a channel; drift_alert is skipped
+    matched = LineProtocolInput(path, ["edge_paint.humidity", "sewing.m01.tension"])
+    by_name = {s.name: s for s in matched.series}
+    assert by_name["edge_paint.humidity"].unit == "%RH"
+    assert by_name["sewing.m01.tension"].kind == "tension"
+    assert by_name["sewing.m01.tension"].tags["station"] == "m01"
+    result = replay(matched)
+    assert result.summaries["edge_paint.humidity"].readings == 2
+    assert result.summaries["sewing.m01.tension"].readings == 2  # 121.5 and 121i
+    assert isinstance(open_input(path), LineProtocolInput)
+    assert isinstance(open_input(FIXTURES / "workshop_4d.csv"), CsvInput)
+
+
+def test_line_protocol_replay_equals_csv_replay(tmp_path: Path) -> None:
+    rows = list(drifting_stream(days=22))  # the 8 cN step comes on day 20
+    csv_path = tmp_path / "r.csv"
+    write_csv(csv_path, rows)
+    lp_path = tmp_path / "r.lp"
+    with lp_path.open("w", encoding="utf-8") as f:
+        f.write("# DML\n# CONTEXT-DATABASE: driftgate\n")
+        for ts, values in rows:
+            cn = values[2]
+            f.write(f"tension,station=m05,zone=sewing tension_cn={cn!r} {ts * 10**9}\n")
+    from_csv = replay(open_input(csv_path), only=["sewing.m05.tension"])
+    from_lp = replay(open_input(lp_path, configured=["sewing.m05.tension"]))
+    assert from_csv.events
+    assert [e.as_dict() for e in from_csv.events] == [e.as_dict() for e in from_lp.events]
+
+
+def test_bad_line_protocol_names_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "x.lp"
+    path.write_text("m,a=b v=1 1\nm,a=b v=1\n", encoding="utf-8")
+    assert main(["replay", str(path)]) == 2
+    assert capsys.readouterr().err.startswith(f"{path}:2: no timestamp")
+
+
+def test_state_dir_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = FIXTURES / "workshop_4d.csv"
+    state = tmp_path / "state"
+    assert main(["replay", str(path)]) == 0
+    assert not state.exists()
+    assert main(["replay", str(path), "--state-dir", str(state)]) == 0
+    assert (state / "baselines.json").exists()  # learned baselines kept where asked
+
+
+def test_channel_filter(capsys: pytest.CaptureFixture[str]) -> None:
+    path = FIXTURES / "workshop_4d.csv"
+    assert main(["replay", str(path), "--channel", "humidity"]) == 0
+    out = capsys.readouterr().out
+    assert "tension_cn" not in out
+    assert main(["replay", str(path), "--channel", "nope"]) == 2
+    assert "no channel 'nope'" in capsys.readouterr().err
+
+
+def test_plot_is_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    csv_path = tmp_path / "r.csv"
+    write_csv(csv_path, list(drifting_stream(days=24)))
+    png = tmp_path / "out.png"
+    assert main(["replay", str(csv_path), "--plot", str(png)]) == 0
+    data = png.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(data) > 10_000
