@@ -6,6 +6,7 @@ Identical warnings and errors in a burst are logged once and then summarised
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -117,6 +118,24 @@ def _level_number(level: str) -> int:
     return number
 
 
+class _SafeStream:
+    """A log stream that never raises: a closed or broken stream must not kill the task that
+    logs (a reconnect loop logging its outage, say); the line is lost, the agent goes on."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except (OSError, ValueError):
+            return 0
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.flush()
+
+
 def configure_logging(
     level: str = "info",
     fmt: str = "auto",
@@ -153,7 +172,7 @@ def configure_logging(
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_level_number(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _SafeStream(out))),
         cache_logger_on_first_use=False,
     )
 

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import pytest
 import pytest_asyncio
+import structlog
 
 if os.path.dirname(__file__) not in sys.path:  # `import servers` under any --import-mode
     sys.path.insert(0, os.path.dirname(__file__))
@@ -171,3 +172,12 @@ async def _asyncio_task_guard() -> AsyncIterator[None]:
         t.cancel()
     await asyncio.wait(leaked, timeout=2)
     pytest.fail(f"test left {len(leaked)} asyncio task(s) running:\n  {names}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Each test starts and ends with structlog's defaults: a test that logs into a StringIO
+    or capsys must not leave later tests writing to a closed stream."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
