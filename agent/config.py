@@ -1243,11 +1243,8 @@ def _validate(
     return config
 
 
-def load_config(path: Path, env: Mapping[str, str] | None = None) -> AgentConfig:
-    """Read and validate the YAML config at ``path``; raise ConfigError listing every problem.
-
-    ``env`` (default ``os.environ``) supplies secrets and ``CREDENTIALS_DIRECTORY``.
-    """
+def read_yaml(path: Path) -> _Document:
+    """Read and parse a YAML file with line numbers; ConfigError naming the file otherwise."""
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -1256,7 +1253,7 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> AgentConfig
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{source}: not UTF-8 text ({exc.reason})"]) from None
     try:
-        document = _parse_yaml(text)
+        return _parse_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1"
@@ -1264,6 +1261,15 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> AgentConfig
         raise ConfigError([f"{source}:{where}: YAML syntax error: {reason}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{source}:1: YAML syntax error: {exc}"]) from None
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read and validate the YAML config at ``path``; raise ConfigError listing every problem.
+
+    ``env`` (default ``os.environ``) supplies secrets and ``CREDENTIALS_DIRECTORY``.
+    """
+    source = str(path)
+    document = read_yaml(path)
     found = [
         (line, f"{source}:{line}: {_format_path(loc)}: {text}")
         for loc, line, text in document.problems

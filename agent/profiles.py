@@ -15,7 +15,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -32,11 +31,11 @@ from agent.config import (
     _line_of,
     _Loading,
     _locate,
-    _parse_yaml,
     _problem_text,
     _raise_problems,
     _reason,
     _Section,
+    read_yaml,
 )
 from agent.errors import ConfigError
 
@@ -541,21 +540,7 @@ def load_profile(name_or_path: str | Path, search_path: Sequence[Path] | None = 
     """
     path = profile_path(name_or_path, search_path)
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{source}: cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{source}: not UTF-8 text ({exc.reason})"]) from None
-    try:
-        document = _parse_yaml(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1"
-        reason = " ".join(part for part in (exc.context, exc.problem) if part)
-        raise ConfigError([f"{source}:{where}: YAML syntax error: {reason}"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{source}:1: YAML syntax error: {exc}"]) from None
+    document = read_yaml(path)
     if document.problems:
         raise ConfigError(
             [
