@@ -785,6 +785,9 @@ class MqttConfig(_Section):
         default=None,
         description="production context updates (default driftgate/<site>/context/#)",
     )
+    publish_alerts: bool = Field(
+        default=True, description="alert events as JSON on driftgate/<site>/<gateway>/alerts"
+    )
     watch_dropped: bool = Field(
         default=True, description="read $SYS/broker/publish/messages/dropped into self-metrics"
     )

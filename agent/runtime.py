@@ -31,7 +31,7 @@ from agent.lineprotocol import encode_point
 from agent.logs import flush_bursts, get_logger
 from agent.lots import LotTracker
 from agent.metrics import AgentMetrics
-from agent.mqtt import MqttLink
+from agent.mqtt import AlertPublisher, MqttLink
 from agent.pipeline import PROCESS_INTERVAL, Pipeline
 from agent.reading import Channel
 from agent.references import ReferenceStore
@@ -181,6 +181,10 @@ class Agent:
             if cfg.mqtt is not None
             else None
         )
+        self.alert_publisher: AlertPublisher | None = None
+        if self.mqtt is not None and cfg.mqtt is not None and cfg.mqtt.publish_alerts:
+            self.alert_publisher = AlertPublisher(self.mqtt, cfg.site, cfg.gateway)
+            self.pipeline.sinks.append(self.alert_publisher)
         self.sources = build_sources(cfg, self.registry, pipeline=self.pipeline, mqtt=self.mqtt)
         for source in self.sources:
             for channel in source.channels():
@@ -306,6 +310,10 @@ class Agent:
         self._tasks.append(asyncio.create_task(self.history.run(), name="history"))
         if self.mqtt is not None:
             self._tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt"))
+        if self.alert_publisher is not None:
+            self._tasks.append(
+                asyncio.create_task(self.alert_publisher.run(), name="alert-publisher")
+            )
         source_tasks = [
             asyncio.create_task(src.run(self.pipeline), name=f"source:{src.name}")
             for src in self.sources
@@ -355,6 +363,10 @@ class Agent:
     ) -> SpoolStats:
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S
         stopper.cancel()
+        if self.alert_publisher is not None and self.alert_publisher.queue:
+            # Give queued alert events a moment to go out before the link says goodbye.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.alert_publisher.drained.wait(), 1.0)
         if self.mqtt is not None:
             await self.mqtt.stop()  # `offline` (retained), then a clean disconnect: no will
         # Stop everything that produces lines first (sources, detection, self-metrics), so

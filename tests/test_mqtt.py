@@ -516,3 +516,33 @@ async def test_shipped_broker_config_tls_passwords_acl(tmp_path: Path) -> None:
         assert await pub(broker, "floor/gw1/ep1/x", "1", extra=wrong, check=False) != 0
     finally:
         broker.stop()
+
+
+async def test_alert_events_are_published_as_json(
+    tmp_path: Path, mosquitto: MosquittoServer
+) -> None:
+    """Andon boards subscribe to driftgate/<site>/<gateway>/alerts: one JSON object per event."""
+    topic = f"driftgate/{SITE}/{GATEWAY}/alerts"
+    args = [
+        require_binary(SUB, "mosquitto-clients"),
+        "-h",
+        mosquitto.host,
+        "-p",
+        str(mosquitto.port),
+    ]
+    sub = await asyncio.create_subprocess_exec(
+        *args, "-t", topic, "-q", "1", "-C", "1", "-W", "30", stdout=subprocess.PIPE
+    )
+    await asyncio.sleep(0.5)  # the subscription is in place before the first alert
+    sim = {"type": "simulated", "name": "sim", "speed": 1e6, "days": 11, "seed": 1, "interval": 60}
+    agent = Agent(make_config(tmp_path, mosquitto, [sim]))
+    result = await agent.run(handle_signals=False)
+    out, _ = await asyncio.wait_for(sub.communicate(), 30)
+    event = json.loads(out.decode().splitlines()[0])
+    first = result.events[0]
+    assert event["channel"] == first.channel.name == "sewing.m05.tension"
+    assert event["event"] == "raised"
+    assert event["message"] == first.message
+    assert event["affects"] == "seam strength and stitch appearance"
+    assert agent.alert_publisher is not None
+    assert agent.alert_publisher.published == len(result.events)
