@@ -73,10 +73,10 @@ def specs(max_samples: int, crossed: bool) -> list[dict[str, Any]]:
     if crossed:
         # Baseline 0 against values near 50: the shift score (50) is past alarm at once;
         # a slope warn of 1e-9/h is crossed by any non-zero trend of the noise.
-        shift = {"baseline": 0.0, "warn": 1.0, "alarm": 2.0}
+        shift = {"warn": 1.0, "alarm": 2.0}
         slope = {"warn": 1e-9}
     else:
-        shift = {"baseline": 50.0, "warn": 1e9}
+        shift = {"warn": 1e9}
         slope = {"warn": 1e9}
     common = {"window": math.inf, "max_samples": max_samples, "min_samples": 10}
     return [
@@ -93,8 +93,13 @@ def channel(max_samples: int, crossed: bool = False) -> Channel:
         unit="%RH",
         label="Bench room humidity",
     )
+    # The channel's baseline is fixed (0 for crossed: values near 50 are past alarm at once).
     attach_detectors(
-        ch, specs(max_samples, crossed), BaselineStore(None), REPEAT_S if crossed else None
+        ch,
+        specs(max_samples, crossed),
+        BaselineStore(None),
+        REPEAT_S if crossed else None,
+        baseline={"value": 0.0 if crossed else 50.0, "std": 1.0},
     )
     return ch
 
@@ -243,8 +248,10 @@ def measure(max_samples: int, n: int, vals: list[float], arr: np.ndarray) -> dic
     first, second = (d.update_many for d in ch.detectors)  # type: ignore[attr-defined]
 
     def both(t: np.ndarray, x: np.ndarray, ns: np.ndarray) -> None:
-        first(t, x, ns)
-        second(t, x, ns)
+        bmean = np.full(len(t), 50.0)
+        bstd = np.ones(len(t))
+        first(t, x, ns, bmean, bstd)
+        second(t, x, ns, bmean, bstd)
 
     out["updates_us"] = us(loop_arrays(both, n, BATCH, arr, True), n)
     del ch
