@@ -120,6 +120,11 @@ def _colour() -> Any:
     return colour
 
 
+def warm_up_colour() -> None:
+    """Import colour-science now (the agent does it off the event loop at startup)."""
+    _colour()
+
+
 def delta_e00(lab1: npt.ArrayLike, lab2: npt.ArrayLike) -> Array:
     """CIEDE2000 colour difference (kL = kC = kH = 1) of L*a*b* arrays (…, 3), by colour-science."""
     out = _colour().delta_E(np.asarray(lab1, float), np.asarray(lab2, float), method="CIE 2000")

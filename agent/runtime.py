@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from agent.alerts import AlertEvent
 from agent.channels import ChannelRegistry
-from agent.color import ColorStage
+from agent.color import ColorStage, warm_up_colour
 from agent.config import (
     AgentConfig,
     InfluxConfig,
@@ -33,6 +33,7 @@ from agent.lots import LotTracker
 from agent.metrics import AgentMetrics
 from agent.mqtt import AlertPublisher, MqttLink
 from agent.pipeline import PROCESS_INTERVAL, Pipeline
+from agent.profiles import load_profile
 from agent.reading import Channel
 from agent.references import ReferenceStore
 from agent.sim.workshop import DAY, Workshop
@@ -245,6 +246,18 @@ class Agent:
             self.pipeline.check_stale(self.clock())
             self.lots.save_if_due()
 
+    def _measures_colour(self) -> bool:
+        """Whether any device source sends spectra or L*a*b* (its profile says so)."""
+        for sc in self.cfg.sources:
+            if isinstance(sc, SerialSourceConfig | MqttSourceConfig):
+                try:
+                    profile = load_profile(sc.profile)
+                except DriftgateError:
+                    continue
+                if profile.spectrum is not None or any(f.kind == "color" for f in profile.fields):
+                    return True
+        return False
+
     def clock(self) -> float:
         """Now, for stale checks: the wall clock, or the newest reading's time when every
         source is a simulation running faster than real time (the demo)."""
@@ -287,6 +300,10 @@ class Agent:
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop_event.set)
+        if self._measures_colour():
+            # colour-science takes a second to import (more on a Pi): do it now, off the
+            # event loop, rather than stall the loop at the first measurement.
+            await asyncio.to_thread(warm_up_colour)
         stats = await self.spool.open()
         log.info(
             "agent starting",

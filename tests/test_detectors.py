@@ -218,3 +218,26 @@ def test_a_single_outlier_does_not_trip_cusum_or_ewma(spec: dict) -> None:  # ty
     values = NOISE[:5000].copy()
     values[2500] += 30.0  # one wild reading: 30 sigma
     assert _first_raised(_run([spec], values), spec["type"]) is None
+
+
+def test_cusum_and_ewma_allow_for_autocorrelated_noise_but_still_catch_a_shift() -> None:
+    """Slowly wandering sensor noise (AR(1), φ 0.5): the learned baseline measures φ and widens
+    the charts' σ by √((1+φ)/(1−φ)), so noise stays quiet and a 1σ-of-the-noise shift is seen."""
+    rng = np.random.default_rng(21)
+    n = 60_000
+    e = rng.standard_normal(n)
+    ar = np.zeros(n)
+    for i in range(1, n):
+        ar[i] = 0.5 * ar[i - 1] + e[i]
+    specs = [
+        {"type": "cusum", "k": 0.5, "warn": 14.0, "alarm": 22.0, "hysteresis": 2.0},
+        {"type": "ewma", "lam": 0.05, "warn": 5.5, "alarm": 7.5, "hold": 60},
+    ]
+    learn = {"window": 10_000 * STEP, "learn": 10_000 * STEP}
+    quiet = _run(specs, ar, baseline=learn)
+    assert [e for e in quiet if e.kind == RAISED] == []
+    shifted = ar.copy()
+    shifted[30_000:] += 1.2  # one standard deviation of the AR(1) readings
+    first = _first_raised(_run(specs, shifted, baseline=learn), "cusum")
+    assert first is not None
+    assert 30_000 <= first <= 30_000 + 150

@@ -32,6 +32,18 @@ class Baseline:
     end_ns: int
     source: str  # "configured", "learned" or "captured"
     note: str = ""
+    phi: float = 0.0  # lag-1 autocorrelation of the readings (0: unknown or independent)
+
+    @property
+    def inflation(self) -> float:
+        """How much wider the spread of sums is than for independent readings: √((1+φ)/(1−φ)).
+
+        CUSUM and EWMA assume independent readings; real sensors drift slowly between readings
+        (AR(1)), which would make them alarm on noise. Scaling σ by this keeps their false-alarm
+        rate where the benchmark puts it (bench/detector_quality.py, AR(1) control).
+        """
+        phi = min(max(self.phi, 0.0), 0.95)
+        return math.sqrt((1.0 + phi) / (1.0 - phi))
 
     def describe(self) -> str:
         """Where the baseline comes from, in words an alert can quote."""
@@ -144,6 +156,22 @@ class ChannelBaseline:
         self._lmean = 0.0
         self._lm2 = 0.0
         self._lstart = math.nan
+        # Lag-1 sums for the autocorrelation, on values shifted by the first one (precision).
+        self._lorig = 0.0
+        self._lsum = 0.0
+        self._llag = 0.0
+        self._lprev = 0.0
+
+    @property
+    def settled(self) -> bool:
+        """Whether per-reading charts (CUSUM, EWMA) may run: a baseline is locked, or none will
+        ever be (no `learn`). A rolling baseline still learning would let them chase noise."""
+        return self.locked is not None or self.spec.learn is None
+
+    @property
+    def inflation(self) -> float:
+        """σ inflation for per-reading charts (CUSUM, EWMA) from the locked baseline's φ."""
+        return self.locked.inflation if self.locked is not None else 1.0
 
     @property
     def mean(self) -> float:
@@ -207,6 +235,12 @@ class ChannelBaseline:
     def _learn_one(self, t: float, x: float) -> None:
         if self._ln == 0:
             self._lstart = t
+            self._lorig = x
+        y = x - self._lorig
+        if self._ln:
+            self._llag += y * self._lprev
+        self._lsum += y
+        self._lprev = y
         self._ln += 1
         d = x - self._lmean
         self._lmean += d / self._ln
@@ -221,12 +255,17 @@ class ChannelBaseline:
         m = len(t)
         if self._ln == 0:
             self._lstart = float(t[0])
+            self._lorig = float(x[0])
         counts = self._ln + np.arange(1, m + 1)
         hits = np.flatnonzero(
             (t - self._lstart >= self.spec.learn) & (counts >= self.spec.min_samples)
         )
         upto = int(hits[0]) + 1 if hits.size else m
         part = x[:upto]
+        y = part - self._lorig
+        self._llag += float(y[1:] @ y[:-1]) + (y[0] * self._lprev if self._ln else 0.0)
+        self._lsum += float(y.sum())
+        self._lprev = float(y[-1])
         nb = len(part)
         mb = float(part.mean())
         m2b = float(((part - mb) ** 2).sum())
@@ -242,9 +281,15 @@ class ChannelBaseline:
 
     def _freeze(self, t_end: float) -> None:
         n = self._ln
+        phi = 0.0
+        if n > 2 and self._lm2 > 0:
+            ybar = self._lsum / n
+            lag = self._llag - ybar * (2 * self._lsum - self._lprev) + (n - 1) * ybar * ybar
+            phi = lag / self._lm2
         learned = Baseline(
             mean=self._lmean,
             std=math.sqrt(self._lm2 / (n - 1)) if n > 1 else 0.0,
+            phi=round(phi, 4),
             n=n,
             start_ns=int(self._lstart * 1e9),
             end_ns=int(t_end * 1e9),

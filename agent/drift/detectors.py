@@ -577,8 +577,10 @@ class Cusum(_Base):
         self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
     ) -> list[AlertEvent]:
         """Feed a batch of readings; O(1) per reading."""
+        if not self.base.settled:
+            return []
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = (x - bmean) / bstd
+            z = (x - bmean) / (bstd * self.base.inflation)
         known = np.isfinite(z) & (bstd > 0)
         begin = _first_true(known)
         if begin >= len(t):
@@ -607,9 +609,9 @@ class Cusum(_Base):
         self, t: float, x: float, ns: int, bmean: float, bstd: float
     ) -> AlertEvent | None:
         """Feed one reading; the scalar twin of update_many."""
-        if not bstd > 0 or math.isnan(bmean):
+        if not bstd > 0 or math.isnan(bmean) or not self.base.settled:
             return None
-        z = min(max((x - bmean) / bstd, -CLIP_SIGMA), CLIP_SIGMA)
+        z = min(max((x - bmean) / (bstd * self.base.inflation), -CLIP_SIGMA), CLIP_SIGMA)
         self.hi = max(0.0, self.hi + z - self.k)
         self.lo = max(0.0, self.lo - z - self.k)
         self.hi_n = 0 if self.hi <= 0.0 else self.hi_n + 1
@@ -676,6 +678,8 @@ class Ewma(_Base):
         """Feed a batch of readings; O(1) per reading (a first-order filter in SciPy)."""
         from scipy.signal import lfilter
 
+        if not self.base.settled:
+            return []
         known = np.isfinite(bmean) & (bstd > 0)
         begin = _first_true(known)
         if begin >= len(t):
@@ -688,7 +692,8 @@ class Ewma(_Base):
         self.z = float(z[-1])
         mean = bmean[begin:]
         with np.errstate(divide="ignore", invalid="ignore"):
-            score = _directed(z - mean, self.sign) / (bstd[begin:] * self.factor)
+            spread = bstd[begin:] * self.factor * self.base.inflation
+            score = _directed(z - mean, self.sign) / spread
         scores = np.full(len(t), np.nan)
         scores[begin:] = score
 
@@ -702,14 +707,15 @@ class Ewma(_Base):
         self, t: float, x: float, ns: int, bmean: float, bstd: float
     ) -> AlertEvent | None:
         """Feed one reading; the scalar twin of update_many."""
-        if not bstd > 0 or math.isnan(bmean):
+        if not bstd > 0 or math.isnan(bmean) or not self.base.settled:
             return None
         prev = self.z if math.isfinite(self.z) else bmean
         lim = CLIP_SIGMA * bstd
         z = self.lam * min(max(x, bmean - lim), bmean + lim) + (1.0 - self.lam) * prev
         self.z = z
         delta = z - bmean
-        score = (abs(delta) if self.sign == 0 else delta * self.sign) / (bstd * self.factor)
+        spread = bstd * self.factor * self.base.inflation
+        score = (abs(delta) if self.sign == 0 else delta * self.sign) / spread
         if math.isnan(score) or self._fast_quiet(score):
             return None
         kind = self.state.observe(t, score)
