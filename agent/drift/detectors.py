@@ -33,7 +33,7 @@ from agent.alerts import (
     when,
 )
 from agent.drift.baselines import ChannelBaseline
-from agent.drift.ring import Window
+from agent.drift.ring import BatchStats, Window
 from agent.reading import Channel
 
 _DIRECTIONS = {"up": 1, "down": -1, "both": 0}
@@ -249,10 +249,11 @@ class _Base:
         return f"{self.state.level.label.upper()}: " if kind != CLEARED else ""
 
 
-class BaselineShift(_Base):
-    """Rolling-window mean against the channel's baseline."""
+class _Windowed(_Base):
+    """A detector over its own time window, judged once the window is full enough (80 % of
+    its span covered and min_samples readings)."""
 
-    name = "baseline_shift"
+    trend = False
 
     def __init__(
         self,
@@ -265,23 +266,47 @@ class BaselineShift(_Base):
         min_samples: int = 10,
     ) -> None:
         super().__init__(channel, base, thresholds)
-        self.window = Window(span, max_samples)
+        self.window = Window(span, max_samples, trend=self.trend)
         self.min_samples = min_samples
         self._ready = False
         self._min_cover = 0.8 * span if math.isfinite(span) else 0.0
 
-    def update_many(
-        self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
-    ) -> list[AlertEvent]:
-        """Feed a batch of readings; O(1) per reading."""
+    def _extend(self, t: np.ndarray, x: np.ndarray) -> tuple[BatchStats, int] | None:
+        """Add a batch; its statistics and the first index to judge (None: none yet)."""
         stats = self.window.extend(t, x)
         begin = 0
         if not self._ready:
             ok = (stats.n >= self.min_samples) & (t - stats.oldest >= self._min_cover)
             begin = _first_true(ok)
             if begin >= len(t):
-                return []
+                return None
             self._ready = True
+        return stats, begin
+
+    def _add(self, t: float, x: float) -> bool:
+        """Add one reading; whether the window can be judged."""
+        w = self.window
+        w.add(t, x)
+        if not self._ready:
+            if w.n < self.min_samples or t - w.oldest < self._min_cover:
+                return False
+            self._ready = True
+        return True
+
+
+class BaselineShift(_Windowed):
+    """Rolling-window mean against the channel's baseline."""
+
+    name = "baseline_shift"
+
+    def update_many(
+        self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
+    ) -> list[AlertEvent]:
+        """Feed a batch of readings; O(1) per reading."""
+        got = self._extend(t, x)
+        if got is None:
+            return []
+        stats, begin = got
         mean = stats.mean
         delta = mean - bmean
         scores = _directed(delta, self.sign) * self._scale(bstd)
@@ -296,11 +321,8 @@ class BaselineShift(_Base):
     ) -> AlertEvent | None:
         """Feed one reading; the scalar twin of update_many."""
         w = self.window
-        w.add(t, x)
-        if not self._ready:
-            if w.n < self.min_samples or t - w.oldest < self._min_cover:
-                return None
-            self._ready = True
+        if not self._add(t, x):
+            return None
         mean = w.k + w.sx / w.n
         delta = mean - bmean
         score = (abs(delta) if self.sign == 0 else delta * self.sign) * self._scale_one(bstd)
@@ -363,39 +385,20 @@ class BaselineShift(_Base):
         )
 
 
-class Slope(_Base):
+class Slope(_Windowed):
     """Least-squares slope over a window, in units (or baseline sigmas) per hour."""
 
     name = "slope"
-
-    def __init__(
-        self,
-        channel: Channel,
-        base: ChannelBaseline,
-        thresholds: Thresholds,
-        *,
-        span: float,
-        max_samples: int = 100_000,
-        min_samples: int = 10,
-    ) -> None:
-        super().__init__(channel, base, thresholds)
-        self.window = Window(span, max_samples, trend=True)
-        self.min_samples = min_samples
-        self._ready = False
-        self._min_cover = 0.8 * span if math.isfinite(span) else 0.0
+    trend = True
 
     def update_many(
         self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
     ) -> list[AlertEvent]:
         """Feed a batch of readings; O(1) per reading. Publishes the trend on the channel."""
-        stats = self.window.extend(t, x)
-        begin = 0
-        if not self._ready:
-            ok = (stats.n >= self.min_samples) & (t - stats.oldest >= self._min_cover)
-            begin = _first_true(ok)
-            if begin >= len(t):
-                return []
-            self._ready = True
+        got = self._extend(t, x)
+        if got is None:
+            return []
+        stats, begin = got
         assert stats.slope is not None
         per_h = 3600.0 * stats.slope
         per_h[:begin] = np.nan
@@ -413,11 +416,8 @@ class Slope(_Base):
     ) -> AlertEvent | None:
         """Feed one reading; the scalar twin of update_many."""
         w = self.window
-        w.add(t, x)
-        if not self._ready:
-            if w.n < self.min_samples or t - w.oldest < self._min_cover:
-                return None
-            self._ready = True
+        if not self._add(t, x):
+            return None
         per_h = 3600.0 * w.slope()
         if math.isnan(per_h):
             return None
@@ -450,26 +450,10 @@ class Slope(_Base):
         )
 
 
-class VarianceChange(_Base):
+class VarianceChange(_Windowed):
     """Rolling standard deviation against the baseline's (stitching consistency)."""
 
     name = "variance_change"
-
-    def __init__(
-        self,
-        channel: Channel,
-        base: ChannelBaseline,
-        thresholds: Thresholds,
-        *,
-        span: float,
-        max_samples: int = 100_000,
-        min_samples: int = 10,
-    ) -> None:
-        super().__init__(channel, base, thresholds)
-        self.window = Window(span, max_samples)
-        self.min_samples = min_samples
-        self._ready = False
-        self._min_cover = 0.8 * span if math.isfinite(span) else 0.0
 
     def _score(self, std: np.ndarray, bstd: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -483,14 +467,10 @@ class VarianceChange(_Base):
         self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
     ) -> list[AlertEvent]:
         """Feed a batch of readings; O(1) per reading."""
-        stats = self.window.extend(t, x)
-        begin = 0
-        if not self._ready:
-            ok = (stats.n >= self.min_samples) & (t - stats.oldest >= self._min_cover)
-            begin = _first_true(ok)
-            if begin >= len(t):
-                return []
-            self._ready = True
+        got = self._extend(t, x)
+        if got is None:
+            return []
+        stats, begin = got
         std = np.sqrt(stats.var)
         scores = self._score(std, bstd)
 
@@ -504,11 +484,8 @@ class VarianceChange(_Base):
     ) -> AlertEvent | None:
         """Feed one reading; the scalar twin of update_many."""
         w = self.window
-        w.add(t, x)
-        if not self._ready:
-            if w.n < self.min_samples or t - w.oldest < self._min_cover:
-                return None
-            self._ready = True
+        if not self._add(t, x):
+            return None
         std = w.std()
         score = float(self._score(np.array([std]), np.array([bstd]))[0])
         if math.isnan(score) or self._fast_quiet(score):
