@@ -49,6 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and list every problem")
     check.add_argument("-c", "--config", type=Path, required=True)
 
+    spool = sub.add_parser(
+        "spool",
+        help="what waits in the spool, what was dropped, and the newest dead letters",
+        description="Reads the spool read-only, so it is safe while the agent runs.",
+    )
+    spool.add_argument("-c", "--config", type=Path, help="agent config (for its state_dir)")
+    spool.add_argument("--state-dir", type=Path, help="state dir (default ./.driftgate)")
+    spool.add_argument("--dead", type=int, default=10, metavar="N", help="dead letters to show")
+
     ctx = sub.add_parser(
         "context",
         help="show or set the production context (lot, operator, shift, order) of a line or zone",
@@ -214,6 +223,32 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return Path(".driftgate")
 
 
+def _spool(args: argparse.Namespace) -> int:
+    import time
+
+    from agent.alerts import duration_words
+    from agent.spool import inspect, spool_path
+
+    path = spool_path(_state_dir(args))
+    stats, oldest_ns, dead = inspect(path, args.dead)
+    age = (
+        f", oldest spooled {duration_words((time.time_ns() - oldest_ns) / 1e9)} ago"
+        if oldest_ns
+        else ""
+    )
+    print(f"spool {path}")
+    print(
+        f"  waiting: {stats.pending_lines:,} lines ({stats.pending_bytes / 1e6:.1f} MB) in "
+        f"{stats.chunks:,} chunks{age}"
+    )
+    print(f"  dropped at the byte cap, ever: {stats.dropped_total:,} lines")
+    print(f"  dead letters (refused by InfluxDB or out of range): {stats.dead_letters:,}")
+    for letter in dead:
+        status = f"HTTP {letter.status}" if letter.status else "agent"
+        print(f"    [{status}] {letter.reason[:160]}\n      {letter.line[:200]}")
+    return EXIT_OK
+
+
 def _context(args: argparse.Namespace) -> int:
     import json
 
@@ -262,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             return _reference(args)
         if args.command == "context":
             return _context(args)
+        if args.command == "spool":
+            return _spool(args)
         if args.command == "replay":
             from agent.replay import replay_command
 

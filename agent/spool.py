@@ -638,3 +638,38 @@ class Spool:
         if not self._failing:
             self._failing = True
             _log.error("spool commit failed", path=str(self.path), error=str(exc))
+
+
+def inspect(path: Path, dead_limit: int = 10) -> tuple[SpoolStats, int | None, list[DeadLetter]]:
+    """Read a spool without writing to it (a running agent may own it): its stats, the
+    oldest pending line's spool time in ns (None when empty) and the newest dead letters."""
+    if not path.exists():
+        raise SpoolError(f"no spool at {path}: check state_dir (or -c / --state-dir)")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise SpoolError(f"cannot open the spool {path}: {exc}") from None
+    try:
+        chunks, lines, size, oldest = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(n_lines), 0), COALESCE(SUM(n_bytes), 0), "
+            "MIN(created_ns) FROM chunks"
+        ).fetchone()
+        dropped = conn.execute("SELECT value FROM meta WHERE key = 'dropped_total'").fetchone()
+        (dead_count,) = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
+        rows = conn.execute(
+            "SELECT status, reason, line FROM dead_letters ORDER BY id DESC LIMIT ?",
+            (dead_limit,),
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise SpoolError(f"cannot read the spool {path}: {exc}") from None
+    finally:
+        conn.close()
+    stats = SpoolStats(
+        pending_lines=int(lines),
+        pending_bytes=int(size),
+        chunks=int(chunks),
+        dropped_total=int(dropped[0]) if dropped else 0,
+        dead_letters=int(dead_count),
+    )
+    dead = [DeadLetter(line, int(status), reason) for status, reason, line in rows]
+    return stats, oldest, dead

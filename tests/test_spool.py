@@ -218,3 +218,31 @@ async def test_synchronous_full_and_bad_options(tmp_path: Path) -> None:
         assert (await spool.stats()).pending_lines == 1
     with pytest.raises(SpoolError):
         Spool(tmp_path / "x.sqlite", synchronous="off")  # type: ignore[arg-type]
+
+
+async def test_cli_spool_reports_pending_dropped_and_dead_letters(tmp_path: Path) -> None:
+    """`driftgate spool` reads the file read-only: safe beside a running agent."""
+    import sys
+
+    async def cli(state: Path) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent", "spool", "--state-dir", str(state),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    spool = Spool(spool_path(tmp_path))
+    await spool.open()
+    spool.extend([f"m f={i}.0 {TS + i}" for i in range(1234)])
+    await spool.flush()
+    await spool.dead_letter(['m f="x" 1'], 400, "partial write: field type conflict")
+    code, out, _ = await cli(tmp_path)
+    await spool.close()
+    assert code == 0
+    assert "waiting: 1,234 lines" in out
+    assert "dead letters (refused by InfluxDB or out of range): 1" in out
+    assert "[HTTP 400] partial write: field type conflict" in out
+    code, _, err = await cli(tmp_path / "none")
+    assert code == 1
+    assert "no spool at" in err
