@@ -623,7 +623,8 @@ class Cusum(_Base):
                 f"{self._head(kind)}{ch.label} has shifted {'up' if up else 'down'} by about "
                 f"{fmt(shift, unit)} to about {fmt(level, unit)} over the last {n} readings, "
                 f"against its baseline {fmt(bmean, unit)} ({self.base.describe()}); "
-                f"since {when(self._since(ts_ns))} (CUSUM {s:.1f}σ)."
+                f"since {when(self._since(ts_ns))} (CUSUM statistic {s:.1f}, "
+                f"alert level {self.state.warn:g})."
             )
         return self._event(
             ts_ns,
