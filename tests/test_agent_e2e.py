@@ -21,13 +21,14 @@ from typing import Any
 import pytest
 import yaml
 from servers import InfluxDB1Server, VictoriaMetricsServer, free_port
+from spoolfile import committed_lines
 
 from agent.config import config_from_dict
 from agent.forwarder import Forwarder, ForwarderSettings
 from agent.metrics import AgentMetrics
 from agent.runtime import Agent
 from agent.sim.workshop import DAY, Workshop
-from agent.spool import Spool, split_body, spool_path
+from agent.spool import Spool, spool_path
 
 START = "2026-01-01T00:00:00Z"
 START_S = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
@@ -109,15 +110,7 @@ def influx_reading_count(server: InfluxDB1Server, db: str) -> int:
 
 def spool_lines(state_dir: Path) -> list[str]:
     """Every line committed in the spool file, read with sqlite3."""
-    conn = sqlite3.connect(spool_path(state_dir))
-    try:
-        rows = conn.execute("SELECT n_lines, body FROM chunks ORDER BY id").fetchall()
-    finally:
-        conn.close()
-    out: list[str] = []
-    for n_lines, body in rows:
-        out += split_body(bytes(body).decode(), n_lines)
-    return out
+    return committed_lines(state_dir)
 
 
 def committed_line_count(state_dir: Path) -> int:

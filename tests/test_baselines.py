@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
@@ -13,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from spoolfile import committed_lines
 
 from agent.config import AgentConfig, config_from_dict
 from agent.runtime import Agent
-from agent.spool import split_body, spool_path
 
 CHANNEL = "sewing.m05.tension"
 NOTE = "sample approval SKU 4711"
@@ -46,16 +45,13 @@ def _cli(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def _m05_readings(state_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Every m05 tension reading the agent spooled (nothing was forwarded: no influx)."""
-    with sqlite3.connect(spool_path(state_dir)) as db:
-        rows = db.execute("SELECT body, n_lines FROM chunks ORDER BY id").fetchall()
     ts: list[int] = []
     xs: list[float] = []
-    for body, n in rows:
-        for line in split_body(bytes(body).decode(), n):
-            if line.startswith("tension,") and ",station=m05," in line:
-                _head, value, stamp = line.rsplit(" ", 2)
-                xs.append(float(value.split("=", 1)[1]))
-                ts.append(int(stamp))
+    for line in committed_lines(state_dir, "tension"):
+        if ",station=m05," in line:
+            _head, value, stamp = line.rsplit(" ", 2)
+            xs.append(float(value.split("=", 1)[1]))
+            ts.append(int(stamp))
     return np.asarray(ts, dtype=np.int64), np.asarray(xs)
 
 

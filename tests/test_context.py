@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from spoolfile import committed_lines
 
 from agent.config import config_from_dict
 from agent.context import ContextError, ContextStore
 from agent.runtime import Agent
-from agent.spool import split_body, spool_path
 
 
 def test_set_merge_remove_and_persist(tmp_path: Path) -> None:
@@ -68,9 +67,7 @@ def test_cli_sets_and_shows(tmp_path: Path) -> None:
 
 
 def _spooled(state_dir: Path) -> list[str]:
-    with sqlite3.connect(spool_path(state_dir)) as db:
-        rows = db.execute("SELECT body, n_lines FROM chunks ORDER BY id").fetchall()
-    return [line for body, n in rows for line in split_body(bytes(body).decode(), n)]
+    return committed_lines(state_dir)
 
 
 async def test_running_agent_tags_readings_after_a_cli_change(tmp_path: Path) -> None:

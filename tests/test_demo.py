@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,8 +16,7 @@ from pathlib import Path
 
 import pytest
 from servers import InfluxDB1Server
-
-from agent.spool import split_body, spool_path
+from spoolfile import committed_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_PER_DAY = 86400 // 60  # the demo samples every channel once a simulated minute
@@ -114,19 +112,7 @@ def parse_summary(stdout: str) -> Summary:
 
 def spool_lines(state_dir: Path) -> list[str]:
     """Every line committed in the spool file, read with sqlite3 (not through agent code)."""
-    path = spool_path(state_dir)
-    assert path.exists(), f"no spool at {path}"
-    conn = sqlite3.connect(path)
-    try:
-        rows = conn.execute("SELECT n_lines, body FROM chunks ORDER BY id").fetchall()
-    finally:
-        conn.close()
-    out: list[str] = []
-    for n_lines, body in rows:
-        part = split_body(bytes(body).decode(), n_lines)
-        assert len(part) == n_lines
-        out += part
-    return out
+    return committed_lines(state_dir)
 
 
 def by_measurement(lines: list[str]) -> Counter[str]:

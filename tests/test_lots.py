@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
+from spoolfile import committed_lines
 
 from agent.config import config_from_dict
 from agent.reading import Channel
 from agent.runtime import Agent
-from agent.spool import split_body, spool_path
 
 N = 200
 T0 = 1_772_409_600 * 10**9  # 2026-03-02T00:00Z
@@ -82,10 +81,7 @@ class Floor:
 
 
 def _spooled(state_dir: Path, measurement: str) -> list[str]:
-    with sqlite3.connect(spool_path(state_dir)) as db:
-        rows = db.execute("SELECT body, n_lines FROM chunks ORDER BY id").fetchall()
-    lines = [line for body, n in rows for line in split_body(bytes(body).decode(), n)]
-    return [line for line in lines if line.startswith(measurement + ",")]
+    return committed_lines(state_dir, measurement)
 
 
 def _summaries(state_dir: Path) -> dict[str, dict[str, float]]:

@@ -13,7 +13,6 @@ import json
 import os
 import pwd
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import pytest
 import structlog
 import yaml
 from servers import LOOPBACK, InfluxDB1Server, MosquittoServer, require_binary
+from spoolfile import committed_lines
 
 from agent.config import AgentConfig, config_from_dict
 from agent.context import ContextError
@@ -34,7 +34,6 @@ from agent.mqtt import parse_context
 from agent.profiles import load_profile
 from agent.runtime import Agent, RunResult
 from agent.sources.mqtt import subscription_filter
-from agent.spool import split_body, spool_path
 
 ROOT = Path(__file__).resolve().parent.parent
 PUB = "/usr/bin/mosquitto_pub"
@@ -142,15 +141,7 @@ def retained(broker: MosquittoServer, topic: str, *extra: str) -> str:
 
 
 def spool_lines(state_dir: Path) -> list[str]:
-    conn = sqlite3.connect(spool_path(state_dir))
-    try:
-        rows = conn.execute("SELECT n_lines, body FROM chunks ORDER BY id").fetchall()
-    finally:
-        conn.close()
-    out: list[str] = []
-    for n_lines, body in rows:
-        out += split_body(bytes(body).decode(), n_lines)
-    return out
+    return committed_lines(state_dir)
 
 
 def seqs(state_dir: Path) -> list[int]:

@@ -7,7 +7,6 @@ import asyncio
 import io
 import json
 import random
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import serial
 import structlog
 import yaml
 from servers import InfluxDB1Server, MosquittoServer, SerialPair
+from spoolfile import committed_lines
 
 from agent.config import config_from_dict
 from agent.logs import configure_logging
@@ -28,7 +28,6 @@ from agent.runtime import Agent
 from agent.sim.devices import DEMO_START, DeviceEmulator, DeviceFrame
 from agent.sources.reconnect import BACKOFF_CAP_S, backoff_delay
 from agent.sources.serial import SerialSource
-from agent.spool import split_body, spool_path
 
 SITE, GATEWAY = "floor1", "gw-serial"
 
@@ -78,21 +77,13 @@ async def agents() -> AsyncIterator[Agents]:
 
 def spooled(state_dir: Path, measurement: str) -> list[tuple[dict[str, str], str, float, int]]:
     """``(tags, field, value, ts_ns)`` of every committed line of a measurement, in order."""
-    conn = sqlite3.connect(spool_path(state_dir))
-    try:
-        rows = conn.execute("SELECT n_lines, body FROM chunks ORDER BY id").fetchall()
-    finally:
-        conn.close()
     out = []
-    for n_lines, body in rows:
-        for line in split_body(bytes(body).decode(), n_lines):
-            if not line.startswith(measurement + ","):
-                continue  # alerts and self-metrics
-            series, field_set, ts = line.split(" ")
-            _, *tag_parts = series.split(",")
-            tags = dict(part.split("=", 1) for part in tag_parts)
-            field, value = field_set.split("=", 1)
-            out.append((tags, field, float(value), int(ts)))
+    for line in committed_lines(state_dir, measurement):  # not alerts nor self-metrics
+        series, field_set, ts = line.split(" ")
+        _, *tag_parts = series.split(",")
+        tags = dict(part.split("=", 1) for part in tag_parts)
+        field, value = field_set.split("=", 1)
+        out.append((tags, field, float(value), int(ts)))
     return out
 
 
