@@ -98,18 +98,9 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
-class _Counts:
-    pending_lines: int
-    pending_bytes: int
-    chunks: int
-    dropped_total: int
-    dead_letters: int
-
-
-@dataclass(frozen=True, slots=True)
 class _CommitResult:
     committed_lines: int
-    counts: _Counts
+    counts: SpoolStats
     dropped_lines: int = 0
     dropped_chunks: int = 0
     dropped_first_ns: int = 0
@@ -173,8 +164,8 @@ class _Store:
         self.dead_letters = 0
         self.commits = 0
 
-    def counts(self) -> _Counts:
-        return _Counts(
+    def counts(self) -> SpoolStats:
+        return SpoolStats(
             self.pending_lines,
             self.pending_bytes,
             self.chunks,
@@ -182,7 +173,7 @@ class _Store:
             self.dead_letters,
         )
 
-    def open(self) -> _Counts:
+    def open(self) -> SpoolStats:
         what_to_do = (
             f"If the file is damaged, stop driftgate and move it aside "
             f"(mv {self.path} {self.path}.broken): an empty spool is created at the next start, "
@@ -328,7 +319,7 @@ class _Store:
             return None
         return SpoolBatch(tuple(ids), lines)
 
-    def ack(self, chunk_ids: Sequence[int], dead: Sequence[DeadLetter]) -> _Counts:
+    def ack(self, chunk_ids: Sequence[int], dead: Sequence[DeadLetter]) -> SpoolStats:
         conn = self._conn()
         marks = ",".join("?" * len(chunk_ids))
         try:
@@ -362,7 +353,7 @@ class _Store:
             [(now, d.status, d.reason, d.line) for d in dead],
         )
 
-    def dead_letter(self, dead: Sequence[DeadLetter]) -> _Counts:
+    def dead_letter(self, dead: Sequence[DeadLetter]) -> SpoolStats:
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -478,7 +469,7 @@ class Spool:
                     dropped_total=counts.dropped_total,
                     dead_letters=counts.dead_letters,
                 )
-        return self._stats(self._store.counts())
+        return self._store.counts()
 
     async def __aenter__(self) -> Spool:
         await self.open()
@@ -563,7 +554,7 @@ class Spool:
     async def stats(self) -> SpoolStats:
         """Committed lines and bytes waiting, chunk count, lines dropped, dead letters."""
         await self.open()
-        return self._stats(await self._call(self._store.counts))
+        return await self._call(self._store.counts)
 
     # -- internals ---------------------------------------------------------------------------
     def _submit(self, fn: Callable[..., _T], *args: object) -> asyncio.Future[_T]:
@@ -575,22 +566,12 @@ class Spool:
         # shield: a cancelled caller must not cancel SQLite work queued behind it
         return await asyncio.shield(self._submit(fn, *args))
 
-    @staticmethod
-    def _stats(counts: _Counts) -> SpoolStats:
-        return SpoolStats(
-            counts.pending_lines,
-            counts.pending_bytes,
-            counts.chunks,
-            counts.dropped_total,
-            counts.dead_letters,
-        )
-
-    def _publish(self, counts: _Counts) -> None:
+    def _publish(self, counts: SpoolStats) -> None:
         self.metrics.spool_pending_lines = counts.pending_lines
         self.metrics.spool_pending_bytes = counts.pending_bytes
         self.metrics.spool_dropped = counts.dropped_total + self._lost_in_memory
 
-    def _after_counts(self, fut: asyncio.Future[_Counts]) -> None:
+    def _after_counts(self, fut: asyncio.Future[SpoolStats]) -> None:
         if not fut.cancelled() and fut.exception() is None:
             self._publish(fut.result())
 
