@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from agent.alerts import FLAP_COUNT, FLAP_WINDOW
 from agent.config import ChannelConfig
 from agent.context import ContextStore
+from agent.drift.alerts import FLAP_COUNT, FLAP_WINDOW
 from agent.drift.baselines import BaselineStore
 from agent.drift.engine import attach_detectors
 from agent.logs import get_logger

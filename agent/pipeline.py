@@ -6,16 +6,16 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from agent.alerts import AlertEvent
+from agent.drift.alerts import AlertEvent
 from agent.drift.engine import check_stale, detect_batch
 from agent.metrics import AgentMetrics
 from agent.reading import Channel
-from agent.spool import Spool
+from agent.store.spool import Spool
 
 if TYPE_CHECKING:
-    from agent.color import ColorStage
-    from agent.history import History
-    from agent.lots import LotTracker
+    from agent.color.stage import ColorStage
+    from agent.drift.lots import LotTracker
+    from agent.store.history import History
 
 AlertSink = Callable[[AlertEvent], None]
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agent.lineprotocol import escape_key, format_float, series_prefix
+from agent.store.lineprotocol import escape_key, format_float, series_prefix
 
 if TYPE_CHECKING:
     from agent.drift.baselines import ChannelBaseline

@@ -41,17 +41,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import emit_json, print_header, quiet_logs, table
 
 from agent.channels import ChannelRegistry
-from agent.color import ColorStage, _colour
+from agent.color.references import Reference, ReferenceStore
+from agent.color.stage import ColorStage, _colour
 from agent.config import ColorConfig
 from agent.context import ContextStore
-from agent.decode import Decoder
 from agent.drift.baselines import BaselineStore
+from agent.ingest.decode import Decoder
+from agent.ingest.frames import FrameHandler, SourceHealth
+from agent.ingest.profiles import load_profile
 from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
-from agent.profiles import load_profile
-from agent.references import Reference, ReferenceStore
 from agent.sim.devices import reflectance
-from agent.sources.base import FrameHandler, SourceHealth
 
 
 class _Lines:

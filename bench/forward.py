@@ -37,10 +37,10 @@ from typing import Any
 import _common
 import aiohttp
 
-from agent.forwarder import Forwarder, ForwarderSettings, Writer, WriteResult, make_writer
 from agent.metrics import AgentMetrics
 from agent.sim.workshop import Workshop
-from agent.spool import Spool
+from agent.store.forwarder import Forwarder, ForwarderSettings, Writer, WriteResult, make_writer
+from agent.store.spool import Spool
 
 TARGET_RATIO = 0.8
 START = 1_704_067_200.0  # 2024-01-01T00:00:00Z

@@ -50,7 +50,7 @@ from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
 from agent.reading import Channel
 from agent.sim.workshop import DAY, Workshop
-from agent.spool import Spool
+from agent.store.spool import Spool
 
 TARGET = 100_000
 START = 1_704_067_200.0  # 2024-01-01T00:00:00Z

@@ -42,7 +42,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config import config_from_dict
-from agent.runtime import Agent
+from agent.runtime.agent import Agent
 
 TARGET_RATIO = 0.9
 DEVICES = 20

@@ -52,8 +52,8 @@ from typing import Any
 import _common
 import serial
 
-from agent.decode import append_checksum
-from agent.profiles import StxEtxFraming, load_profile
+from agent.ingest.decode import append_checksum
+from agent.ingest.profiles import StxEtxFraming, load_profile
 from agent.sim.devices import DeviceEmulator
 
 TENSION, CLIMATE = "hx711-tension", "sht4x-serial"
@@ -115,9 +115,9 @@ def device_frames(kind: str, index: int, start: float, seconds: float) -> list[t
 async def child_main(config: dict[str, Any]) -> None:
     """Run an Agent on the given config; measure between the parent's `go` and `stop`."""
     from agent.config import config_from_dict
+    from agent.ingest.serial import SerialSource
     from agent.logs import configure_logging
-    from agent.runtime import Agent
-    from agent.sources.serial import SerialSource
+    from agent.runtime.agent import Agent
 
     configure_logging("warning", "console", sys.stderr)
     cfg = config_from_dict(config)

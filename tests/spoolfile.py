@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from agent.spool import split_body, spool_path
+from agent.store.spool import split_body, spool_path
 
 
 def committed_lines(state_dir: Path, measurement: str | None = None) -> list[str]:

@@ -24,11 +24,11 @@ from servers import InfluxDB1Server, VictoriaMetricsServer, free_port
 from spoolfile import committed_lines
 
 from agent.config import config_from_dict
-from agent.forwarder import Forwarder, ForwarderSettings
 from agent.metrics import AgentMetrics
-from agent.runtime import Agent
+from agent.runtime.agent import Agent
 from agent.sim.workshop import DAY, Workshop
-from agent.spool import Spool, spool_path
+from agent.store.forwarder import Forwarder, ForwarderSettings
+from agent.store.spool import Spool, spool_path
 
 START = "2026-01-01T00:00:00Z"
 START_S = datetime(2026, 1, 1, tzinfo=UTC).timestamp()

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from agent.alerts import CLEARED, ESCALATED, RAISED, AlertState, Level
+from agent.drift.alerts import CLEARED, ESCALATED, RAISED, AlertState, Level
 from agent.drift.baselines import BaselineStore
 from agent.drift.engine import attach_detectors, detect, detect_batch
 from agent.reading import Channel

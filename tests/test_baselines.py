@@ -15,7 +15,7 @@ import pytest
 from spoolfile import committed_lines
 
 from agent.config import AgentConfig, config_from_dict
-from agent.runtime import Agent
+from agent.runtime.agent import Agent
 
 CHANNEL = "sewing.m05.tension"
 NOTE = "sample approval SKU 4711"

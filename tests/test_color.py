@@ -19,22 +19,22 @@ import pytest_asyncio
 import serial
 from servers import InfluxDB1Server, SerialPair
 
-from agent.alerts import AlertEvent, Level
 from agent.channels import ChannelRegistry
 from agent.cli import main as cli_main
-from agent.color import Colorimetry, ColorStage, delta_e00, illuminant_slug
+from agent.color.references import Reference, ReferenceError, ReferenceStore, load_reference_file
+from agent.color.stage import Colorimetry, ColorStage, delta_e00, illuminant_slug
 from agent.config import ColorConfig, config_from_dict
 from agent.context import ContextStore
-from agent.decode import Decoder, Spectrum
+from agent.drift.alerts import AlertEvent, Level
 from agent.drift.baselines import BaselineStore
+from agent.ingest.decode import Decoder, Spectrum
+from agent.ingest.frames import FrameHandler, SourceHealth
+from agent.ingest.profiles import load_profile
 from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
-from agent.profiles import load_profile
-from agent.references import Reference, ReferenceError, ReferenceStore, load_reference_file
-from agent.runtime import Agent
+from agent.runtime.agent import Agent
 from agent.sim.devices import DEMO_START, DeviceEmulator, reflectance
-from agent.sources.base import FrameHandler, SourceHealth
-from agent.spool import spool_path
+from agent.store.spool import spool_path
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ciede2000_sharma.csv"
 WAVES = 400 + 10 * np.arange(31)

@@ -12,7 +12,7 @@ from spoolfile import committed_lines
 
 from agent.config import config_from_dict
 from agent.context import ContextError, ContextStore
-from agent.runtime import Agent
+from agent.runtime.agent import Agent
 
 
 def test_set_merge_remove_and_persist(tmp_path: Path) -> None:

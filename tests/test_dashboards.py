@@ -28,10 +28,10 @@ import pytest
 import yaml
 from servers import InfluxDB1Server
 
-from agent.color import ColorResult
-from agent.lineprotocol import encode_point
-from agent.lots import summary_fields
-from agent.sources.base import SourceHealth
+from agent.color.stage import ColorResult
+from agent.drift.lots import summary_fields
+from agent.ingest.frames import SourceHealth
+from agent.store.lineprotocol import encode_point
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "deploy" / "grafana"

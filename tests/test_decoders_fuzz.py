@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.decode import DecodeError, Decoder
-from agent.profiles import list_profiles, load_profile
+from agent.ingest.decode import DecodeError, Decoder
+from agent.ingest.profiles import list_profiles, load_profile
 
 FIXTURES = Path(__file__).parent / "fixtures" / "frames"
 PROFILES = list_profiles()

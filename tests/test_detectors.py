@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from agent.alerts import CLEARED, FLAPPING, RAISED, SETTLED, AlertState
+from agent.drift.alerts import CLEARED, FLAPPING, RAISED, SETTLED, AlertState
 from agent.drift.baselines import BaselineStore
 from agent.drift.engine import attach_detectors, detect_batch
 from agent.reading import Channel

@@ -18,7 +18,8 @@ from aiohttp import web
 from servers import InfluxDB1Server, VictoriaMetricsServer, free_port
 from structlog.testing import capture_logs
 
-from agent.forwarder import (
+from agent.metrics import AgentMetrics
+from agent.store.forwarder import (
     NO_ANSWER,
     Action,
     Forwarder,
@@ -29,8 +30,7 @@ from agent.forwarder import (
     classify,
     parse_retry_after,
 )
-from agent.metrics import AgentMetrics
-from agent.spool import DeadLetter, Spool
+from agent.store.spool import DeadLetter, Spool
 
 TS = 1_700_000_000_123_456_789  # ns; the sub-millisecond digits must survive the v1 path
 

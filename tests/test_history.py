@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.history import MINUTE_NS, History, channel_span, pooled
+from agent.store.history import MINUTE_NS, History, channel_span, pooled
 
 
 async def test_minute_aggregates_pool_exactly_across_batches_and_writes(tmp_path: Path) -> None:

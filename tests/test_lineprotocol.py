@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from influxdb_client import Point, WritePrecision
 
-from agent.lineprotocol import (
+from agent.reading import Channel
+from agent.store.lineprotocol import (
     FieldValue,
     encode_point,
     escape_key,
     format_field_value,
     series_prefix,
 )
-from agent.reading import Channel
 
 SPECIALS = ' ,="\\\n\r\t#é日本😀'
 TS = st.integers(min_value=-(2**63) + 2, max_value=2**63 - 2)

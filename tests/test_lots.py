@@ -13,7 +13,7 @@ from spoolfile import committed_lines
 
 from agent.config import config_from_dict
 from agent.reading import Channel
-from agent.runtime import Agent
+from agent.runtime.agent import Agent
 
 N = 200
 T0 = 1_772_409_600 * 10**9  # 2026-03-02T00:00Z

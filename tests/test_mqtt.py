@@ -28,12 +28,12 @@ from spoolfile import committed_lines
 
 from agent.config import AgentConfig, config_from_dict
 from agent.context import ContextError
-from agent.decode import Decoder
+from agent.ingest.broker import parse_context
+from agent.ingest.decode import Decoder
+from agent.ingest.mqtt import subscription_filter
+from agent.ingest.profiles import load_profile
 from agent.logs import configure_logging, flush_bursts
-from agent.mqtt import parse_context
-from agent.profiles import load_profile
-from agent.runtime import Agent, RunResult
-from agent.sources.mqtt import subscription_filter
+from agent.runtime.agent import Agent, RunResult
 
 ROOT = Path(__file__).resolve().parent.parent
 PUB = "/usr/bin/mosquitto_pub"

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from agent.decode import DecodeError, Decoder, append_checksum, crc16, nmea_checksum
 from agent.errors import ConfigError, DriftgateError
-from agent.profiles import (
+from agent.ingest.decode import DecodeError, Decoder, append_checksum, crc16, nmea_checksum
+from agent.ingest.profiles import (
     PROFILE_DIR,
     TwoPoint,
     list_profiles,

@@ -16,7 +16,7 @@ from agent.config import config_from_dict
 from agent.drift.baselines import BaselineStore
 from agent.pipeline import Pipeline
 from agent.reading import Channel
-from agent.replay import (
+from agent.replay.run import (
     CsvInput,
     LineProtocolInput,
     ReplayError,
@@ -27,7 +27,7 @@ from agent.replay import (
     parse_line,
     replay,
 )
-from agent.runtime import Agent
+from agent.runtime.agent import Agent
 
 FIXTURES = Path(__file__).parent / "fixtures" / "replay"
 T0 = int(datetime(2026, 3, 2, tzinfo=UTC).timestamp())
@@ -277,7 +277,7 @@ def test_line_protocol_parser_escapes() -> None:
 
 
 def test_line_protocol_round_trips_our_encoder() -> None:
-    from agent.lineprotocol import encode_point
+    from agent.store.lineprotocol import encode_point
 
     tags = {"zone": "edge paint", "k,=": "v =,", "path": "C:\\temp"}
     fields: dict[str, float | int | bool | str] = {"x y": 1.5, "n": 7, "msg": 'a "b" \\ c\nd'}

@@ -23,11 +23,11 @@ from servers import InfluxDB1Server, MosquittoServer, SerialPair
 from spoolfile import committed_lines
 
 from agent.config import config_from_dict
+from agent.ingest.reconnect import BACKOFF_CAP_S, backoff_delay
+from agent.ingest.serial import SerialSource
 from agent.logs import configure_logging
-from agent.runtime import Agent
+from agent.runtime.agent import Agent
 from agent.sim.devices import DEMO_START, DeviceEmulator, DeviceFrame
-from agent.sources.reconnect import BACKOFF_CAP_S, backoff_delay
-from agent.sources.serial import SerialSource
 
 SITE, GATEWAY = "floor1", "gw-serial"
 

@@ -10,7 +10,7 @@ import pytest
 
 from agent.errors import SpoolError
 from agent.metrics import AgentMetrics
-from agent.spool import CHUNK_MAX_LINES, DeadLetter, Spool, split_body, spool_path
+from agent.store.spool import CHUNK_MAX_LINES, DeadLetter, Spool, split_body, spool_path
 
 TS = 1_700_000_000_000_000_000
 

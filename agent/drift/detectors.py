@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from agent.alerts import (
+from agent.drift.alerts import (
     CLEARED,
     ESCALATED,
     FLAP_COUNT,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.alerts import FLAP_COUNT, FLAP_WINDOW, AlertEvent
+from agent.drift.alerts import FLAP_COUNT, FLAP_WINDOW, AlertEvent
 from agent.drift.baselines import BaselineSpec, BaselineStore, ChannelBaseline
 from agent.drift.detectors import (
     BaselineShift,

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from agent.decode import append_checksum
-from agent.profiles import Profile, StxEtxFraming, load_profile
+from agent.ingest.decode import append_checksum
+from agent.ingest.profiles import Profile, StxEtxFraming, load_profile
 from agent.sim.workshop import Workshop
 
 __all__ = [

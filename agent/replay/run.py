@@ -29,7 +29,10 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol, runtime_checkable
 
-from agent.alerts import (
+from agent.channels import ChannelRegistry
+from agent.config import AgentConfig
+from agent.context import CONTEXT_KEYS, ContextStore
+from agent.drift.alerts import (
     CLEARED,
     EASED,
     ESCALATED,
@@ -41,15 +44,12 @@ from agent.alerts import (
     fmt,
     iso,
 )
-from agent.channels import ChannelRegistry
-from agent.config import AgentConfig
-from agent.context import CONTEXT_KEYS, ContextStore
 from agent.drift.baselines import Baseline, BaselineStore
 from agent.errors import DriftgateError
 from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
 from agent.reading import Channel
-from agent.spool import Spool
+from agent.store.spool import Spool
 
 if TYPE_CHECKING:
     import argparse

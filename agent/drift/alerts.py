@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
 
-from agent.lineprotocol import encode_point
 from agent.reading import Channel
+from agent.store.lineprotocol import encode_point
 
 
 class Level(IntEnum):

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from agent.alerts import AlertEvent
 from agent.channels import ChannelRegistry
-from agent.color import ColorStage, warm_up_colour
+from agent.color.references import ReferenceStore
+from agent.color.stage import ColorStage, warm_up_colour
 from agent.config import (
     AgentConfig,
     InfluxConfig,
@@ -23,24 +23,24 @@ from agent.config import (
     SimulatedSourceConfig,
 )
 from agent.context import ContextStore
+from agent.drift.alerts import AlertEvent
 from agent.drift.baselines import BaselineStore
+from agent.drift.lots import LotTracker
 from agent.errors import DriftgateError
-from agent.forwarder import Forwarder, ForwarderSettings
-from agent.history import History, HistoryError, history_path
-from agent.lineprotocol import encode_point
+from agent.ingest.broker import AlertPublisher, MqttLink
+from agent.ingest.mqtt import MqttSource
+from agent.ingest.profiles import load_profile
+from agent.ingest.serial import SerialSource
+from agent.ingest.simulated import SimulatedSource
 from agent.logs import flush_bursts, get_logger
-from agent.lots import LotTracker
 from agent.metrics import AgentMetrics
-from agent.mqtt import AlertPublisher, MqttLink
 from agent.pipeline import PROCESS_INTERVAL, Pipeline
-from agent.profiles import load_profile
 from agent.reading import Channel
-from agent.references import ReferenceStore
 from agent.sim.workshop import DAY, Workshop
-from agent.sources.mqtt import MqttSource
-from agent.sources.serial import SerialSource
-from agent.sources.simulated import SimulatedSource
-from agent.spool import Spool, SpoolStats, spool_path
+from agent.store.forwarder import Forwarder, ForwarderSettings
+from agent.store.history import History, HistoryError, history_path
+from agent.store.lineprotocol import encode_point
+from agent.store.spool import Spool, SpoolStats, spool_path
 
 log = get_logger("driftgate.agent")
 

@@ -7,12 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent.channels import ChannelRegistry
-from agent.decode import DecodedValue, Decoder, DecodeResult
 from agent.errors import DecodeError
-from agent.lineprotocol import encode_point
+from agent.ingest.decode import DecodedValue, Decoder, DecodeResult
 from agent.logs import get_logger
 from agent.pipeline import Pipeline
 from agent.reading import Channel
+from agent.store.lineprotocol import encode_point
 
 log = get_logger("driftgate.sources")
 

@@ -1,8 +1,8 @@
 """Device profiles: how one device or firmware's frames decode into readings.
 
 A profile is one YAML file in ``firmware_configs/`` (shipped inside the package as
-``agent/firmware_configs/``; the repository root's ``firmware_configs`` links to it). The field
-by field reference is ``firmware_configs/README.md``. Problems are reported like the agent
+``agent/ingest/firmware_configs/``; the repository root's ``firmware_configs`` links to it).
+The field by field reference is ``firmware_configs/README.md``. Problems are reported like the agent
 config's: one line ``{file}:{line}: {key.path}: {reason}`` each, all at once, as ConfigError.
 """
 
@@ -68,7 +68,7 @@ __all__ = [
     "profile_path",
 ]
 
-PROFILE_DIR: Path = Path(str(resources.files("agent") / "firmware_configs"))
+PROFILE_DIR: Path = Path(str(resources.files("agent.ingest") / "firmware_configs"))
 """Where the shipped profiles live (package data, so it exists in a wheel install too)."""
 
 _PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")

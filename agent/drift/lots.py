@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import stats
 
-from agent.alerts import AlertEvent, Level
 from agent.config import LotsConfig
-from agent.lineprotocol import encode_point
+from agent.drift.alerts import AlertEvent, Level
 from agent.logs import get_logger
 from agent.reading import Channel
+from agent.store.lineprotocol import encode_point
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -32,25 +32,25 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from agent.alerts import CLEARED, EASED, AlertEvent, AlertState, Level, when
-from agent.config import ColorConfig
-from agent.drift.engine import attach_detectors
-from agent.lineprotocol import encode_point
-from agent.logs import get_logger
-from agent.reading import Channel
-from agent.references import (
+from agent.color.references import (
     MAX_REFLECTANCE,
     CaptureRequest,
     Reference,
     ReferenceStore,
     load_reference_file,
 )
+from agent.config import ColorConfig
+from agent.drift.alerts import CLEARED, EASED, AlertEvent, AlertState, Level, when
+from agent.drift.engine import attach_detectors
+from agent.logs import get_logger
+from agent.reading import Channel
+from agent.store.lineprotocol import encode_point
 
 if TYPE_CHECKING:
     from agent.channels import ChannelRegistry
-    from agent.decode import DecodedValue, Spectrum
+    from agent.ingest.decode import DecodedValue, Spectrum
+    from agent.ingest.frames import FrameHandler
     from agent.pipeline import Pipeline
-    from agent.sources.base import FrameHandler
 
 __all__ = [
     "COLOR_DETECTORS",

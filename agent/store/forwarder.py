@@ -33,7 +33,7 @@ import aiohttp
 from agent.errors import ForwardError
 from agent.logs import get_logger
 from agent.metrics import AgentMetrics
-from agent.spool import DeadLetter, Spool, SpoolBatch
+from agent.store.spool import DeadLetter, Spool, SpoolBatch
 
 _log = get_logger("driftgate.forwarder")
 

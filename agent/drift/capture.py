@@ -17,7 +17,7 @@ from pathlib import Path
 from agent.config import parse_duration
 from agent.drift.baselines import Baseline, BaselineStore
 from agent.errors import DriftgateError
-from agent.history import MINUTE_NS, channel_span, history_path, pooled
+from agent.store.history import MINUTE_NS, channel_span, history_path, pooled
 
 MIN_READINGS = 30
 """Fewest readings a capture accepts by default (a mean and std worth comparing against)."""

@@ -18,7 +18,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from agent.errors import DecodeError
-from agent.profiles import (
+from agent.ingest.profiles import (
     Checksum,
     Crc16Checksum,
     FieldMap,

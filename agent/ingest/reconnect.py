@@ -14,8 +14,8 @@ import time
 from enum import Enum
 from typing import Protocol
 
+from agent.ingest.frames import SourceHealth
 from agent.logs import get_logger
-from agent.sources.base import SourceHealth
 
 log = get_logger("driftgate.sources.reconnect")
 

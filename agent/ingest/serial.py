@@ -22,13 +22,13 @@ import serial_asyncio_fast
 
 from agent.channels import ChannelRegistry
 from agent.config import SerialSourceConfig
-from agent.decode import Decoder
+from agent.ingest.decode import Decoder
+from agent.ingest.frames import FrameHandler, SourceHealth
+from agent.ingest.profiles import Profile, load_profile
+from agent.ingest.reconnect import Reconnector
 from agent.logs import get_logger
 from agent.pipeline import Pipeline
-from agent.profiles import Profile, load_profile
 from agent.reading import Channel
-from agent.sources.base import FrameHandler, SourceHealth
-from agent.sources.reconnect import Reconnector
 
 log = get_logger("driftgate.sources.serial")
 

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.alerts import CLEARED, AlertEvent, Level, when
 from agent.config import AgentConfig, config_from_dict
-from agent.runtime import Agent, RunResult
+from agent.drift.alerts import CLEARED, AlertEvent, Level, when
+from agent.runtime.agent import Agent, RunResult
 
 DEMO_DAYS = 28.0
 DEMO_SPEED = 86_400.0  # simulated seconds per wall second: a simulated day a second

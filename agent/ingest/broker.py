@@ -35,12 +35,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent.alerts import AlertEvent
 from agent.config import MqttConfig
 from agent.context import ContextError, ContextStore
+from agent.drift.alerts import AlertEvent
+from agent.ingest.frames import SourceHealth, preview
 from agent.logs import get_logger
 from agent.metrics import AgentMetrics
-from agent.sources.base import SourceHealth, preview
 
 __all__ = ["DROPPED_TOPIC", "LinkHealth", "MessageHandler", "MqttLink", "parse_context"]
 

@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--time-column", metavar="NAME", help="CSV time column (default: time, ...)")
     rep.add_argument("--state-dir", type=Path, help="read and keep baselines in this state dir")
     _reference_parser(sub)
-    from agent.capture import add_baseline_parser
+    from agent.drift.capture import add_baseline_parser
 
     add_baseline_parser(sub)
     return parser
@@ -178,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
     from agent.logs import configure_logging
 
     if args.config is None:
-        from agent.demo import DEMO_DAYS, DEMO_SPEED, DemoOptions, run_demo
+        from agent.cli.demo import DEMO_DAYS, DEMO_SPEED, DemoOptions, run_demo
 
         opts = DemoOptions(
             state_dir=args.state_dir or Path(".driftgate"),
@@ -193,7 +193,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     from agent.config import load_config
-    from agent.runtime import Agent
+    from agent.runtime.agent import Agent
 
     if args.influx:
         print("--influx and the demo options apply without -c; set influx: in the config file")
@@ -226,8 +226,8 @@ def _state_dir(args: argparse.Namespace) -> Path:
 def _spool(args: argparse.Namespace) -> int:
     import time
 
-    from agent.alerts import duration_words
-    from agent.spool import inspect, spool_path
+    from agent.drift.alerts import duration_words
+    from agent.store.spool import inspect, spool_path
 
     path = spool_path(_state_dir(args))
     stats, oldest_ns, dead = inspect(path, args.dead)
@@ -274,7 +274,7 @@ def _context(args: argparse.Namespace) -> int:
 
 
 def _reference(args: argparse.Namespace) -> int:
-    from agent.references import run_reference_command
+    from agent.color.references import run_reference_command
 
     return run_reference_command(args, _state_dir(args))
 
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "baseline":
-            from agent.capture import run_baseline_command
+            from agent.drift.capture import run_baseline_command
 
             return run_baseline_command(args, _state_dir(args))
         if args.command == "reference":
@@ -300,11 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "spool":
             return _spool(args)
         if args.command == "replay":
-            from agent.replay import replay_command
+            from agent.replay.run import replay_command
 
             return replay_command(args)
         if args.command == "simulate":
-            from agent.simulate import options_from_args, run_simulate
+            from agent.sim.emulator import options_from_args, run_simulate
 
             return run_simulate(options_from_args(args))
     except ConfigError as exc:

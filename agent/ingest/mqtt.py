@@ -17,13 +17,13 @@ from aiomqtt import Wildcard
 
 from agent.channels import ChannelRegistry
 from agent.config import MqttSourceConfig
-from agent.decode import Decoder
 from agent.errors import ConfigError
-from agent.mqtt import MessageHandler, MqttLink
+from agent.ingest.broker import MessageHandler, MqttLink
+from agent.ingest.decode import Decoder
+from agent.ingest.frames import FrameHandler, SourceHealth
+from agent.ingest.profiles import Profile, load_profile
 from agent.pipeline import Pipeline
-from agent.profiles import Profile, load_profile
 from agent.reading import Channel
-from agent.sources.base import FrameHandler, SourceHealth
 
 __all__ = ["MqttSource", "subscription_filter"]
 
