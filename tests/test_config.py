@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli import main as cli_main
 from agent.config import (
     AgentConfig,
     BaselineShiftConfig,
     SlopeConfig,
-    check_config_command,
     config_from_dict,
     load_config,
     parse_duration,
@@ -461,7 +461,7 @@ def test_check_config_reports_problems_and_returns_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write(tmp_path, MINIMAL + f"  batch_size: many\n  password: {SECRET}\n")
-    assert check_config_command(path) == 2
+    assert cli_main(["check-config", "-c", str(path)]) == 2
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert f"{path}:{line_of(path, 'batch_size')}: influx.batch_size: " in lines[0]
@@ -476,7 +476,7 @@ def test_check_config_ok_prints_summary_without_secrets(
 ) -> None:
     monkeypatch.setenv("DRIFTGATE_INFLUX_PASSWORD", SECRET)
     path = write(tmp_path, example_text(None))
-    assert check_config_command(path) == 0
+    assert cli_main(["check-config", "-c", str(path)]) == 0
     captured = capsys.readouterr()
     assert captured.out == "OK: 1 source, 3 channels, influx v1 → http://influxdb.local:8086\n"
     assert SECRET not in captured.out + captured.err

@@ -16,7 +16,7 @@ from agent.config import config_from_dict
 from agent.drift.baselines import BaselineStore
 from agent.pipeline import Pipeline
 from agent.reading import Channel
-from agent.replay.run import (
+from agent.replay.inputs import (
     CsvInput,
     LineProtocolInput,
     ReplayError,
@@ -25,8 +25,8 @@ from agent.replay.run import (
     guess_unit,
     open_input,
     parse_line,
-    replay,
 )
+from agent.replay.run import replay
 from agent.runtime.agent import Agent
 
 FIXTURES = Path(__file__).parent / "fixtures" / "replay"

@@ -1,58 +1,19 @@
-"""The embedded demo: a simulated workshop on an accelerated clock, alerts in plain words,
-a progress line with the simulated date, and a one-screen summary at the end."""
+"""The embedded demo on the terminal: alerts in plain words as they happen, a progress line
+with the simulated date, and a one-screen summary at the end."""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
-from agent.config import AgentConfig, config_from_dict
-from agent.drift.alerts import CLEARED, AlertEvent, Level, when
+from agent.config import AgentConfig
+from agent.drift.alerts import CLEARED, AlertEvent, Level
 from agent.runtime.agent import Agent, RunResult
-
-DEMO_DAYS = 28.0
-DEMO_SPEED = 86_400.0  # simulated seconds per wall second: a simulated day a second
-
-
-@dataclass(slots=True)
-class DemoOptions:
-    """What `driftgate run` without a config file was asked for."""
-
-    state_dir: Path = Path(".driftgate")
-    days: float = DEMO_DAYS
-    speed: float = DEMO_SPEED
-    seed: int = 1
-    influx: dict[str, Any] | None = None
-    log_level: str = "warning"
-
-
-def demo_config(opts: DemoOptions) -> AgentConfig:
-    """The demo's configuration, validated like a file would be."""
-    data: dict[str, Any] = {
-        "site": "demo-atelier",
-        "gateway": "demo-gw",
-        "state_dir": str(opts.state_dir),
-        "log": {"level": opts.log_level},
-        "sources": [
-            {
-                "type": "simulated",
-                "name": "workshop",
-                "speed": opts.speed,
-                "days": opts.days,
-                "seed": opts.seed,
-                "interval": 60,
-            }
-        ],
-        "self_metrics": {"interval": 2.0},
-    }
-    if opts.influx:
-        data["influx"] = opts.influx
-    return config_from_dict(data, source="<demo>")
+from agent.sim.demo import DEMO_DAYS, DemoOptions, demo_config
+from agent.words import when
 
 
 class Console:

@@ -290,7 +290,7 @@ def _number(value: Any, where: str) -> float:
 
 def _lab_entry(data: Mapping[str, Any], where: str, default_illuminant: str) -> dict[str, Any]:
     """``{L:, a:, b:, illuminant:}`` or ``{D65: [L, a, b], FL11: [...]}`` → {illuminant: Lab}."""
-    from agent.config import COLOR_ILLUMINANT_ALIASES
+    from agent.config.models import COLOR_ILLUMINANT_ALIASES
 
     def canonical(name: Any) -> str:
         found = COLOR_ILLUMINANT_ALIASES.get(str(name).strip().upper())
@@ -421,70 +421,3 @@ def load_reference_file(path: Path, default_illuminant: str = "D65") -> list[Ref
     if dupes:
         raise ReferenceError(f"{path}: {', '.join(dupes)} appear more than once")
     return refs
-
-
-# --------------------------------------------------------------------------- the CLI
-
-
-def _describe(ref: Reference) -> str:
-    from datetime import UTC, datetime
-
-    when = (
-        datetime.fromtimestamp(ref.captured_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M UTC")
-        if ref.captured_ns
-        else "?"
-    )
-    what = (
-        f"spectrum {len(ref.spectrum)} values {ref.start_nm:g}-"
-        f"{ref.start_nm + ref.step_nm * (len(ref.spectrum) - 1):g} nm"
-        if ref.spectrum is not None
-        else "L*a*b* "
-        + ", ".join(f"{k} {v[0]:.2f} {v[1]:.2f} {v[2]:.2f}" for k, v in ref.lab.items())
-    )
-    note = f"  {ref.note}" if ref.note else ""
-    return f"{ref.sku:<10} {ref.part:<12} {what}  ({ref.source}, {when}){note}"
-
-
-def run_reference_command(args: Any, state_dir: Path) -> int:
-    """``driftgate reference capture|import|list|show|clear`` on ``state_dir/references``."""
-    store = ReferenceStore(state_dir / "references")
-    command = args.reference_command
-    if command == "capture":
-        request = store.request_capture(
-            args.sku, args.part, note=args.note, label=args.label, affects=args.affects
-        )
-        print(
-            f"capture armed: the next measurement of SKU {request.sku} part {request.part} "
-            f"becomes its reference (a running agent picks this up within a second)"
-        )
-        return 0
-    if command == "import":
-        refs = load_reference_file(args.file)
-        for ref in refs:
-            store.put(ref)
-        print(f"imported {len(refs)} reference{'s' if len(refs) != 1 else ''} from {args.file}")
-        return 0
-    if command == "list":
-        for problem in store.problems:
-            print(f"unreadable: {problem}")
-        for ref in store.all():
-            print(_describe(ref))
-        for sku, part in sorted(store.requests):
-            print(f"{sku:<10} {part:<12} capture armed: waiting for the next measurement")
-        if not store.references and not store.requests:
-            print("no references yet: driftgate reference capture --sku SKU --part PART")
-        return 0
-    found = store.get(check_name("sku", args.sku), check_name("part", args.part))
-    if command == "show":
-        if found is None:
-            print(f"no reference for SKU {args.sku} part {args.part}")
-            return 1
-        print(json.dumps(found.to_json(), indent=2))
-        return 0
-    if command == "clear":
-        if store.remove(args.sku, args.part):
-            print(f"cleared the reference of SKU {args.sku} part {args.part}")
-            return 0
-        print(f"no reference for SKU {args.sku} part {args.part}")
-        return 1
-    raise ReferenceError(f"unknown reference command {command!r}")

@@ -40,11 +40,12 @@ from agent.color.references import (
     load_reference_file,
 )
 from agent.config import ColorConfig
-from agent.drift.alerts import CLEARED, EASED, AlertEvent, AlertState, Level, when
+from agent.drift.alerts import CLEARED, EASED, AlertEvent, AlertState, Level
 from agent.drift.engine import attach_detectors
 from agent.logs import get_logger
 from agent.reading import Channel
 from agent.store.lineprotocol import encode_point
+from agent.words import when
 
 if TYPE_CHECKING:
     from agent.channels import ChannelRegistry

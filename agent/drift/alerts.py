@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import IntEnum
 
 from agent.reading import Channel
 from agent.store.lineprotocol import encode_point
+from agent.words import iso
 
 
 class Level(IntEnum):
@@ -232,44 +232,3 @@ class AlertEvent:
 
 def _num(x: float) -> float | None:
     return round(x, 6) if math.isfinite(x) else None
-
-
-def iso(ts_ns: int) -> str:
-    """Reading time as ISO 8601 UTC, to the second."""
-    return datetime.fromtimestamp(ts_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def when(ts_ns: int) -> str:
-    """Reading time as a supervisor reads it: 2026-11-12 14:05 UTC."""
-    return datetime.fromtimestamp(ts_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def fmt(x: float, unit: str) -> str:
-    """A number with sensible precision and its unit."""
-    if not math.isfinite(x):
-        return "n/a"
-    mag = abs(x)
-    text = f"{x:.0f}" if mag >= 100 else f"{x:.1f}" if mag >= 1 else f"{x:.2f}"
-    return f"{text} {unit}".strip()
-
-
-def fmt_rate(per_h: float, unit: str) -> str:
-    """A rate of change in the unit that reads best: per hour, or per day when slow."""
-    if not math.isfinite(per_h):
-        return ""
-    if abs(per_h) < 0.5:
-        return f"{fmt(per_h * 24, unit)}/day"
-    return f"{fmt(per_h, unit)}/h"
-
-
-def duration_words(seconds: float) -> str:
-    """A span in words: 3 d 4 h, 5 h 20 min, 12 min."""
-    seconds = max(seconds, 0.0)
-    days, rest = divmod(int(seconds), 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes = rest // 60
-    if days:
-        return f"{days} d {hours} h"
-    if hours:
-        return f"{hours} h {minutes} min"
-    return f"{minutes} min"

@@ -27,14 +27,11 @@ from agent.drift.alerts import (
     AlertEvent,
     AlertState,
     Level,
-    duration_words,
-    fmt,
-    fmt_rate,
-    when,
 )
 from agent.drift.baselines import ChannelBaseline
 from agent.drift.ring import BatchStats, Window
 from agent.reading import Channel
+from agent.words import duration_words, fmt, fmt_rate, when
 
 _DIRECTIONS = {"up": 1, "down": -1, "both": 0}
 

@@ -23,18 +23,13 @@ from pydantic import (
     model_validator,
 )
 
-from agent.config import (
-    _CONTEXT_KEY,
-    Loc,
-    _describe,
-    _format_path,
-    _line_of,
-    _Loading,
-    _locate,
-    _problem_text,
-    _raise_problems,
-    _reason,
-    _Section,
+from agent.config.base import CONTEXT_KEY, Loading, Loc, Section, raise_problems, reason
+from agent.config.loader import (
+    describe_value,
+    format_path,
+    line_of,
+    locate,
+    problem_text,
     read_yaml,
 )
 from agent.errors import ConfigError
@@ -82,7 +77,7 @@ def _to_byte(v: Any) -> int:
         return ord(v)
     if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255:
         return v
-    raise _reason(f"{v!r} is not one byte: write e.g. 0x02 or a one-character string")
+    raise reason(f"{v!r} is not one byte: write e.g. 0x02 or a one-character string")
 
 
 def _to_marker(v: Any) -> bytes:
@@ -90,33 +85,33 @@ def _to_marker(v: Any) -> bytes:
         try:
             return v.encode("ascii")
         except UnicodeEncodeError:
-            raise _reason(f"{v!r} is not ASCII") from None
+            raise reason(f"{v!r} is not ASCII") from None
     if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255:
         return bytes([v])
-    raise _reason(f"{v!r} is not a marker: write a non-empty ASCII string or a byte like 0x40")
+    raise reason(f"{v!r} is not a marker: write a non-empty ASCII string or a byte like 0x40")
 
 
 def _finite(v: float) -> float:
     if not math.isfinite(v):
-        raise _reason(f"must be a finite number, got {v!r}")
+        raise reason(f"must be a finite number, got {v!r}")
     return v
 
 
 def _non_zero(v: float) -> float:
     if v == 0:
-        raise _reason("must not be 0 (it would turn every value into the offset)")
+        raise reason("must not be 0 (it would turn every value into the offset)")
     return v
 
 
 def _non_empty(v: str) -> str:
     if not v:
-        raise _reason("must not be empty")
+        raise reason("must not be empty")
     return v
 
 
 def _identifier(v: str) -> str:
     if not v.strip() or any(c.isspace() for c in v):
-        raise _reason(f"{v!r} must be a non-empty name without whitespace")
+        raise reason(f"{v!r} must be a non-empty name without whitespace")
     return v
 
 
@@ -132,7 +127,7 @@ def _check_range(r: tuple[float, float] | None) -> tuple[float, float] | None:
     if r is not None:
         low, high = r
         if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
-            raise _reason(f"must be [min, max] with finite min < max, got [{low:g}, {high:g}]")
+            raise reason(f"must be [min, max] with finite min < max, got [{low:g}, {high:g}]")
     return r
 
 
@@ -141,7 +136,7 @@ Range = Annotated[tuple[float, float] | None, AfterValidator(_check_range)]
 # --------------------------------------------------------------------------- framing
 
 
-class LineFraming(_Section):
+class LineFraming(Section):
     """Text lines: a frame ends at the terminator; stray CR/LF around a frame are stripped."""
 
     type: Literal["line"]
@@ -152,7 +147,7 @@ class LineFraming(_Section):
     max_length: Annotated[int, Field(ge=8, le=1_048_576)] = 4096
 
 
-class FixedFraming(_Section):
+class FixedFraming(Section):
     """Fixed-length records of ``length`` bytes, optionally beginning with a ``sync`` marker."""
 
     type: Literal["fixed"]
@@ -160,7 +155,7 @@ class FixedFraming(_Section):
     sync: Marker | None = None
 
 
-class StxEtxFraming(_Section):
+class StxEtxFraming(Section):
     """Frames between a start byte (STX 0x02) and an end byte (ETX 0x03)."""
 
     type: Literal["stx_etx"]
@@ -171,11 +166,11 @@ class StxEtxFraming(_Section):
     @model_validator(mode="after")
     def _distinct(self) -> StxEtxFraming:
         if self.start == self.end:
-            _raise_problems("StxEtxFraming", [(("end",), "must differ from start")])
+            raise_problems("StxEtxFraming", [(("end",), "must differ from start")])
         return self
 
 
-class MessageFraming(_Section):
+class MessageFraming(Section):
     """One MQTT message is one frame (the payload); the topic says what it holds."""
 
     type: Literal["message"]
@@ -190,7 +185,7 @@ _FRAMING_TYPES = ("line", "fixed", "stx_etx", "message")
 # --------------------------------------------------------------------------- formats
 
 
-class CsvFormat(_Section):
+class CsvFormat(Section):
     """Delimited values in a fixed column order; ``rest`` collects any trailing columns."""
 
     type: Literal["csv"]
@@ -200,7 +195,7 @@ class CsvFormat(_Section):
     match: dict[str, str] = Field(default_factory=dict, description="field → required text")
 
 
-class KvFormat(_Section):
+class KvFormat(Section):
     """``key=value`` pairs: ``id=sht41-ep1,rh=48.21,t=21.37``."""
 
     type: Literal["kv"]
@@ -209,14 +204,14 @@ class KvFormat(_Section):
     match: dict[str, str] = Field(default_factory=dict)
 
 
-class JsonFormat(_Section):
+class JsonFormat(Section):
     """A JSON document; fields are paths like ``$.SHT3X.Humidity``, ``SHT3X.Humidity``, ``r[0]``."""
 
     type: Literal["json"]
     match: dict[str, str] = Field(default_factory=dict)
 
 
-class RegexFormat(_Section):
+class RegexFormat(Section):
     """A regular expression whose named groups are the fields (matched against the whole frame)."""
 
     type: Literal["regex"]
@@ -227,22 +222,22 @@ class RegexFormat(_Section):
         try:
             groups = re.compile(self.pattern).groupindex
         except re.error as exc:
-            _raise_problems("RegexFormat", [(("pattern",), f"not a valid regex: {exc}")])
+            raise_problems("RegexFormat", [(("pattern",), f"not a valid regex: {exc}")])
         else:
             if not groups:
-                _raise_problems(
+                raise_problems(
                     "RegexFormat", [(("pattern",), "needs named groups, e.g. (?P<L>[-+0-9.]+)")]
                 )
         return self
 
 
-class EsphomeFormat(_Section):
+class EsphomeFormat(Section):
     """ESPHome MQTT state topics ``<prefix>/sensor/<object_id>/state`` with a plain number."""
 
     type: Literal["esphome"]
 
 
-class TasmotaFormat(_Section):
+class TasmotaFormat(Section):
     """Tasmota telemetry: ``tele/<device>/SENSOR`` with a JSON payload."""
 
     type: Literal["tasmota"]
@@ -259,7 +254,7 @@ _DEFAULT_TOPICS = {"esphome": "{sensor}/sensor/{field}/state", "tasmota": "tele/
 # --------------------------------------------------------------------------- checksums
 
 
-class NmeaChecksum(_Section):
+class NmeaChecksum(Section):
     """NMEA 0183 style: ``$payload*hh``, XOR of the payload bytes as two hex digits."""
 
     type: Literal["nmea"]
@@ -267,7 +262,7 @@ class NmeaChecksum(_Section):
     skip: str = Field(default="$", description="leading characters not covered by the checksum")
 
 
-class Crc16Checksum(_Section):
+class Crc16Checksum(Section):
     """CRC-16 over the payload as four hex digits after the separator: ``payload*ABCD``.
 
     modbus = CRC-16/MODBUS (poly 0x8005 reflected, init 0xFFFF); ccitt-false = CRC-16/IBM-3740
@@ -285,7 +280,7 @@ _CHECKSUM_TYPES = ("nmea", "crc16")
 # --------------------------------------------------------------------------- values
 
 
-class TwoPoint(_Section):
+class TwoPoint(Section):
     """Two-point calibration: the (scaled) value ``raw[i]`` really is ``ref[i]``."""
 
     raw: tuple[Finite, Finite]
@@ -294,7 +289,7 @@ class TwoPoint(_Section):
     @model_validator(mode="after")
     def _distinct(self) -> TwoPoint:
         if self.raw[0] == self.raw[1]:
-            _raise_problems("TwoPoint", [(("raw",), "the two raw points must differ")])
+            raise_problems("TwoPoint", [(("raw",), "the two raw points must differ")])
         return self
 
     def apply(self, value: float) -> float:
@@ -303,7 +298,7 @@ class TwoPoint(_Section):
         return f1 + (value - r1) * (f2 - f1) / (r2 - r1)
 
 
-class FieldMap(_Section):
+class FieldMap(Section):
     """One source field → one channel: value = calibrate(raw × scale + offset), then range."""
 
     source: Annotated[str, AfterValidator(_non_empty)]
@@ -323,7 +318,7 @@ class FieldMap(_Section):
         return self.name or self.field
 
 
-class Timestamp(_Section):
+class Timestamp(Section):
     """Where a frame's time comes from: arrival at the gateway, or a field the device sends."""
 
     source: Literal["arrival", "device"] = "arrival"
@@ -334,13 +329,13 @@ class Timestamp(_Section):
     @model_validator(mode="after")
     def _field_for_device(self) -> Timestamp:
         if self.source == "device" and not self.field:
-            _raise_problems("Timestamp", [(("field",), "source: device needs the field")])
+            raise_problems("Timestamp", [(("field",), "source: device needs the field")])
         if self.source == "arrival" and self.field:
-            _raise_problems("Timestamp", [(("field",), "only used with source: device")])
+            raise_problems("Timestamp", [(("field",), "only used with source: device")])
         return self
 
 
-class Batch(_Section):
+class Batch(Section):
     """Many samples in one frame: list-valued fields yield one reading each, spaced 1/rate.
 
     With a device timestamp it is the first sample's time; with arrival time the last sample
@@ -356,11 +351,11 @@ class Batch(_Section):
     @model_validator(mode="after")
     def _one_rate(self) -> Batch:
         if (self.rate_hz is None) == (self.rate_field is None):
-            _raise_problems("Batch", [(("rate_hz",), "set exactly one of rate_hz or rate_field")])
+            raise_problems("Batch", [(("rate_hz",), "set exactly one of rate_hz or rate_field")])
         return self
 
 
-class SpectrumSpec(_Section):
+class SpectrumSpec(Section):
     """A reflectance spectrum decoded as one structured result (for the colour stage)."""
 
     source: Annotated[str, AfterValidator(_non_empty)]
@@ -374,11 +369,11 @@ class SpectrumSpec(_Section):
 
 def _profile_name(v: str) -> str:
     if not _PROFILE_NAME.fullmatch(v):
-        raise _reason(f"{v!r} is not a profile name: use lowercase letters, digits, - and _")
+        raise reason(f"{v!r} is not a profile name: use lowercase letters, digits, - and _")
     return v
 
 
-class Profile(_Section):
+class Profile(Section):
     """One device or firmware: framing, format, checksum, and field → channel mapping."""
 
     name: Annotated[str, AfterValidator(_profile_name)]
@@ -456,7 +451,7 @@ class Profile(_Section):
                 for loc, src in used
                 if src not in groups
             ]
-        _raise_problems("Profile", problems)
+        raise_problems("Profile", problems)
         return self
 
 
@@ -466,15 +461,15 @@ _UNION_TYPES = {"framing": _FRAMING_TYPES, "format": _FORMAT_TYPES, "checksum": 
 
 
 def _problems(exc: ValidationError, source: str, data: Any, lines: dict[Loc, int]) -> list[str]:
-    loading = _Loading(base_dir=None, env={})
+    loading = Loading(base_dir=None, env={})
     # Re-run once with the loading context so that unknown keys get "did you mean".
     try:
-        Profile.model_validate(data, context={_CONTEXT_KEY: loading})
+        Profile.model_validate(data, context={CONTEXT_KEY: loading})
     except ValidationError as again:
         exc = again
     out: list[tuple[int, str]] = []
     for error in exc.errors():
-        path, parent, value = _locate(tuple(error["loc"]), data)
+        path, parent, value = locate(tuple(error["loc"]), data)
         kind = error["type"]
         if kind in ("union_tag_invalid", "union_tag_not_found"):
             choices = ", ".join(_UNION_TYPES.get(str(path[0]) if path else "", ()))
@@ -486,10 +481,10 @@ def _problems(exc: ValidationError, source: str, data: Any, lines: dict[Loc, int
         elif kind == "invalid_key":
             text = f"key {error['input']!r} is not text; quote it"
         else:
-            path, text = _problem_text(error, path, parent, value, loading)
-        line = _line_of(path, lines)
+            path, text = problem_text(error, path, parent, value, loading)
+        line = line_of(path, lines)
         where = f"{source}:{line}:" if lines else f"{source}:"
-        out.append((line, f"{where} {_format_path(path)}: {text}"))
+        out.append((line, f"{where} {format_path(path)}: {text}"))
     out.sort(key=lambda item: item[0])
     return list(dict.fromkeys(text for _, text in out))
 
@@ -505,7 +500,7 @@ def _validate(data: Any, source: str, lines: dict[Loc, int]) -> Profile:
         raise ConfigError(
             [
                 f"{source}:{line}: (top level): should be a mapping of keys (name:, framing:, …), "
-                f"got {'nothing' if data is None else _describe(data)}"
+                f"got {'nothing' if data is None else describe_value(data)}"
             ]
         )
     try:
@@ -544,7 +539,7 @@ def load_profile(name_or_path: str | Path, search_path: Sequence[Path] | None = 
     if document.problems:
         raise ConfigError(
             [
-                f"{source}:{line}: {_format_path(loc)}: {text}"
+                f"{source}:{line}: {format_path(loc)}: {text}"
                 for loc, line, text in document.problems
             ]
         )

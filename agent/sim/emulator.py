@@ -8,7 +8,6 @@ an agent at the other end: wiring, profile and config are checked without the ha
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import sys
@@ -263,28 +262,3 @@ def _progress(
     else:
         out.write(line + "\n")
     out.flush()
-
-
-def run_simulate(opts: SimulateOptions) -> int:
-    """The ``driftgate simulate`` command: run until done or Ctrl-C; exit status."""
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(simulate(opts))
-    return 0
-
-
-def options_from_args(args: argparse.Namespace) -> SimulateOptions:
-    """The options of ``driftgate simulate`` as parsed by the CLI."""
-    return SimulateOptions(
-        profile=args.profile,
-        serial=args.serial,
-        mqtt=args.mqtt,
-        rate=args.rate,
-        speed=args.speed,
-        start=parse_start(args.start) if args.start else None,
-        days=args.days,
-        seed=args.seed,
-        device=args.device,
-        count=args.count,
-        baud=args.baud,
-        qos=args.qos,
-    )

@@ -1,0 +1,34 @@
+"""``driftgate check-config``: every problem of a config file, or a one-line summary."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from agent.cli.common import EXIT_CONFIG, EXIT_OK, Subparsers
+
+
+def add_parser(sub: Subparsers) -> None:
+    """The ``check-config`` command."""
+    check = sub.add_parser("check-config", help="validate a config file and list every problem")
+    check.add_argument("-c", "--config", type=Path, required=True)
+    check.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print every problem (exit 2) or a one-line summary (exit 0)."""
+    from agent.config import load_config
+    from agent.errors import ConfigError
+
+    path: Path = args.config
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem)
+        count = len(exc.problems)
+        print(f"{path}: {count} problem{'' if count == 1 else 's'}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"OK: {config.summary()}")
+    return EXIT_OK

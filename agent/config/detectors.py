@@ -1,0 +1,211 @@
+"""Detector and baseline settings of a channel, as validated models the drift engine takes as is."""
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+
+from agent.config.base import (
+    Direction,
+    Duration,
+    Loc,
+    PositiveDuration,
+    Section,
+    positive,
+    raise_problems,
+    reason,
+)
+
+
+class _Timing(Section):
+    """How long a condition must hold before an alert, and before it clears."""
+
+    hold: Duration = 0.0
+    clear_hold: Duration | None = Field(default=None, description="None: same as hold")
+
+
+class _ThresholdDetector(_Timing):
+    """Settings shared by detectors that compare a drift figure against warn/alarm thresholds."""
+
+    window: PositiveDuration
+    warn: Annotated[float, AfterValidator(positive)]
+    alarm: float | None = None
+    units: Literal["abs", "sigma"] = Field(
+        default="abs",
+        description="abs: thresholds in the channel's units; sigma: in baseline std devs",
+    )
+    direction: Direction = "both"
+    hysteresis: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="in the thresholds' units; None: 10% of warn"
+    )
+    min_samples: Annotated[int, Field(ge=2)] = 10
+    max_samples: Annotated[int, Field(le=10_000_000)] = Field(
+        default=100_000, description="ring buffer capacity"
+    )
+
+    @property
+    def effective_clear_hold(self) -> float:
+        """Seconds the condition must be gone before the alert clears."""
+        return self.hold if self.clear_hold is None else self.clear_hold
+
+    @property
+    def effective_hysteresis(self) -> float:
+        """How far back below a threshold the figure must come to step down."""
+        return 0.1 * self.warn if self.hysteresis is None else self.hysteresis
+
+    @model_validator(mode="after")
+    def _check_thresholds(self) -> "_ThresholdDetector":
+        problems: list[tuple[Loc, str]] = []
+        if self.alarm is not None and self.alarm <= self.warn:
+            problems.append(
+                (("alarm",), f"alarm ({self.alarm:g}) must be greater than warn ({self.warn:g})")
+            )
+        if self.hysteresis is not None and self.hysteresis >= self.warn:
+            problems.append(
+                (
+                    ("hysteresis",),
+                    f"hysteresis ({self.hysteresis:g}) must be smaller than warn ({self.warn:g}), "
+                    "or the alert could never clear",
+                )
+            )
+        if self.max_samples < self.min_samples:
+            problems.append(
+                (
+                    ("max_samples",),
+                    f"max_samples ({self.max_samples}) must be at least "
+                    f"min_samples ({self.min_samples})",
+                )
+            )
+        raise_problems(type(self).__name__, problems)
+        return self
+
+
+class BaselineShiftConfig(_ThresholdDetector):
+    """Alert when the recent mean moves away from the channel's baseline."""
+
+    type: Literal["baseline_shift"]
+
+
+class SlopeConfig(_ThresholdDetector):
+    """Alert when the trend over a window is steeper than warn/alarm (units, or sigmas, per h)."""
+
+    type: Literal["slope"]
+
+
+class VarianceChangeConfig(_ThresholdDetector):
+    """Alert when the rolling std departs from the baseline's (warn/alarm are ratios, e.g. 1.5)."""
+
+    type: Literal["variance_change"]
+
+
+class _NoWindow(_Timing):
+    """Threshold settings for detectors without a window of their own."""
+
+    warn: Annotated[float, AfterValidator(positive)]
+    alarm: float | None = None
+    direction: Direction = "both"
+    hysteresis: Annotated[float, Field(ge=0)] | None = None
+    min_samples: Annotated[int, Field(ge=2)] = 10
+
+    @model_validator(mode="after")
+    def _check_alarm(self) -> "_NoWindow":
+        if self.alarm is not None and self.alarm <= self.warn:
+            raise_problems(
+                type(self).__name__,
+                [(("alarm",), f"alarm ({self.alarm:g}) must be greater than warn ({self.warn:g})")],
+            )
+        return self
+
+
+class CusumConfig(_NoWindow):
+    """Two-sided tabular CUSUM of standardised readings (k, and warn/alarm = h, in σ)."""
+
+    type: Literal["cusum"]
+    k: Annotated[float, Field(ge=0)] = Field(default=0.5, description="allowance, in sigmas")
+
+
+class EwmaConfig(_NoWindow):
+    """EWMA control chart: alert when the EWMA leaves baseline ± L·σ_ewma (warn/alarm = L)."""
+
+    type: Literal["ewma"]
+    lam: Annotated[float, Field(gt=0, le=1)] = Field(default=0.05, description="λ, the weight")
+
+
+class StaleConfig(Section):
+    """Alert when no reading arrived for max_gap (sensor or link down)."""
+
+    type: Literal["stale"]
+    max_gap: PositiveDuration
+
+
+class StuckConfig(_Timing):
+    """Alert when the readings do not change at all over a window (a frozen sensor)."""
+
+    type: Literal["stuck"]
+    window: PositiveDuration
+    tolerance: Annotated[float, Field(ge=0)] = Field(
+        default=0.0, description="a spread (std) at or below this counts as flat"
+    )
+    min_samples: Annotated[int, Field(ge=2)] = 10
+    max_samples: Annotated[int, Field(le=10_000_000)] = 100_000
+
+
+class InvalidRateConfig(_Timing):
+    """Alert when the share of out-of-range readings over a window exceeds warn/alarm (0..1)."""
+
+    type: Literal["invalid_rate"]
+    window: PositiveDuration
+    warn: Annotated[float, Field(gt=0, le=1)] = 0.05
+    alarm: Annotated[float, Field(gt=0, le=1)] | None = 0.2
+    min_samples: Annotated[int, Field(ge=1)] = 20
+    max_samples: Annotated[int, Field(le=10_000_000)] = 100_000
+
+
+DetectorConfig = Annotated[
+    BaselineShiftConfig
+    | SlopeConfig
+    | VarianceChangeConfig
+    | CusumConfig
+    | EwmaConfig
+    | StaleConfig
+    | StuckConfig
+    | InvalidRateConfig,
+    Field(discriminator="type"),
+]
+DETECTOR_TYPES = (
+    "baseline_shift",
+    "slope",
+    "variance_change",
+    "cusum",
+    "ewma",
+    "stale",
+    "stuck",
+    "invalid_rate",
+)
+
+
+def _baseline_value(v: Any) -> Any:
+    if v is None or (isinstance(v, int | float) and not isinstance(v, bool)):
+        return v
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    raise reason(f"{v!r} is not a baseline value: give a number in the channel's units")
+
+
+class BaselineSpecConfig(Section):
+    """What a channel's detectors compare against.
+
+    A locked baseline (captured with `driftgate baseline capture`, or learned automatically over
+    the first `learn` of readings) when there is one, else the mean and std of a long rolling
+    `window`. `value` (and `std`) fix it instead.
+    """
+
+    value: Annotated[float | None, BeforeValidator(_baseline_value)] = None
+    std: Annotated[float, Field(gt=0)] | None = None
+    window: PositiveDuration = 7 * 86400.0
+    learn: PositiveDuration | None = Field(
+        default=None, description="lock a learned baseline after this much data (None: never)"
+    )
+    min_samples: Annotated[int, Field(ge=2)] = 30

@@ -1,0 +1,487 @@
+"""The agent's configuration sections, from ``AgentConfig`` down."""
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from agent.config.base import (
+    ConfigPath,
+    ExistingFile,
+    Loc,
+    Name,
+    NonBlank,
+    PositiveDuration,
+    Section,
+    Size,
+    at_least_one_mib,
+    aware,
+    loading_of,
+    positive,
+    raise_problems,
+    reason,
+)
+from agent.config.detectors import BaselineSpecConfig, DetectorConfig
+from agent.config.secrets import SecretFile, find_secret, inline_secret
+
+# --------------------------------------------------------------------------- the models
+
+
+class LogConfig(Section):
+    """How the agent logs: level and format (auto = console on a terminal, JSON under systemd)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "json"] = "auto"
+
+
+class SimulatedSourceConfig(Section):
+    """A simulated workshop that produces realistic readings, optionally faster than real time."""
+
+    type: Literal["simulated"]
+    name: Name
+    scenario: Literal["workshop"] = "workshop"
+    speed: Annotated[float, AfterValidator(positive)] = Field(
+        default=1.0, description="simulated seconds per wall-clock second"
+    )
+    start: Annotated[datetime, AfterValidator(aware)] | None = None
+    days: Annotated[float, AfterValidator(positive)] | None = Field(
+        default=None, description="stop after this much simulated time"
+    )
+    seed: int = 1
+    interval: PositiveDuration = Field(
+        default=60.0, description="simulated seconds between samples"
+    )
+
+
+class _DeviceSource(Section):
+    """What every real-device source shares: the profile and where the device is."""
+
+    name: Name
+    profile: NonBlank = Field(description="device profile: a firmware_configs name or a path")
+    zone: NonBlank | None = None
+    line: NonBlank | None = None
+    station: NonBlank | None = None
+    sensor: NonBlank | None = Field(default=None, description="sensor id if frames carry none")
+    tags: dict[NonBlank, NonBlank] = Field(default_factory=dict)
+    channel_prefix: NonBlank | None = Field(
+        default=None, description="channel names start with this (default: zone, else name)"
+    )
+
+    def base_tags(self) -> dict[str, str]:
+        """The location tags this source puts on every reading."""
+        out = dict(self.tags)
+        for key in ("zone", "line", "station", "sensor"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+    def prefix(self) -> str:
+        """The first part of this source's channel names."""
+        return self.channel_prefix or self.zone or self.name
+
+
+class SerialSourceConfig(_DeviceSource):
+    """A device on a serial port (USB or RS-485 adapter); use /dev/serial/by-id/... paths."""
+
+    type: Literal["serial"]
+    port: NonBlank
+    baud: Annotated[int, Field(ge=50, le=4_000_000)] = 115200
+    bytesize: Literal[5, 6, 7, 8] = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    reconnect_max: PositiveDuration = Field(default=5.0, description="longest reconnect wait")
+
+
+class MqttSourceConfig(_DeviceSource):
+    """Devices publishing to the broker in `mqtt:` (ESPHome, Tasmota, custom JSON)."""
+
+    type: Literal["mqtt"]
+    topics: list[NonBlank] = Field(
+        default_factory=list,
+        description="subscriptions; {name} segments become tags (default: the profile's)",
+    )
+    qos: Literal[0, 1, 2] = 1
+
+
+SourceConfig = Annotated[
+    SimulatedSourceConfig | SerialSourceConfig | MqttSourceConfig, Field(discriminator="type")
+]
+SOURCE_TYPES = ("simulated", "serial", "mqtt")
+
+
+class ChannelConfig(Section):
+    """One stream of one quantity: what it is, what it affects, and how its drift is judged."""
+
+    name: Name
+    label: str = ""
+    unit: str = ""
+    affects: str = ""
+    kind: Literal["climate", "tension", "color"] | None = None
+    baseline: BaselineSpecConfig | None = Field(
+        default=None, description="None: the defaults for the kind"
+    )
+    detectors: list[DetectorConfig] | None = Field(
+        default=None, description="None: the defaults for the kind; []: no detectors"
+    )
+    enabled: bool = True
+    lot_effect: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="lot comparison: smallest mean difference (units) worth an alert"
+    )
+
+
+class AlertsConfig(Section):
+    """How alert events reach people: console sentences, repeats, flapping suppression."""
+
+    console: bool = True
+    repeat: PositiveDuration | None = None
+    flap_count: Annotated[int, Field(ge=2)] = Field(
+        default=6, description="changes within flap_window that make an alert key flap"
+    )
+    flap_window: PositiveDuration = 6 * 3600.0
+
+
+def _http_url(v: str) -> str:
+    parts = urlsplit(v.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise reason(f"{v!r} is not an http:// or https:// URL, e.g. http://influxdb.local:8086")
+    if parts.username is not None or parts.password is not None:
+        # Deliberately not echoing the URL: it holds a credential.
+        raise reason("credentials in the URL are not allowed: use username and password_file")
+    return v.strip().rstrip("/")
+
+
+_INFLUX_V1_KEYS = ("database", "retention_policy", "username", "password_file")
+_INFLUX_V2_KEYS = ("org", "bucket", "token_file")
+
+
+class InfluxConfig(Section):
+    """Where readings and alerts are forwarded: an InfluxDB (1.x, 2.x, 3.x) or compatible server."""
+
+    url: Annotated[str, AfterValidator(_http_url)]
+    api: Literal["v1", "v2"] = "v1"
+    database: NonBlank | None = None
+    retention_policy: NonBlank | None = None
+    username: NonBlank | None = None
+    password_file: SecretFile | None = None
+    org: NonBlank | None = None
+    bucket: NonBlank | None = None
+    token_file: SecretFile | None = None
+    gzip: bool = True
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    flush_interval: PositiveDuration = 1.0
+    timeout: PositiveDuration = 10.0
+    verify_tls: bool = True
+    ca_file: ExistingFile | None = None
+    max_backoff: PositiveDuration = 60.0
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+
+    @field_validator("password", "token", mode="before")
+    @classmethod
+    def _no_inline_secret(cls, v: Any, info: ValidationInfo) -> Any:
+        if loading_of(info) is not None:
+            if info.field_name == "token":
+                raise inline_secret(info, "DRIFTGATE_INFLUX_TOKEN", "influx_token")
+            raise inline_secret(info, "DRIFTGATE_INFLUX_PASSWORD", "influx_password")
+        return v
+
+    @model_validator(mode="after")
+    def _check_api_and_secrets(self, info: ValidationInfo) -> "InfluxConfig":
+        problems: list[tuple[Loc, str]] = []
+        if self.api == "v1":
+            if self.database is None:
+                problems.append((("database",), "api v1 needs database: the database to write to"))
+            problems += [
+                ((key,), f"{key} is an api v2 setting; with api v1 use database and password_file")
+                for key in _INFLUX_V2_KEYS
+                if getattr(self, key) is not None
+            ]
+        else:
+            problems += [
+                ((key,), f"api v2 needs {key}")
+                for key in ("org", "bucket")
+                if getattr(self, key) is None
+            ]
+            problems += [
+                ((key,), f"{key} is an api v1 setting; with api v2 use org, bucket and token_file")
+                for key in _INFLUX_V1_KEYS
+                if getattr(self, key) is not None
+            ]
+        loading = loading_of(info)
+        update: dict[str, SecretStr] = {}
+        if loading is not None and not problems:
+            if self.api == "v1":
+                password = find_secret(
+                    loading,
+                    self.password_file,
+                    "DRIFTGATE_INFLUX_PASSWORD",
+                    "influx_password",
+                    problems,
+                )
+                if password is not None:
+                    update["password"] = password
+                elif self.username is not None and not problems:
+                    problems.append(
+                        (
+                            ("username",),
+                            f"username {self.username!r} is set but no password was found: set "
+                            "password_file, or DRIFTGATE_INFLUX_PASSWORD, or systemd "
+                            "LoadCredential=influx_password:/etc/driftgate/influx-password",
+                        )
+                    )
+            else:
+                token = find_secret(
+                    loading, self.token_file, "DRIFTGATE_INFLUX_TOKEN", "influx_token", problems
+                )
+                if token is not None:
+                    update["token"] = token
+        raise_problems("InfluxConfig", problems)
+        return self.model_copy(update=update) if update else self
+
+
+class MqttConfig(Section):
+    """The MQTT broker the agent talks to (sources and alert publishing)."""
+
+    host: NonBlank
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    username: NonBlank | None = None
+    password_file: SecretFile | None = None
+    client_id: NonBlank | None = None
+    tls: bool = False
+    ca_file: ExistingFile | None = None
+    cert_file: ExistingFile | None = None
+    key_file: ExistingFile | None = None
+    keepalive: Annotated[int, Field(ge=1, le=65535)] = 60
+    session_expiry: PositiveDuration = Field(
+        default=86400.0, description="how long the broker keeps our queue while we are away"
+    )
+    context_topic: NonBlank | None = Field(
+        default=None,
+        description="production context updates (default driftgate/<site>/context/#)",
+    )
+    publish_alerts: bool = Field(
+        default=True, description="alert events as JSON on driftgate/<site>/<gateway>/alerts"
+    )
+    watch_dropped: bool = Field(
+        default=True, description="read $SYS/broker/publish/messages/dropped into self-metrics"
+    )
+    password: SecretStr | None = None
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _no_inline_secret(cls, v: Any, info: ValidationInfo) -> Any:
+        if loading_of(info) is not None:
+            raise inline_secret(info, "DRIFTGATE_MQTT_PASSWORD", "mqtt_password")
+        return v
+
+    @model_validator(mode="after")
+    def _resolve_password(self, info: ValidationInfo) -> "MqttConfig":
+        loading = loading_of(info)
+        if loading is None:
+            return self
+        problems: list[tuple[Loc, str]] = []
+        password = find_secret(
+            loading, self.password_file, "DRIFTGATE_MQTT_PASSWORD", "mqtt_password", problems
+        )
+        raise_problems("MqttConfig", problems)
+        return self.model_copy(update={"password": password}) if password is not None else self
+
+
+class SpoolConfig(Section):
+    """The local durable queue (SQLite under state_dir) between reading and forwarding."""
+
+    max_bytes: Annotated[Size, AfterValidator(at_least_one_mib)] = 1024**3
+    synchronous: Literal["normal", "full"] = "normal"
+    flush_interval: PositiveDuration = 0.2
+    flush_lines: Annotated[int, Field(ge=1)] = 2000
+
+
+class HistoryConfig(Section):
+    """The local history of per-minute aggregates that `driftgate baseline capture` reads."""
+
+    days: Annotated[float, Field(gt=0)] = Field(
+        default=30.0, description="keep this many days back from the newest reading"
+    )
+
+
+class LotsConfig(Section):
+    """Lot comparison: a new lot's first readings against the previous lot's, per channel."""
+
+    readings: Annotated[int, Field(ge=10)] = Field(
+        default=500, description="readings per lot and channel that make its sample"
+    )
+    alpha: Annotated[float, Field(gt=0, lt=1)] = Field(
+        default=0.01, description="Welch's t-test p below which a difference counts"
+    )
+    effect: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: {"climate": 1.0, "tension": 3.0, "color": 0.5},
+        description="smallest mean difference worth an alert, in the channel's units, per kind",
+    )
+
+
+class SelfMetricsConfig(Section):
+    """How often the agent writes its own health figures (driftgate_agent measurement)."""
+
+    interval: PositiveDuration = 10.0
+
+
+# Illuminant names colour-science knows (its SDS_ILLUMINANTS keys), plus the names people use.
+COLOR_ILLUMINANT_ALIASES: dict[str, str] = {
+    **{n: n for n in ("A", "D50", "D55", "D65", "D75")},
+    **{f"FL{i}": f"FL{i}" for i in range(1, 13)},
+    **{f"F{i}": f"FL{i}" for i in range(1, 13)},
+    **{f"LED-B{i}": f"LED-B{i}" for i in range(1, 6)},
+    **{n: n for n in ("LED-BH1", "LED-RGB1", "LED-V1", "LED-V2")},
+    "TL84": "FL11",
+}
+
+
+def _illuminant(v: str) -> str:
+    name = COLOR_ILLUMINANT_ALIASES.get(v.strip().upper())
+    if name is None:
+        raise reason(
+            f"unknown illuminant {v!r}; use one of D65, D50, A, F1-F12 (F11 = TL84), LED-B1-LED-B5"
+        )
+    return name
+
+
+Illuminant = Annotated[str, AfterValidator(_illuminant)]
+
+
+class ColorToleranceConfig(Section):
+    """ΔE00 limits against the approved reference, under every illuminant."""
+
+    warn: Annotated[float, AfterValidator(positive)] = 1.0
+    alarm: Annotated[float, AfterValidator(positive)] = 2.0
+
+    @model_validator(mode="after")
+    def _alarm_above_warn(self) -> "ColorToleranceConfig":
+        if self.alarm < self.warn:
+            raise_problems("ColorToleranceConfig", [(("alarm",), "must not be below warn")])
+        return self
+
+
+class ColorConfig(Section):
+    """The colour stage: spectra and L*a*b* → ΔE00 per illuminant against approved references."""
+
+    observer: Literal[2, 10] = 10
+    illuminants: list[Illuminant] = Field(
+        default_factory=lambda: ["D65", "FL11", "LED-B3"],
+        min_length=1,
+        description="the first is the reference light of the metamerism index",
+    )
+    colorimeter_illuminant: Illuminant = "D65"
+    tolerance: ColorToleranceConfig = Field(default_factory=ColorToleranceConfig)
+    metamerism: Annotated[float, AfterValidator(positive)] = Field(
+        default=1.0, description="alert when max-min ΔE00 across illuminants exceeds this"
+    )
+    references: ExistingFile | None = Field(
+        default=None, description="YAML or CSV of reference spectra / L*a*b*, imported at start"
+    )
+    sample_pattern: NonBlank = Field(
+        default=r"^(?P<sku>[A-Za-z0-9_.]+)-(?P<part>[A-Za-z][A-Za-z0-9_.]*)-[A-Za-z0-9_.]+$",
+        description="regex on the sample id with groups sku and part (4711-clasp-0042)",
+    )
+
+    @field_validator("illuminants")
+    @classmethod
+    def _unique_illuminants(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise reason("each illuminant once (F11 and TL84 are the same light)")
+        return v
+
+    @field_validator("sample_pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        try:
+            groups = re.compile(v).groupindex
+        except re.error as exc:
+            raise reason(f"not a regular expression: {exc}") from None
+        if "sku" not in groups or "part" not in groups:
+            raise reason("the pattern needs named groups (?P<sku>...) and (?P<part>...)")
+        return v
+
+
+def duplicate_names(names: Mapping[str, list[Any]]) -> list[tuple[Loc, str]]:
+    """One problem per repeated name, pointing at the repeat and naming the first use."""
+    problems: list[tuple[Loc, str]] = []
+    for section, section_names in names.items():
+        first: dict[str, int] = {}
+        for index, name in enumerate(section_names):
+            if not isinstance(name, str):
+                continue
+            if name in first:
+                problems.append(
+                    (
+                        (section, index, "name"),
+                        f"duplicate name {name!r}: {section}[{first[name]}] already uses it",
+                    )
+                )
+            else:
+                first[name] = index
+    return problems
+
+
+class AgentConfig(Section):
+    """The whole agent configuration: one gateway on one site."""
+
+    site: NonBlank
+    gateway: NonBlank
+    state_dir: ConfigPath = Field(default=Path(".driftgate"), validate_default=True)
+    log: LogConfig = Field(default_factory=LogConfig)
+    sources: list[SourceConfig] = Field(default_factory=list)
+    channels: list[ChannelConfig] = Field(default_factory=list)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    influx: InfluxConfig | None = None
+    mqtt: MqttConfig | None = None
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    self_metrics: SelfMetricsConfig = Field(default_factory=SelfMetricsConfig)
+    color: ColorConfig = Field(default_factory=ColorConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
+    lots: LotsConfig = Field(default_factory=LotsConfig)
+
+    @model_validator(mode="after")
+    def _check_unique_names(self) -> "AgentConfig":
+        names = {
+            "sources": [source.name for source in self.sources],
+            "channels": [channel.name for channel in self.channels],
+        }
+        problems = duplicate_names(names)
+        if self.mqtt is None:
+            for index, source in enumerate(self.sources):
+                if isinstance(source, MqttSourceConfig):
+                    problems.append(
+                        (("sources", index, "type"), "an mqtt source needs the mqtt: section")
+                    )
+        raise_problems("AgentConfig", problems)
+        return self
+
+    def redacted_dict(self) -> dict[str, Any]:
+        """The configuration as plain JSON-able data, secrets replaced by '**********'."""
+        return self.model_dump(mode="json")
+
+    def summary(self) -> str:
+        """One line for humans: what this agent reads and where it writes."""
+        sources = plural(len(self.sources), "source")
+        channels = plural(len(self.channels), "channel")
+        if self.influx is None:
+            target = "no influx (readings stay in the spool)"
+        else:
+            target = f"influx {self.influx.api} → {self.influx.url}"
+        return f"{sources}, {channels}, {target}"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
