@@ -3,14 +3,12 @@ their configured words (label, affects) and the production context as tags."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
-from agent.config import ChannelConfig
+from agent.config.detectors import BaselineSpecConfig, DetectorConfig
+from agent.config.models import ChannelConfig
 from agent.context import ContextStore
-from agent.drift.alerts import FLAP_COUNT, FLAP_WINDOW
-from agent.drift.baselines import BaselineStore
-from agent.drift.engine import attach_detectors
+from agent.drift.engine import DriftEngine
 from agent.logs import get_logger
 from agent.reading import Channel
 
@@ -21,40 +19,35 @@ class ChannelRegistry:
     """Every channel of the agent, by name."""
 
     def __init__(
-        self,
-        configs: Iterable[ChannelConfig],
-        baselines: BaselineStore,
-        context: ContextStore,
-        repeat: float | None = None,
-        flap: tuple[int, float] = (FLAP_COUNT, FLAP_WINDOW),
+        self, configs: Iterable[ChannelConfig], engine: DriftEngine, context: ContextStore
     ) -> None:
         self.configs = {c.name: c for c in configs}
-        self.baselines = baselines
+        self.engine = engine
         self.context = context
-        self.repeat = repeat
-        self.flap = flap
         self.channels: dict[str, Channel] = {}
 
-    def add(self, channel: Channel) -> Channel:
-        """Register a channel: apply its config, attach detectors, tag it with the context."""
+    def add(
+        self,
+        channel: Channel,
+        *,
+        detectors: Sequence[DetectorConfig] | None = None,
+        baseline: BaselineSpecConfig | None = None,
+    ) -> Channel:
+        """Register a channel: apply its config, attach detectors, tag it with the context.
+
+        ``detectors``/``baseline`` replace the kind's defaults unless the config names the
+        channel (for channels the agent makes itself, such as a colour stage's ΔE00).
+        """
         existing = self.channels.get(channel.name)
         if existing is not None:
             return existing
         cc = self.configs.get(channel.name)
-        specs: list[dict[str, Any]] | None = None
-        baseline: dict[str, Any] | None = None
         if cc is not None:
-            if cc.baseline is not None:
-                baseline = cc.baseline.model_dump()
             channel.label = cc.label or channel.label
             channel.unit = cc.unit or channel.unit
             channel.affects = cc.affects or channel.affects
             channel.kind = cc.kind or channel.kind
-            if not cc.enabled:
-                specs = []
-            elif cc.detectors is not None:
-                specs = [d.model_dump() for d in cc.detectors]
-        attach_detectors(channel, specs, self.baselines, self.repeat, baseline, self.flap)
+        self.engine.attach(channel, cc, detectors=detectors, baseline=baseline)
         channel.retag(self.context.for_tags(channel.tags))
         self.channels[channel.name] = channel
         return channel
@@ -68,6 +61,8 @@ class ChannelRegistry:
         unit: str,
         kind: str,
         tags: Mapping[str, str],
+        detectors: Sequence[DetectorConfig] | None = None,
+        baseline: BaselineSpecConfig | None = None,
     ) -> Channel:
         """The channel of that name, created on first sight (a source's new sensor)."""
         channel = self.channels.get(name)
@@ -84,22 +79,13 @@ class ChannelRegistry:
             tags=dict(tags),
         )
         log.info("new channel", channel=name, measurement=measurement, field=field)
-        return self.add(channel)
+        return self.add(channel, detectors=detectors, baseline=baseline)
 
     def retag_all(self) -> int:
         """Re-apply the production context to every channel (after a context change)."""
         for channel in self.channels.values():
             channel.retag(self.context.for_tags(channel.tags))
         return len(self.channels)
-
-    def reload_baselines(self) -> bool:
-        """Pick up baselines captured or cleared with the CLI; True if any changed."""
-        if not self.baselines.reload():
-            return False
-        for channel in self.channels.values():
-            if channel.baseline is not None:
-                channel.baseline.reload()
-        return True
 
     def warn_unused_configs(self) -> None:
         """Log configured channel names no source has produced (a typo, or a device offline)."""

@@ -19,6 +19,10 @@ from agent.errors import DriftgateError
 CONTEXT_KEYS = ("lot", "operator", "shift", "order")
 """The documented context tags; other tag-safe names are accepted too."""
 
+PER_READING_TAGS = frozenset({*CONTEXT_KEYS, "sample"})
+"""Tags that change along one channel's life (production context, a sample id): they are put
+on each reading's point but never make a channel of their own."""
+
 SCOPES = ("line", "zone")
 """A context applies to every channel on a line, or in a zone; a line's wins over its zone's."""
 
@@ -51,13 +55,15 @@ class ContextStore:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.scopes: dict[str, dict[str, str]] = {}
+        self.version = 0  # bumped on every change, so caches of tagged prefixes know
+        self.dirty = False  # changed in memory, not written yet
         self._mtime: float | None = None
         self.reload()
 
     def reload(self) -> bool:
         """Read the file if it changed since last read; True when the context changed."""
-        if self.path is None or not self.path.exists():
-            return False
+        if self.path is None or self.dirty or not self.path.exists():
+            return False  # unsaved changes win until they are written
         mtime = self.path.stat().st_mtime
         if mtime == self._mtime:
             return False
@@ -69,10 +75,18 @@ class ContextStore:
         scopes = {str(k): {str(a): str(b) for a, b in v.items()} for k, v in raw.items()}
         changed = scopes != self.scopes
         self.scopes = scopes
+        if changed:
+            self.version += 1
         return changed
 
-    def set(self, scope: str, name: str, tags: Mapping[str, str | None]) -> bool:
-        """Merge tags into a scope's context (None or "" removes a tag); True if it changed."""
+    def set(
+        self, scope: str, name: str, tags: Mapping[str, str | None], *, save: bool = True
+    ) -> bool:
+        """Merge tags into a scope's context (None or "" removes a tag); True if it changed.
+
+        ``save=False`` leaves the file to ``save()`` (the running agent writes it from a
+        thread, not from the MQTT callback that runs on the event loop).
+        """
         validate_update(scope, name, tags)
         key = f"{scope}:{name}"
         current = dict(self.scopes.get(key, {}))
@@ -87,11 +101,15 @@ class ContextStore:
             self.scopes[key] = current
         else:
             self.scopes.pop(key, None)
-        self.save()
+        self.version += 1
+        self.dirty = True
+        if save:
+            self.save()
         return True
 
     def save(self) -> None:
         """Write the file atomically."""
+        self.dirty = False
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,12 @@ class AgentMetrics:
     mqtt_connected: bool = False
     mqtt_messages: int = 0
     broker_dropped: int = 0  # the broker's $SYS/broker/publish/messages/dropped (cumulative)
+    dead_letters_dropped: int = 0  # oldest dead letters deleted at spool.max_dead_letters
+    events_dropped: int = 0  # alert events no longer kept in memory (all are in the spool)
+    loop_lag_max_ms: float = 0.0  # event-loop lag over the last self-metrics interval
+    loop_lag_p99_ms: float = 0.0
+    task_restarts: int = 0  # crashed tasks the supervisor restarted
+    clock_steps: int = 0  # wall-clock steps seen (NTP corrections of more than a second)
     per_channel: dict[str, int] = field(default_factory=dict)
 
     def fields(self) -> dict[str, float | int | bool]:

@@ -1,21 +1,22 @@
-"""The hot path: a decoded reading is validated, detected on, and spooled. Nothing here blocks."""
+"""The hot path: a decoded reading is validated, spooled and queued for detection; nothing here
+blocks.
+
+Stages that need a channel's readings in batches (the local history, lot comparison) are
+passed in as ``BatchStage``s: the pipeline knows them only through that protocol, so they
+can depend on the pipeline without the pipeline depending on them.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from agent.drift.alerts import AlertEvent
-from agent.drift.engine import check_stale, detect_batch
+from agent.drift.engine import DriftEngine
 from agent.metrics import AgentMetrics
 from agent.reading import Channel
 from agent.store.spool import Spool
-
-if TYPE_CHECKING:
-    from agent.color.stage import ColorStage
-    from agent.drift.lots import LotTracker
-    from agent.store.history import History
 
 AlertSink = Callable[[AlertEvent], None]
 
@@ -23,25 +24,42 @@ BATCH_MAX = 4096  # readings of one channel before detection runs without waitin
 PROCESS_INTERVAL = 0.05  # seconds between the agent's calls to process()
 
 
+class BatchStage(Protocol):
+    """Something that sees each watched channel's readings once per detection batch."""
+
+    def add(self, channel: Channel, ns: Sequence[int], values: Sequence[float]) -> None:
+        """Take one batch of a channel's readings (time order as received)."""
+        ...
+
+
 class Pipeline:
     """Takes readings from sources; every accepted reading reaches the spool and the detectors."""
 
-    def __init__(self, spool: Spool, metrics: AgentMetrics, site: str, gateway: str) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        metrics: AgentMetrics,
+        site: str,
+        gateway: str,
+        engine: DriftEngine,
+    ) -> None:
         self.spool = spool
         self.metrics = metrics
         self.site = site
         self.gateway = gateway
+        self.engine = engine
         self.sinks: list[AlertSink] = []
+        self.stages: list[BatchStage] = []
         self.clock_ns = 0  # time of the newest reading seen (simulated time in the demo)
         self._dirty: list[Channel] = []
         self.rejected: list[tuple[str, str]] = []
-        self.color: ColorStage | None = None  # spectra and L*a*b* → ΔE00 (agent/color.py)
-        self.channels_seen: list[Channel] = []  # channels with detectors that had readings
-        self.history: History | None = None  # per-minute aggregates (agent/history.py)
-        self.lots: LotTracker | None = None  # lot samples and comparison (agent/lots.py)
 
-    def ingest(self, channel: Channel, ts_ns: int, value: float) -> None:
-        """Accept one reading: spool it, queue it for its channel's detectors."""
+    def ingest(self, channel: Channel, ts_ns: int, value: float, prefix: str | None = None) -> None:
+        """Accept one reading: spool it, queue it for its channel's detectors.
+
+        ``prefix``: this reading's own line-protocol head when it carries tags of its own
+        (a sample id, a lot) beyond the channel's; None for the channel's.
+        """
         if not math.isfinite(value):
             self.reject(f"{channel.name} {value!r} {ts_ns}", "not a finite number", channel, ts_ns)
             return
@@ -49,13 +67,11 @@ class Pipeline:
         self.metrics.readings_in += 1
         if ts_ns > self.clock_ns:  # noqa: PLR1730 (cheaper than max() on the hot path)
             self.clock_ns = ts_ns
-        self.spool.append(f"{channel.prefix}{value!r} {ts_ns}")
-        if channel.detectors:
+        self.spool.append(f"{prefix or channel.prefix}{value!r} {ts_ns}")
+        if channel.watched:
             pending = channel.pending_ns
             if not pending:
                 self._dirty.append(channel)
-                if channel.last_ns == -(2**63):
-                    self.channels_seen.append(channel)
             pending.append(ts_ns)
             channel.pending_x.append(value)
             if len(pending) >= BATCH_MAX:
@@ -78,15 +94,11 @@ class Pipeline:
 
     def _detect(self, channel: Channel) -> None:
         ns, xs = channel.pending_ns, channel.pending_x
-        result = detect_batch(channel, ns, xs)
+        result = self.engine.detect(channel, ns, xs)
         channel.pending_ns = []
         channel.pending_x = []
-        # Per-batch aggregation, never per reading on the hot path.
-        if self.history is not None:
-            self.history.add(channel.name, ns, xs)
-        lots = self.lots
-        if lots is not None and channel.name not in lots.quiet:
-            lots.add(channel, ns, xs)
+        for stage in self.stages:  # per batch, never per reading on the hot path
+            stage.add(channel, ns, xs)
         if result.late:
             self.metrics.late_readings += result.late
         for event in result.events:
@@ -127,10 +139,8 @@ class Pipeline:
     def check_stale(self, now_s: float) -> None:
         """Raise stale alerts for channels that have gone quiet by ``now_s``."""
         self.process()  # readings already received count: they are not silence
-        for channel in self.channels_seen:
-            event = check_stale(channel, now_s)
-            if event is not None:
-                self.alert(event)
+        for event in self.engine.check_stale(now_s):
+            self.alert(event)
 
     def alert(self, event: AlertEvent) -> None:
         """Record an alert event in the spool and hand it to every sink (console, log, ...)."""

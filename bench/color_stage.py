@@ -40,17 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import emit_json, print_header, quiet_logs, table
 
-from agent.channels import ChannelRegistry
-from agent.color.references import Reference, ReferenceStore
-from agent.color.stage import ColorStage, _colour
-from agent.config import ColorConfig
-from agent.context import ContextStore
-from agent.drift.baselines import BaselineStore
+from agent.color.colorimetry import _colour
+from agent.color.references import Reference
+from agent.color.stage import ColorStage
+from agent.config import config_from_dict
 from agent.ingest.decode import Decoder
 from agent.ingest.frames import FrameHandler, SourceHealth
 from agent.ingest.profiles import load_profile
-from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
+from agent.runtime.build import build
 from agent.sim.devices import reflectance
 
 
@@ -71,23 +69,20 @@ class _Lines:
 
 
 def _handler(tmp: Path, profile: str) -> tuple[FrameHandler, ColorStage, Pipeline]:
-    pipeline = Pipeline(_Lines(), AgentMetrics(), "floor1", "gw1")  # type: ignore[arg-type]
-    registry = ChannelRegistry(
-        [], BaselineStore(tmp / f"{profile}-b.json"), ContextStore(tmp / f"{profile}-c.json")
-    )
-    store = ReferenceStore(tmp / f"{profile}-refs")
-    stage = ColorStage(ColorConfig(), store, registry, pipeline)
-    pipeline.color = stage
+    cfg = config_from_dict({"site": "floor1", "gateway": "gw1", "state_dir": str(tmp / profile)})
+    core = build(cfg, spool=_Lines())  # type: ignore[arg-type]
+    assert core.color is not None
     handler = FrameHandler(
         "bench",
         Decoder(load_profile(profile), tags={"zone": "qc"}),
-        pipeline,
-        registry,
+        core.pipeline,
+        core.registry,
         prefix="qc",
         base_tags={"zone": "qc"},
         health=SourceHealth(),
+        measurements=core.color,
     )
-    return handler, stage, pipeline
+    return handler, core.color, core.pipeline
 
 
 def _per_call_ms(fn: Callable[[int], None], n: int, rounds: int) -> float:

@@ -13,8 +13,8 @@ samples.
   outliers at 1 in 1,000). The daily cycle counts against climate rows only.
 
 Baseline: every channel learns its baseline (mean, std) from a clean prefix of WARM samples
-(``attach_detectors(..., baseline={"window": W, "learn": W})``), as the agent does on a new
-channel; false alarms are counted after it. river's detectors see the same prefix.
+(``DriftEngine.attach(..., baseline=BaselineSpecConfig(window=W, learn=W))``), as the agent
+does on a new channel; false alarms are counted after it. river's detectors see the same prefix.
 
 Metrics per detector and family (``score_events``): detection rate (first raised, escalated
 or flapping event in [cp, cp + HORIZON]); median and p90 delay; false alarms per 100,000
@@ -74,7 +74,7 @@ KINDS: dict[str, dict[str, float]] = {
 }
 
 # The detectors under test: (row name, channel kind, spec). spec None: the kind's default set
-# (agent.drift.engine.DEFAULT_DETECTORS) on one channel, one row per detector plus "any".
+# (agent.drift.engine.KIND_DEFAULTS) on one channel, one row per detector plus "any".
 # Specs are the agent's own (durations in seconds at the kind's rate). Every channel learns
 # its baseline (mean, std) from the clean prefix: baseline {"window": WARM, "learn": WARM}.
 # A type the engine does not know is skipped with a note. Add rows as detectors land.
@@ -192,24 +192,23 @@ class Outcome:
     capped: bool = False  # stopped counting false alarms (KSWIN restarts)
 
 
-def _attach(kind: str, specs: list[dict[str, Any]] | None) -> Any:
-    """A channel of the kind with these specs (None: the kind's defaults), baseline learned."""
-    import inspect
-
+def _attach(kind: str, specs: list[dict[str, Any]] | None) -> tuple[Any, Any]:
+    """(engine, channel) of the kind with these specs (None: the kind's defaults), its
+    baseline learned over the first WARM samples."""
+    from agent.config.detectors import BaselineSpecConfig, parse_detectors
     from agent.drift.baselines import BaselineStore
-    from agent.drift.engine import DEFAULT_DETECTORS, attach_detectors
+    from agent.drift.engine import DriftEngine
     from agent.reading import Channel
 
     dt = KINDS[kind]["dt"]
     ch = Channel(name="bench", measurement="m", field="v", kind=kind)
-    if specs is None:
-        specs = DEFAULT_DETECTORS[kind]
-    if "baseline" in inspect.signature(attach_detectors).parameters:
-        attach_detectors(ch, specs, BaselineStore(None),
-                         baseline={"window": WARM * dt, "learn": WARM * dt})  # fmt: skip
-    else:  # an engine without channel baselines: each detector learns its own
-        attach_detectors(ch, [{**s, "learn": WARM * dt} for s in specs], BaselineStore(None))
-    return ch
+    engine = DriftEngine(BaselineStore(None))
+    engine.attach(
+        ch,
+        detectors=None if specs is None else parse_detectors(specs),
+        baseline=BaselineSpecConfig(window=WARM * dt, learn=WARM * dt),
+    )
+    return engine, ch
 
 
 # No gaps and no invalid readings in these streams: these cannot fire (still part of "any").
@@ -220,11 +219,11 @@ def rows_of(name: str, kind: str, spec: dict[str, Any] | None) -> list[str]:
     """The result rows one table entry gives (a default set: one per detector, plus any)."""
     if spec is not None:
         return [name]
-    from agent.drift.engine import DEFAULT_DETECTORS
+    from agent.drift.engine import KIND_DEFAULTS
 
     types = [
         t
-        for t in dict.fromkeys(s["type"] for s in DEFAULT_DETECTORS[kind])
+        for t in dict.fromkeys(s.type for s in KIND_DEFAULTS[kind].detectors)
         if t not in SILENT_TYPES
     ]
     return [f"{name} defaults: {t}" for t in types] + [f"{name} defaults: any"]
@@ -244,14 +243,12 @@ def available() -> tuple[list[tuple[str, str, dict[str, Any] | None]], list[str]
 
 
 T0_NS = 1_700_000_000_000_000_000
-CHUNK = 4096  # agent.pipeline.BATCH_MAX: what detect_batch gets under load
+CHUNK = 4096  # agent.pipeline.BATCH_MAX: what the engine gets per call under load
 
 
 def run_ours(name: str, kind: str, spec: dict[str, Any] | None, s: Stream) -> dict[str, Outcome]:
-    """One table entry on one stream through attach_detectors + detect_batch."""
-    from agent.drift.engine import detect_batch
-
-    ch = _attach(kind, None if spec is None else [spec])
+    """One table entry on one stream through the drift engine, in pipeline-sized batches."""
+    engine, ch = _attach(kind, None if spec is None else [spec])
     k = KINDS[kind]
     dt_ns = int(k["dt"] * 1e9)
     ns = (T0_NS + np.arange(len(s.z), dtype=np.int64) * dt_ns).tolist()
@@ -259,7 +256,7 @@ def run_ours(name: str, kind: str, spec: dict[str, Any] | None, s: Stream) -> di
     rows = rows_of(name, kind, spec)
     events: dict[str, list[Any]] = {r: [] for r in rows}
     for a in range(0, len(xs), CHUNK):
-        for ev in detect_batch(ch, ns[a : a + CHUNK], xs[a : a + CHUNK]).events:
+        for ev in engine.detect(ch, ns[a : a + CHUNK], xs[a : a + CHUNK]).events:
             if spec is None:
                 if ev.detector not in SILENT_TYPES:
                     events[f"{name} defaults: {ev.detector}"].append(ev)
@@ -290,13 +287,17 @@ def score_events(events: list[Any], cp: int, dt_ns: int) -> Outcome:
         if i >= WARM and not counted_warm:
             counted_warm = True
             out.fa += active and cp > WARM
-        if WARM <= i < cp and ev.kind in NEW_ALERT:
+        if WARM <= i < cp and ev.transition in NEW_ALERT:
             out.fa += 1
-        elif cp <= i <= cp + HORIZON and out.delay is None and ev.kind in (*NEW_ALERT, "escalated"):
+        elif (
+            cp <= i <= cp + HORIZON
+            and out.delay is None
+            and ev.transition in (*NEW_ALERT, "escalated")
+        ):
             out.delay = i - cp
-        if ev.kind == "flapping":
+        if ev.transition == "flapping":
             flapping = True
-        elif ev.kind == "settled":
+        elif ev.transition == "settled":
             flapping = False
         active = flapping or int(ev.level) > 0
     if not counted_warm:

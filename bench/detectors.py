@@ -1,6 +1,6 @@
 """Cost per reading of the ring buffer and the two drift detectors, across window sizes.
 
-One channel gets ``baseline_shift`` + ``slope`` through ``agent.drift.engine.attach_detectors``
+One channel gets ``baseline_shift`` + ``slope`` through ``agent.drift.engine.DriftEngine.attach``
 with count-bounded windows (``window: inf``, ``max_samples`` = 100, 10,000, 1,000,000) and a
 fixed baseline, so both detectors evaluate from the first readings. Each window is fed far
 more readings than it holds, so the measurement includes the steady state (one sample in,
@@ -37,13 +37,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import _common
 import numpy as np
 
+from agent.config.detectors import BaselineSpecConfig, parse_detectors
+from agent.config.models import AlertsConfig
 from agent.drift.baselines import BaselineStore
-from agent.drift.engine import attach_detectors, detect, detect_batch
+from agent.drift.engine import DetectResult, DriftEngine
 from agent.drift.ring import Window
 from agent.reading import Channel
 
@@ -85,7 +88,31 @@ def specs(max_samples: int, crossed: bool) -> list[dict[str, Any]]:
     ]
 
 
-def channel(max_samples: int, crossed: bool = False) -> Channel:
+@dataclass
+class Watched:
+    """A channel and the drift engine that watches it."""
+
+    engine: DriftEngine
+    ch: Channel
+
+    @property
+    def detectors(self) -> list[object]:
+        drift = self.engine.drift(self.ch)
+        assert drift is not None
+        return list(drift.detectors)
+
+
+def detect_batch(w: Watched, ns: list[int], values: list[float]) -> DetectResult:
+    """What Pipeline._detect calls with a channel's pending readings."""
+    return w.engine.detect(w.ch, ns, values)
+
+
+def detect(w: Watched, ts: int, value: float) -> object:
+    """One reading (a slow sensor between two detection passes)."""
+    return w.engine.detect(w.ch, [ts], [value]).events or None
+
+
+def channel(max_samples: int, crossed: bool = False) -> Watched:
     ch = Channel(
         name="bench.humidity",
         measurement="climate",
@@ -94,14 +121,13 @@ def channel(max_samples: int, crossed: bool = False) -> Channel:
         label="Bench room humidity",
     )
     # The channel's baseline is fixed (0 for crossed: values near 50 are past alarm at once).
-    attach_detectors(
+    engine = DriftEngine(BaselineStore(None), AlertsConfig(repeat=REPEAT_S if crossed else None))
+    engine.attach(
         ch,
-        specs(max_samples, crossed),
-        BaselineStore(None),
-        REPEAT_S if crossed else None,
-        baseline={"value": 0.0 if crossed else 50.0, "std": 1.0},
+        detectors=parse_detectors(specs(max_samples, crossed)),
+        baseline=BaselineSpecConfig(value=0.0 if crossed else 50.0, std=1.0),
     )
-    return ch
+    return Watched(engine, ch)
 
 
 # Every measurement uses the same loop shape: chunks of CHUNK readings, timed one by one.
@@ -143,7 +169,7 @@ def loop_arrays(
     return chunks
 
 
-def loop_detect(ch: Channel, n: int, batch: int, vals: list[float]) -> tuple[list[float], int]:
+def loop_detect(ch: Watched, n: int, batch: int, vals: list[float]) -> tuple[list[float], int]:
     """detect_batch(channel, ns, values) on lists, as Pipeline hands over each channel's
     pending readings (batch 1 goes through detect()); (CPU seconds per chunk, events)."""
     chunks = []
@@ -193,7 +219,7 @@ def worst_chunk_us(chunks: list[float], n: int) -> float:
     return max(full) / CHUNK * 1e6
 
 
-def prefilled(max_samples: int, vals: list[float]) -> tuple[Channel, int]:
+def prefilled(max_samples: int, vals: list[float]) -> tuple[Watched, int]:
     """A channel whose detector windows are full (fed untimed in big batches); next ts_ns."""
     ch = channel(max_samples)
     ts = T0_NS

@@ -1,9 +1,10 @@
 """Readings per second through the hot path (decode → detect → spool) on one core.
 
 The demo workshop's 12 channels (2 rooms × humidity + temperature, 8 sewing machines'
-tension) with their kinds' default detectors (``agent.channels.ChannelRegistry`` with no
-channel config), fed through ``Pipeline.ingest`` while a real ``Spool`` runs on a temporary
-directory: its ``run()`` task commits to SQLite in its executor thread, as in the agent. The
+tension) with their kinds' default detectors, wired by the agent's own ``build`` (no channel
+config: the kinds' defaults; the local history and lot tracking on), fed through
+``Pipeline.ingest`` while a real ``Spool`` and ``History`` run on a temporary state dir: their
+tasks commit to SQLite in their own threads, as in the agent. The
 loop ends a burst every ``--yield-every`` readings: it calls ``Pipeline.process()`` (detection
 runs in micro-batches over each channel's pending readings, NumPy per batch) and yields to the
 event loop, as the simulated source does once per 50 ms tick, so the spool's commits
@@ -43,12 +44,12 @@ from pathlib import Path
 
 import _common
 
-from agent.channels import ChannelRegistry
-from agent.context import ContextStore
+from agent.config import config_from_dict
 from agent.drift.baselines import Baseline, BaselineStore
 from agent.metrics import AgentMetrics
 from agent.pipeline import Pipeline
 from agent.reading import Channel
+from agent.runtime.build import Core, build
 from agent.sim.workshop import DAY, Workshop
 from agent.store.spool import Spool
 
@@ -89,7 +90,7 @@ class Run:
 class Floor:
     """A fresh workshop with default detectors, baselines learned, windows warmed up."""
 
-    def __init__(self, seed: int, interval: float) -> None:
+    def __init__(self, seed: int, interval: float, state_dir: Path) -> None:
         self.interval = interval
         self.shop = Workshop.build(START, seed=seed, tags=TAGS)
         self.channels = self.shop.channels()
@@ -98,9 +99,10 @@ class Floor:
         warm = self.sample(int(WARMUP_DAYS * DAY / interval))
         self.store = BaselineStore(None)
         self._seed_baselines(warm)
-        registry = ChannelRegistry([], self.store, ContextStore(None))
+        cfg = config_from_dict({**TAGS, "state_dir": str(state_dir)}, source="<bench>")
+        self.core: Core = build(cfg, baselines=self.store)  # the agent's spool defaults
         for channel in self.channels:
-            registry.add(channel)
+            self.core.registry.add(channel)
         self.warmup = warm
 
     def sample(self, frames: int) -> list[Frame]:
@@ -129,12 +131,12 @@ class Floor:
             )  # fmt: skip
 
 
-async def _open(path: Path) -> tuple[Spool, Pipeline, AgentMetrics, asyncio.Task[None]]:
-    metrics = AgentMetrics()
-    spool = Spool(path, metrics=metrics)  # the agent's defaults: 0.2 s / 2000 lines
-    await spool.open()
-    task = asyncio.create_task(spool.run(), name="spool")
-    return spool, Pipeline(spool, metrics, TAGS["site"], TAGS["gateway"]), metrics, task
+async def _open(core: Core) -> tuple[Spool, Pipeline, AgentMetrics, list[asyncio.Task[None]]]:
+    await core.spool.open()
+    tasks = [asyncio.create_task(core.spool.run(), name="spool")]
+    if core.history is not None:
+        tasks.append(asyncio.create_task(core.history.run(), name="history"))
+    return core.spool, core.pipeline, core.metrics, tasks
 
 
 async def _yield(pipeline: Pipeline, stalls: list[float]) -> None:
@@ -147,7 +149,7 @@ async def _yield(pipeline: Pipeline, stalls: list[float]) -> None:
 
 async def run_variant(name: str, floor: Floor, frames: int, yield_every: int, workdir: Path) -> Run:
     """Warm up, then time one variant; flush and check what the spool committed."""
-    spool, pipeline, metrics, task = await _open(workdir / f"{name.replace(' ', '_')}.sqlite")
+    spool, pipeline, metrics, tasks = await _open(floor.core)
     ingest = pipeline.ingest
     stalls: list[float] = []
     for ts_ns, readings in floor.warmup:
@@ -210,8 +212,11 @@ async def run_variant(name: str, floor: Floor, frames: int, yield_every: int, wo
     run.alerts = metrics.alerts
     run.commits = spool.commits
     run.max_stall_ms = max(stalls, default=0.0) * 1e3
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if floor.core.history is not None:
+        await floor.core.history.close()
     await spool.close()
     return run
 
@@ -236,8 +241,8 @@ async def main_async(args: argparse.Namespace) -> None:
     reps = 1 if args.quick else args.reps
     variants = ["ingest", "sim + ingest", "decode + ingest"]
     workdir = Path(tempfile.mkdtemp(prefix="driftgate-bench-hot-"))
-    probe = Floor(args.seed, args.interval)
-    detectors = sum(len(ch.detectors) for ch in probe.channels)
+    probe = Floor(args.seed, args.interval, workdir / "probe")
+    detectors = sum(len(drift.detectors) for drift in probe.core.engine)
     print(
         f"{len(probe.channels)} channels, {detectors} detectors (defaults by kind), "
         f"interval {args.interval:g} s, warm-up {WARMUP_DAYS:g} simulated days untimed, "
@@ -252,7 +257,7 @@ async def main_async(args: argparse.Namespace) -> None:
     try:
         for _ in range(reps):
             for name in variants:
-                floor = Floor(args.seed, args.interval)
+                floor = Floor(args.seed, args.interval, workdir / name.replace(" ", "_"))
                 run = await run_variant(name, floor, frames, args.yield_every, workdir)
                 best = results.get(name)
                 if best is not None:
@@ -263,8 +268,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 else:
                     run.reps = [run.rate]
                 results[name] = run
-                _common.remove_files(workdir, "*.sqlite*")
-            floor = Floor(args.seed, args.interval)
+                shutil.rmtree(workdir / name.replace(" ", "_"), ignore_errors=True)
+            floor = Floor(args.seed, args.interval, workdir / "sim")
             sim.append(time_sim(floor, frames))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -6,10 +6,12 @@ import math
 import random
 
 import pytest
+from engines import watch
 
+from agent.config.models import AlertsConfig
 from agent.drift.alerts import CLEARED, ESCALATED, RAISED, AlertState, Level
 from agent.drift.baselines import BaselineStore
-from agent.drift.engine import attach_detectors, detect, detect_batch
+from agent.drift.engine import ChannelDrift, DriftEngine
 from agent.reading import Channel
 
 T0 = 1_760_000_000.0
@@ -26,6 +28,12 @@ def _channel(kind: str = "climate") -> Channel:
         affects="edge paint drying",
         tags={"zone": "edge_paint"},
     )
+
+
+def _drift(engine: DriftEngine, channel: Channel) -> ChannelDrift:
+    drift = engine.drift(channel)
+    assert drift is not None
+    return drift
 
 
 def test_hovering_at_threshold_raises_one_alert_not_fifty() -> None:
@@ -66,8 +74,8 @@ def test_baseline_shift_fires_on_a_sustained_ramp_but_not_on_a_daily_cycle() -> 
     stable = _channel()
     stable.name = "cutting.humidity"
     store = BaselineStore(None)
-    attach_detectors(drifting, None, store)
-    attach_detectors(stable, None, store)
+    engine = watch(drifting, None, store)
+    watch(stable, None, store, engine=engine)
     rng = random.Random(3)
     first: dict[str, float] = {}
     for hour in range(24 * 24):  # readings arrive in hourly batches, one a minute
@@ -82,9 +90,9 @@ def test_baseline_shift_fires_on_a_sustained_ramp_but_not_on_a_daily_cycle() -> 
             drift_x.append(50 + cycle + noise + ramp + outlier)
             stable_x.append(45 + cycle + noise + outlier)
         for channel, values in ((drifting, drift_x), (stable, stable_x)):
-            for event in detect_batch(channel, ns, values).events:
+            for event in engine.detect(channel, ns, values).events:
                 day = (event.ts_ns / 1e9 - T0) / 86400
-                first.setdefault(f"{channel.name}/{event.detector}/{event.kind}", day)
+                first.setdefault(f"{channel.name}/{event.detector}/{event.transition}", day)
     assert not any(key.startswith("cutting") for key in first), first
     shift_day = first["edge_paint.humidity/baseline_shift/raised"]
     assert 14.0 < shift_day < 17.5  # 3 %RH over a 24 h mean at 1.5 %RH/day, plus the hold
@@ -92,16 +100,15 @@ def test_baseline_shift_fires_on_a_sustained_ramp_but_not_on_a_daily_cycle() -> 
 
 def test_alert_event_reads_as_one_sentence_with_the_numbers() -> None:
     channel = _channel()
-    attach_detectors(
+    engine = watch(
         channel,
         [{"type": "baseline_shift", "window": 3600, "warn": 3.0, "hold": 0}],
-        BaselineStore(None),
         baseline={"value": 50.0},
     )
     ns = [int((T0 + i * 60) * 1e9) for i in range(200)]
-    events = detect_batch(channel, ns, [50.0 if i < 100 else 56.0 for i in range(200)]).events
+    events = engine.detect(channel, ns, [50.0 if i < 100 else 56.0 for i in range(200)]).events
     raised = events[0]
-    assert raised.kind == RAISED
+    assert raised.transition == RAISED
     assert raised.baseline == 50.0
     assert raised.delta >= 3.0
     assert "Edge paint room humidity" in raised.message
@@ -109,7 +116,7 @@ def test_alert_event_reads_as_one_sentence_with_the_numbers() -> None:
     assert "edge paint drying" in raised.message
     line = raised.line("atelier", "gw1")
     assert line.startswith("drift_alert,channel=edge_paint.humidity,detector=baseline_shift,")
-    assert 'state="raised"' in line
+    assert 'transition="raised"' in line
     assert "severity=warn" in line
 
 
@@ -117,17 +124,21 @@ def test_learned_baseline_survives_a_restart(tmp_path) -> None:  # type: ignore[
     spec = [{"type": "baseline_shift", "window": 3600, "warn": 3.0}]
     learn = {"window": 3600, "learn": 7200}
     first = _channel()
-    attach_detectors(first, spec, BaselineStore(tmp_path / "baselines.json"), baseline=learn)
-    for i in range(200):
-        detect(first, int((T0 + i * 60) * 1e9), 50.0 + (i % 2))  # one by one, as a slow sensor
-    assert first.baseline is not None
-    assert first.baseline.locked is not None
+    store = BaselineStore(tmp_path / "baselines.json")
+    engine = watch(first, spec, store, baseline=learn)
+    for i in range(200):  # one by one, as a slow sensor
+        engine.detect(first, [int((T0 + i * 60) * 1e9)], [50.0 + (i % 2)])
+    learned = _drift(engine, first).baseline.locked
+    assert learned is not None
+    assert not (tmp_path / "baselines.json").exists()  # learned on the loop: not written there
+    store.save()  # the agent saves from a thread within a second
     again = _channel()
-    attach_detectors(again, spec, BaselineStore(tmp_path / "baselines.json"), baseline=learn)
-    assert again.baseline is not None
-    assert again.baseline.locked == first.baseline.locked
-    assert again.baseline.locked.source == "learned"
-    assert again.baseline.locked.mean == pytest.approx(50.5, abs=0.01)
+    engine = watch(again, spec, BaselineStore(tmp_path / "baselines.json"), baseline=learn)
+    locked = _drift(engine, again).baseline.locked
+    assert locked == learned
+    assert locked is not None
+    assert locked.source == "learned"
+    assert locked.mean == pytest.approx(50.5, abs=0.01)
 
 
 def _stream(seed: int, days: int = 20) -> tuple[list[int], list[float]]:
@@ -144,15 +155,15 @@ def _stream(seed: int, days: int = 20) -> tuple[list[int], list[float]]:
 
 def _events(batch_sizes: list[int], ns: list[int], xs: list[float]) -> list[tuple[object, ...]]:
     channel = _channel()
-    attach_detectors(channel, None, BaselineStore(None), repeat=6 * 3600.0)
+    engine = watch(channel, None, alerts=AlertsConfig(repeat=6 * 3600.0))
     out = []
     i = 0
     k = 0
     while i < len(ns):
         size = batch_sizes[k % len(batch_sizes)]
         k += 1
-        for e in detect_batch(channel, ns[i : i + size], xs[i : i + size]).events:
-            out.append((e.ts_ns, e.detector, e.kind, e.level, round(e.value, 6), e.message))
+        for e in engine.detect(channel, ns[i : i + size], xs[i : i + size]).events:
+            out.append((e.ts_ns, e.detector, e.transition, e.level, round(e.value, 6), e.message))
         i += size
     return out
 

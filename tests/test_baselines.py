@@ -93,11 +93,12 @@ def test_capture_last_matches_the_readings_and_survives_a_restart(simulated: Pat
     # A new agent on the same state_dir compares against it, and its alerts say so.
     agent = Agent(_cfg(state_dir))
     m05 = agent.registry.channels[CHANNEL]
-    assert m05.baseline is not None
-    assert m05.baseline.locked is not None
-    assert m05.baseline.locked.source == "captured"
-    assert m05.baseline.describe().startswith("captured ")
-    assert NOTE in m05.baseline.describe()
+    drift = agent.engine.drift(m05)
+    assert drift is not None
+    assert drift.baseline.locked is not None
+    assert drift.baseline.locked.source == "captured"
+    assert drift.baseline.describe().startswith("captured ")
+    assert NOTE in drift.baseline.describe()
     t0 = int(ts.max()) + 60_000_000_000
     for i in range(240):  # four hours 10 cN above the approved sample
         agent.pipeline.ingest(m05, t0 + i * 60_000_000_000, got["mean"] + 10.0)
@@ -136,13 +137,13 @@ def test_capture_from_to_list_and_clear(simulated: Path) -> None:
     assert "08:00 to 12:00 UTC" in row
 
     agent = Agent(_cfg(state_dir))  # as if running: it reloads baselines.json every second
-    humidity = agent.registry.channels["edge_paint.humidity"]
-    assert humidity.baseline is not None
+    humidity = agent.engine.drift(agent.registry.channels["edge_paint.humidity"])
+    assert humidity is not None
     assert humidity.baseline.locked is not None
     cleared = _cli(state_dir, "clear", "edge_paint.humidity")
     assert cleared.returncode == 0, cleared.stderr
     assert "rolling window" in cleared.stdout
-    assert agent.registry.reload_baselines()
+    assert agent.engine.reload_baselines()
     assert humidity.baseline.locked is None
     assert humidity.baseline.describe().startswith("rolling")
     again = _cli(state_dir, "clear", "edge_paint.humidity")

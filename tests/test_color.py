@@ -19,20 +19,16 @@ import pytest_asyncio
 import serial
 from servers import InfluxDB1Server, SerialPair
 
-from agent.channels import ChannelRegistry
 from agent.cli import main as cli_main
+from agent.color.colorimetry import Colorimetry, delta_e00, illuminant_slug
 from agent.color.references import Reference, ReferenceError, ReferenceStore, load_reference_file
-from agent.color.stage import Colorimetry, ColorStage, delta_e00, illuminant_slug
-from agent.config import ColorConfig, config_from_dict
-from agent.context import ContextStore
+from agent.config import config_from_dict
 from agent.drift.alerts import AlertEvent, Level
-from agent.drift.baselines import BaselineStore
 from agent.ingest.decode import Decoder, Spectrum
 from agent.ingest.frames import FrameHandler, SourceHealth
 from agent.ingest.profiles import load_profile
-from agent.metrics import AgentMetrics
-from agent.pipeline import Pipeline
 from agent.runtime.agent import Agent
+from agent.runtime.build import build
 from agent.sim.devices import DEMO_START, DeviceEmulator, reflectance
 from agent.store.spool import spool_path
 
@@ -75,17 +71,17 @@ class Stage:
         self, tmp: Path, profile: str, cfg: dict[str, Any] | None = None, **source_tags: str
     ) -> None:
         self.sink = LineSink()
-        self.pipeline = Pipeline(self.sink, AgentMetrics(), "floor1", "gw1")  # type: ignore[arg-type]
+        config = config_from_dict(
+            {"site": "floor1", "gateway": "gw1", "state_dir": str(tmp), "color": cfg or {}}
+        )
+        core = build(config, spool=self.sink)  # type: ignore[arg-type]
+        self.pipeline = core.pipeline
         self.events: list[AlertEvent] = []
         self.pipeline.sinks.append(self.events.append)
-        self.registry = ChannelRegistry(
-            [], BaselineStore(tmp / "baselines.json"), ContextStore(tmp / "context.json")
-        )
-        self.store = ReferenceStore(tmp / "references")
-        self.stage = ColorStage(
-            ColorConfig(**(cfg or {})), self.store, self.registry, self.pipeline
-        )
-        self.pipeline.color = self.stage
+        self.registry = core.registry
+        assert core.color is not None
+        self.stage = core.color
+        self.store = core.color.references
         tags = {"zone": "qc", **source_tags}
         self.handler = FrameHandler(
             "spectro",
@@ -95,6 +91,7 @@ class Stage:
             prefix="qc",
             base_tags=tags,
             health=SourceHealth(),
+            measurements=self.stage,
         )
 
     def points(self, measurement: str = "color") -> list[tuple[dict[str, str], dict[str, str]]]:
@@ -213,7 +210,7 @@ def test_metameric_pair_matches_under_d65_and_is_flagged_under_f11(tmp_path: Pat
 
     # Back to the approved colour: the alert clears.
     t.handler.frame(spectro_frame("4711-clasp-0043", ref), received_ns=int(DEMO_START * 1e9) + 60)
-    assert t.events[-1].kind == "cleared" or t.events[-2].kind == "cleared"
+    assert t.events[-1].transition == "cleared" or t.events[-2].transition == "cleared"
 
 
 def test_drift_channels_carry_de00_per_illuminant(tmp_path: Path) -> None:
@@ -233,7 +230,9 @@ def test_drift_channels_carry_de00_per_illuminant(tmp_path: Path) -> None:
     channel = t.registry.channels["qc.4711.strap.de00_d65"]
     assert channel.kind == "color"
     assert channel.readings == 5
-    assert [d.name for d in channel.detectors] == ["slope"]
+    drift = t.registry.engine.drift(channel)
+    assert drift is not None
+    assert [d.name for d in drift.detectors] == ["slope"]
     values = [float(f["de00_d65"]) for _, f in t.points()]
     assert values[0] < 0.05
     assert values == sorted(values)

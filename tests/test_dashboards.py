@@ -320,7 +320,7 @@ def test_key_panels_show_every_zone_station_and_alert(
     alerts = run(server, db, "floor.json", "Latest alert events")
     (table,) = alerts
     rows = [dict(zip(table["columns"], v, strict=True)) for v in table["values"]]
-    assert set(table["columns"]) >= {"time", "channel", "detector", "state", "severity"}
+    assert set(table["columns"]) >= {"time", "channel", "detector", "transition", "severity"}
     assert {r["channel"] for r in rows} >= {"sewing.m05.tension", "edge_paint.humidity"}
     assert all(r["message"] for r in rows)
 

@@ -7,10 +7,9 @@ import math
 
 import numpy as np
 import pytest
+from engines import watch
 
 from agent.drift.alerts import CLEARED, FLAPPING, RAISED, SETTLED, AlertState
-from agent.drift.baselines import BaselineStore
-from agent.drift.engine import attach_detectors, detect_batch
 from agent.reading import Channel
 
 T0 = 1_760_000_000
@@ -34,13 +33,11 @@ def _run(
     specs: list[dict], values: np.ndarray, baseline: dict | None = None, batch: int = 500
 ) -> list:  # type: ignore[type-arg]
     channel = _channel()
-    attach_detectors(
-        channel, specs, BaselineStore(None), baseline=baseline or {"value": 0.0, "std": 1.0}
-    )
+    engine = watch(channel, specs, baseline=baseline or {"value": 0.0, "std": 1.0})
     ns = (T0 + np.arange(len(values)) * STEP) * 10**9
     events = []
     for i in range(0, len(values), batch):
-        events += detect_batch(
+        events += engine.detect(
             channel, ns[i : i + batch].tolist(), values[i : i + batch].tolist()
         ).events
     return events
@@ -48,7 +45,7 @@ def _run(
 
 def _first_raised(events: list, detector: str) -> int | None:  # type: ignore[type-arg]
     for e in events:
-        if e.detector == detector and e.kind == RAISED:
+        if e.detector == detector and e.transition == RAISED:
             return int((e.ts_ns // 10**9 - T0) // STEP)
     return None
 
@@ -67,7 +64,7 @@ SHIFT_AT = 5000
 )
 def test_a_one_sigma_step_is_caught_quickly_and_noise_never(spec: dict, bound: int) -> None:  # type: ignore[type-arg]
     quiet = _run([spec], NOISE)
-    assert [e for e in quiet if e.kind == RAISED] == [], (
+    assert [e for e in quiet if e.transition == RAISED] == [], (
         "false alarm on 100,000 stationary readings"
     )
     stepped = NOISE[:20_000].copy()
@@ -102,7 +99,7 @@ def test_stuck_sensor_is_reported_and_cleared() -> None:
     values = NOISE[:3000].copy()
     values[1000:1500] = 42.0
     events = _run([{"type": "stuck", "window": 60 * STEP}], values)
-    kinds = [(e.kind, int((e.ts_ns // 10**9 - T0) // STEP)) for e in events]
+    kinds = [(e.transition, int((e.ts_ns // 10**9 - T0) // STEP)) for e in events]
     assert kinds[0][0] == RAISED
     assert 1000 + 48 <= kinds[0][1] <= 1000 + 62  # 80% of the window must be covered
     assert kinds[1] == (CLEARED, 1500)
@@ -111,24 +108,21 @@ def test_stuck_sensor_is_reported_and_cleared() -> None:
 
 def test_stale_raises_at_the_gap_and_clears_on_the_next_reading() -> None:
     channel = _channel()
-    attach_detectors(channel, [{"type": "stale", "max_gap": 600}], BaselineStore(None))
+    engine = watch(channel, [{"type": "stale", "max_gap": 600}])
     ns = [(T0 + i * 60) * 10**9 for i in range(10)] + [(T0 + 9 * 60 + 3600) * 10**9]
-    replayed = detect_batch(channel, ns, [1.0] * len(ns)).events
-    assert [e.kind for e in replayed] == [RAISED, CLEARED]
+    replayed = engine.detect(channel, ns, [1.0] * len(ns)).events
+    assert [e.transition for e in replayed] == [RAISED, CLEARED]
     assert replayed[0].ts_ns == ns[9] + 600 * 10**9
     assert replayed[1].ts_ns == ns[10]
     # Live: a timer notices the silence before the next reading; same events, same times.
     live = _channel()
-    attach_detectors(live, [{"type": "stale", "max_gap": 600}], BaselineStore(None))
-    events = detect_batch(live, ns[:10], [1.0] * 10).events
-    from agent.drift.engine import check_stale
-
-    assert check_stale(live, ns[9] / 1e9 + 300) is None
-    raised = check_stale(live, ns[9] / 1e9 + 900)
-    assert raised is not None
-    assert check_stale(live, ns[9] / 1e9 + 1000) is None  # once
-    events = [raised, *detect_batch(live, ns[10:], [1.0]).events]
-    assert [(e.kind, e.ts_ns) for e in events] == [(e.kind, e.ts_ns) for e in replayed]
+    engine = watch(live, [{"type": "stale", "max_gap": 600}])
+    events = engine.detect(live, ns[:10], [1.0] * 10).events
+    assert engine.check_stale(ns[9] / 1e9 + 300) == []
+    (raised,) = engine.check_stale(ns[9] / 1e9 + 900)
+    assert engine.check_stale(ns[9] / 1e9 + 1000) == []  # once
+    events = [raised, *engine.detect(live, ns[10:], [1.0]).events]
+    assert [(e.transition, e.ts_ns) for e in events] == [(e.transition, e.ts_ns) for e in replayed]
 
 
 def test_invalid_rate_counts_out_of_range_readings() -> None:
@@ -171,14 +165,16 @@ def test_tension_defaults_give_the_same_events_however_batched(batches: list[int
 
     def run(sizes: list[int]) -> list[tuple[object, ...]]:
         channel = _channel()
-        attach_detectors(channel, None, BaselineStore(None))
+        engine = watch(channel)
         out = []
         i = k = 0
         while i < n:
             size = sizes[k % len(sizes)]
             k += 1
-            for e in detect_batch(channel, ns[i : i + size], values[i : i + size].tolist()).events:
-                out.append((e.ts_ns, e.detector, e.kind, e.level, round(e.value, 6), e.message))
+            for e in engine.detect(channel, ns[i : i + size], values[i : i + size].tolist()).events:
+                out.append(
+                    (e.ts_ns, e.detector, e.transition, e.level, round(e.value, 6), e.message)
+                )
             i += size
         return out
 
@@ -199,11 +195,11 @@ def test_climate_defaults_stay_quiet_on_a_month_of_daily_cycles_and_outliers() -
     values = 50 + 4 * np.sin(2 * math.pi * day) + ar + rng.normal(0, 0.3, n)
     values[rng.choice(n, 40, replace=False)] += rng.normal(0, 8, 40)  # single outliers
     channel = _channel("climate")
-    attach_detectors(channel, None, BaselineStore(None))
+    engine = watch(channel)
     ns = ((T0 + np.arange(n) * 60) * 10**9).tolist()
     events = []
     for i in range(0, n, 1000):
-        events += detect_batch(channel, ns[i : i + 1000], values[i : i + 1000].tolist()).events
+        events += engine.detect(channel, ns[i : i + 1000], values[i : i + 1000].tolist()).events
     assert events == []
 
 
@@ -235,7 +231,7 @@ def test_cusum_and_ewma_allow_for_autocorrelated_noise_but_still_catch_a_shift()
     ]
     learn = {"window": 10_000 * STEP, "learn": 10_000 * STEP}
     quiet = _run(specs, ar, baseline=learn)
-    assert [e for e in quiet if e.kind == RAISED] == []
+    assert [e for e in quiet if e.transition == RAISED] == []
     shifted = ar.copy()
     shifted[30_000:] += 1.2  # one standard deviation of the AR(1) readings
     first = _first_raised(_run(specs, shifted, baseline=learn), "cusum")

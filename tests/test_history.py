@@ -25,7 +25,7 @@ async def test_minute_aggregates_pool_exactly_across_batches_and_writes(tmp_path
         part_ns, part_x = ns[a:b].tolist(), x[a:b].tolist()
         if i == 4:
             part_ns, part_x = part_ns[::-1], part_x[::-1]  # out of order within a batch
-        history.add("ch", part_ns, part_x)
+        history.add_named("ch", part_ns, part_x)
         if i % 2:
             await history.flush()  # minutes split across writes merge in SQLite
     await history.close()
@@ -56,7 +56,7 @@ async def test_retention_prunes_minutes_older_than_days(tmp_path: Path) -> None:
     history = History(tmp_path / "h.sqlite", days=1.0)
     await history.open()
     t0 = 1_772_409_600 * 10**9
-    history.add("ch", [t0, t0 + 2 * 86400 * 10**9], [1.0, 2.0])
+    history.add_named("ch", [t0, t0 + 2 * 86400 * 10**9], [1.0, 2.0])
     await history.flush()  # the first flush prunes (then hourly)
     await history.close()
     with sqlite3.connect(tmp_path / "h.sqlite") as db:

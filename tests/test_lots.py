@@ -123,7 +123,7 @@ async def test_lots_from_different_distributions_raise_lot_change(tmp_path: Path
     welch = stats.ttest_ind(first_b, first_a, equal_var=False)
     ks = stats.ks_2samp(first_b, first_a)
     diff = float(first_b.mean() - first_a.mean())
-    assert event.kind == "lot_change"
+    assert event.transition == "lot_change"
     assert event.level.label == "warn"
     assert event.channel.name == CHANNEL
     assert math.isclose(event.value, float(first_b.mean()), rel_tol=1e-12)
@@ -141,7 +141,7 @@ async def test_lots_from_different_distributions_raise_lot_change(tmp_path: Path
     # ...and it is in the spool as a drift_alert point.
     alerts = [x for x in _spooled(tmp_path, "drift_alert") if "detector=lot_compare" in x]
     assert len(alerts) == 1
-    assert 'state="lot_change"' in alerts[0]
+    assert 'transition="lot_change"' in alerts[0]
     summaries = _summaries(tmp_path)
     assert set(summaries) == {"LOT-2411-A", "LOT-2411-B"}
     _check_summary(summaries["LOT-2411-A"], first_a)

@@ -532,7 +532,7 @@ async def test_alert_events_are_published_as_json(
     event = json.loads(out.decode().splitlines()[0])
     first = result.events[0]
     assert event["channel"] == first.channel.name == "sewing.m05.tension"
-    assert event["event"] == "raised"
+    assert event["transition"] == "raised"
     assert event["message"] == first.message
     assert event["affects"] == "seam strength and stitch appearance"
     assert agent.alert_publisher is not None

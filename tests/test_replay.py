@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from engines import watch
 
 from agent.cli import main
 from agent.config import config_from_dict
-from agent.drift.baselines import BaselineStore
 from agent.pipeline import Pipeline
 from agent.reading import Channel
 from agent.replay.inputs import (
@@ -113,7 +113,7 @@ class RecordedSource:
 
 
 def event_view(events: list[dict[str, object]]) -> list[tuple[object, ...]]:
-    keys = ("time", "channel", "detector", "event", "severity", "value", "baseline", "message")
+    keys = ("time", "channel", "detector", "transition", "severity", "value", "baseline", "message")
     rows = [tuple(e[k] for k in keys) for e in events]
     return sorted(rows, key=lambda r: (str(r[0]), str(r[1]), str(r[2])))
 
@@ -153,7 +153,7 @@ async def test_replay_equals_live(
     replayed = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
     assert event_view(replayed) == event_view(live)
-    kinds = {(e["channel"], e["detector"], e["event"]) for e in replayed}
+    kinds = {(e["channel"], e["detector"], e["transition"]) for e in replayed}
     assert ("edge_paint.humidity", "baseline_shift", "raised") in kinds  # the ramp
     assert any(c == "sewing.m05.tension" and k == "raised" for c, _, k in kinds)  # the step
     assert ("edge_paint.humidity", "stale", "raised") in kinds  # the outage
@@ -161,7 +161,7 @@ async def test_replay_equals_live(
     times = [e["time"] for e in replayed]
     assert times == sorted(times)
     for e in replayed:
-        assert {"time", "channel", "detector", "event", "value", "baseline"} <= e.keys()
+        assert {"time", "channel", "detector", "transition", "value", "baseline"} <= e.keys()
     if configured:
         assert any("edge paint drying" in str(e["message"]) for e in replayed)
     table = out[out.index("\nchannel") :]
@@ -246,10 +246,12 @@ def test_default_detector_guess(name: str, kind: str, unit: str, tmp_path: Path)
     channel = result.channels[name]
     assert (channel.kind, channel.unit) == (kind, unit)
     fresh = Channel(name=name, measurement=kind, field="f", kind=kind)
-    from agent.drift.engine import attach_detectors
-
-    attach_detectors(fresh, None, BaselineStore(None))
-    assert [d.name for d in channel.detectors] == [d.name for d in fresh.detectors]
+    engine = watch(fresh)
+    replayed = result.engine.drift(channel)
+    alone = engine.drift(fresh)
+    assert replayed is not None
+    assert alone is not None
+    assert [d.name for d in replayed.detectors] == [d.name for d in alone.detectors]
 
 
 def test_csv_streams_with_empty_cells() -> None:

@@ -30,7 +30,7 @@ class Console:
     def alert(self, event: AlertEvent) -> None:
         """Print one alert event as a supervisor would read it."""
         mark = {Level.ALARM: "!!", Level.WARN: "! "}.get(event.level, "ok")
-        if event.kind == CLEARED:
+        if event.transition == CLEARED:
             mark = "ok"
         self._clear_progress()
         print(f"[{when(event.ts_ns)}] {mark} {event.message}", file=self.out, flush=True)
@@ -88,7 +88,7 @@ def summary(result: RunResult, cfg: AgentConfig, out: TextIO = sys.stdout) -> No
         p(f"  {channel.name:<{width}}  {channel.readings:>9,}", file=out)
         total += channel.readings
     p(f"  {'total':<{width}}  {total:>9,}", file=out)
-    kinds = Counter(e.kind for e in result.events)
+    kinds = Counter(e.transition for e in result.events)
     p(
         f"alerts: {len(result.events)} events ("
         + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
@@ -101,7 +101,7 @@ def summary(result: RunResult, cfg: AgentConfig, out: TextIO = sys.stdout) -> No
     for event in result.events:
         per_key.setdefault((event.channel.name, event.detector), []).append(event)
     for (channel_name, detector), events in sorted(per_key.items()):
-        story = ", ".join(f"{e.kind} {e.level.label} {when(e.ts_ns)}" for e in events)
+        story = ", ".join(f"{e.transition} {e.level.label} {when(e.ts_ns)}" for e in events)
         p(f"  {channel_name} / {detector}: {story}", file=out)
     quiet = [c.name for c in result.channels if not any(k[0] == c.name for k in per_key)]
     p(f"  no alerts: {', '.join(quiet)}" if quiet else "", file=out)

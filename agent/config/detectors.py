@@ -1,8 +1,9 @@
 """Detector and baseline settings of a channel, as validated models the drift engine takes as is."""
 
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, TypeAdapter, model_validator
 
 from agent.config.base import (
     Direction,
@@ -209,3 +210,11 @@ class BaselineSpecConfig(Section):
         default=None, description="lock a learned baseline after this much data (None: never)"
     )
     min_samples: Annotated[int, Field(ge=2)] = 30
+
+
+_DETECTOR_LIST: TypeAdapter[list[DetectorConfig]] = TypeAdapter(list[DetectorConfig])
+
+
+def parse_detectors(items: Sequence[Mapping[str, Any]]) -> list[DetectorConfig]:
+    """Detector settings from plain mappings (benchmarks, tests, tools), validated like a file."""
+    return _DETECTOR_LIST.validate_python(list(items))

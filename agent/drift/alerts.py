@@ -29,7 +29,7 @@ class Level(IntEnum):
         return self.name.lower()
 
 
-# Event kinds, in the words used in logs, JSON and the drift_alert `state` field.
+# Transitions, in the words used everywhere: logs, JSON, the drift_alert `transition` field.
 RAISED = "raised"
 ESCALATED = "escalated"
 EASED = "eased"
@@ -176,7 +176,7 @@ class AlertEvent:
     ts_ns: int
     channel: Channel
     detector: str
-    kind: str
+    transition: str  # raised, escalated, eased, cleared, repeat, flapping, settled, lot_change
     level: Level
     value: float
     baseline: float
@@ -197,7 +197,7 @@ class AlertEvent:
             "severity": self.level.label,
         }
         fields: dict[str, float | int | bool | str] = {
-            "state": self.kind,
+            "transition": self.transition,
             "message": self.message,
             "since_ns": self.since_ns,
         }
@@ -217,7 +217,7 @@ class AlertEvent:
             "time": iso(self.ts_ns),
             "channel": self.channel.name,
             "detector": self.detector,
-            "event": self.kind,
+            "transition": self.transition,
             "severity": self.level.label,
             "value": _num(self.value),
             "baseline": _num(self.baseline),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.config.detectors import BaselineSpecConfig
 from agent.drift.ring import Window
 
 
@@ -65,6 +66,7 @@ class BaselineStore:
         self.path = path
         self._data: dict[str, Baseline] = {}
         self._mtime: float | None = None
+        self._unsaved: set[str] = set()  # learned in memory, written by the next save()
         self.reload()
 
     def reload(self) -> bool:
@@ -79,7 +81,10 @@ class BaselineStore:
         if mtime == self._mtime:
             return False
         raw = json.loads(self.path.read_text(encoding="utf-8"))
-        self._data = {key: Baseline(**value) for key, value in raw.items()}
+        data = {key: Baseline(**value) for key, value in raw.items()}
+        for key in self._unsaved - set(data):  # learned here, not on disk yet: keep it
+            data[key] = self._data[key]
+        self._data = data
         self._mtime = mtime
         return True
 
@@ -95,12 +100,30 @@ class BaselineStore:
         """The stored baseline for a key, if any."""
         return self._data.get(key)
 
-    def put(self, key: str, baseline: Baseline) -> None:
-        """Store a baseline and write the file (rare: once per learned or captured baseline)."""
+    def put(self, key: str, baseline: Baseline, *, write: bool = True) -> None:
+        """Store a baseline and write the file (rare: once per learned or captured baseline).
+
+        ``write=False`` keeps it in memory until ``save()``: detection runs on the event loop
+        and must not wait on the disk, so the agent saves from a thread soon after.
+        """
         self._data[key] = baseline
-        self._write()
+        if write:
+            self._write()
+        else:
+            self._unsaved.add(key)
+
+    @property
+    def unsaved(self) -> bool:
+        """Whether baselines learned in memory wait for ``save()``."""
+        return bool(self._unsaved)
+
+    def save(self) -> None:
+        """Write baselines learned in memory (from a thread: it touches the disk)."""
+        if self._unsaved:
+            self._write()
 
     def _write(self) -> None:
+        self._unsaved.clear()
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,17 +138,6 @@ class BaselineStore:
         return sorted(self._data.items())
 
 
-@dataclass(frozen=True, slots=True)
-class BaselineSpec:
-    """How a channel finds its baseline (from the channel config or the kind's defaults)."""
-
-    value: float | None = None
-    std: float | None = None
-    window: float = 7 * 86400.0
-    learn: float | None = None
-    min_samples: int = 30
-
-
 class ChannelBaseline:
     """A channel's baseline for every reading: locked if there is one, else rolling.
 
@@ -137,7 +149,7 @@ class ChannelBaseline:
     def __init__(
         self,
         channel_name: str,
-        spec: BaselineSpec,
+        spec: BaselineSpecConfig,
         store: BaselineStore,
         on_learned: Callable[[Baseline], None] | None = None,
     ) -> None:
@@ -296,6 +308,6 @@ class ChannelBaseline:
             source="learned",
         )
         self.locked = learned
-        self.store.put(self.name, learned)
+        self.store.put(self.name, learned, write=False)
         if self.on_learned is not None:
             self.on_learned(learned)

@@ -156,14 +156,45 @@ def _directed(delta: np.ndarray, sign: int) -> np.ndarray:
     return out
 
 
+class Trend:
+    """A channel's latest trend, published by its slope detector and quoted by the others."""
+
+    __slots__ = ("batch", "per_h")
+
+    def __init__(self) -> None:
+        self.per_h = math.nan  # the latest known trend, units per hour
+        self.batch: np.ndarray | None = None  # the trend at each reading of the current batch
+
+    def publish(self, per_h: np.ndarray) -> None:
+        """Record the slope detector's trend for this batch.
+
+        Where the trend is undefined the latest known one holds, as on the scalar path.
+        """
+        known = np.isfinite(per_h)
+        index = np.maximum.accumulate(np.where(known, np.arange(len(per_h)), -1))
+        self.batch = np.where(index >= 0, per_h[np.maximum(index, 0)], self.per_h)
+        if known.any():
+            self.per_h = float(per_h[known][-1])
+
+    def at(self, j: int) -> float:
+        """The trend at reading j of the current batch (j < 0: the latest known)."""
+        batch = self.batch
+        if batch is not None and 0 <= j < len(batch):
+            return float(batch[j])
+        return self.per_h
+
+
 class _Base:
     """Shared plumbing: thresholds, state machine, baseline, event building."""
 
     name = "detector"
 
-    def __init__(self, channel: Channel, base: ChannelBaseline, thresholds: Thresholds) -> None:
+    def __init__(
+        self, channel: Channel, base: ChannelBaseline, thresholds: Thresholds, trend: Trend
+    ) -> None:
         self.channel = channel
         self.base = base
+        self.trend = trend
         self.thresholds = thresholds
         self.state = thresholds.state()
         self.sign = _DIRECTIONS[thresholds.direction]
@@ -217,7 +248,7 @@ class _Base:
             ts_ns=ts_ns,
             channel=ch,
             detector=self.name,
-            kind=kind,
+            transition=kind,
             level=self.state.level,
             value=value,
             baseline=baseline,
@@ -250,20 +281,21 @@ class _Windowed(_Base):
     """A detector over its own time window, judged once the window is full enough (80 % of
     its span covered and min_samples readings)."""
 
-    trend = False
+    needs_slope = False  # the window keeps least-squares sums too
 
     def __init__(
         self,
         channel: Channel,
         base: ChannelBaseline,
         thresholds: Thresholds,
+        trend: Trend,
         *,
         span: float,
         max_samples: int = 100_000,
         min_samples: int = 10,
     ) -> None:
-        super().__init__(channel, base, thresholds)
-        self.window = Window(span, max_samples, trend=self.trend)
+        super().__init__(channel, base, thresholds, trend)
+        self.window = Window(span, max_samples, trend=self.needs_slope)
         self.min_samples = min_samples
         self._ready = False
         self._min_cover = 0.8 * span if math.isfinite(span) else 0.0
@@ -354,7 +386,7 @@ class BaselineShift(_Windowed):
         ch = self.channel
         unit = ch.unit
         delta = mean - base
-        rate = ch.rate_at(j)
+        rate = self.trend.at(j)
         avg = f"{span_words(self.window.span, self.window.max_samples)} average"
         where = "above" if delta >= 0 else "below"
         baseline = f"{fmt(base, unit)} ({self.base.describe()})"
@@ -386,7 +418,7 @@ class Slope(_Windowed):
     """Least-squares slope over a window, in units (or baseline sigmas) per hour."""
 
     name = "slope"
-    trend = True
+    needs_slope = True
 
     def update_many(
         self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
@@ -399,7 +431,7 @@ class Slope(_Windowed):
         assert stats.slope is not None
         per_h = 3600.0 * stats.slope
         per_h[:begin] = np.nan
-        self.channel.publish_rate(per_h)
+        self.trend.publish(per_h)
         scores = _directed(per_h, self.sign) * self._scale(bstd)
         mean = stats.mean
 
@@ -418,7 +450,7 @@ class Slope(_Windowed):
         per_h = 3600.0 * w.slope()
         if math.isnan(per_h):
             return None
-        self.channel.rate_per_h = per_h
+        self.trend.per_h = per_h
         score = (abs(per_h) if self.sign == 0 else per_h * self.sign) * self._scale_one(bstd)
         if math.isnan(score) or self._fast_quiet(score):
             return None
@@ -518,16 +550,47 @@ class VarianceChange(_Windowed):
         )
 
 
+class _Warmup:
+    """A per-reading chart judges a reading only once ``min_samples`` readings were scored
+    against a settled baseline; its statistic accumulates from the first."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, min_samples: int) -> None:
+        self.left = max(min_samples - 1, 0)
+
+    def take(self, n: int) -> int:
+        """How many of the next ``n`` readings are still warming up (not judged)."""
+        k = min(self.left, n)
+        self.left -= k
+        return k
+
+    def passed(self) -> bool:
+        """Count one reading; whether it is judged."""
+        if self.left:
+            self.left -= 1
+            return False
+        return True
+
+
 class Cusum(_Base):
     """Two-sided tabular CUSUM of readings standardised by the baseline (k and h in sigmas)."""
 
     name = "cusum"
 
     def __init__(
-        self, channel: Channel, base: ChannelBaseline, thresholds: Thresholds, *, k: float = 0.5
+        self,
+        channel: Channel,
+        base: ChannelBaseline,
+        thresholds: Thresholds,
+        trend: Trend,
+        *,
+        k: float = 0.5,
+        min_samples: int = 10,
     ) -> None:
-        super().__init__(channel, base, thresholds)
+        super().__init__(channel, base, thresholds, trend)
         self.k = k
+        self.warmup = _Warmup(min_samples)
         self.hi = 0.0  # S+
         self.lo = 0.0  # S-
         self.hi_n = 0  # readings since S+ was last zero (for the shift estimate)
@@ -570,6 +633,7 @@ class Cusum(_Base):
         score = hi if sign > 0 else lo if sign < 0 else np.maximum(hi, lo)
         scores = np.full(len(t), np.nan)
         scores[begin:] = score
+        scores[begin : begin + self.warmup.take(len(score))] = np.nan
 
         def event(j: int, kind: str) -> AlertEvent:
             i = j - begin
@@ -592,7 +656,7 @@ class Cusum(_Base):
         self.lo_n = 0 if self.lo <= 0.0 else self.lo_n + 1
         sign = self.sign
         score = self.hi if sign > 0 else self.lo if sign < 0 else max(self.hi, self.lo)
-        if self._fast_quiet(score):
+        if not self.warmup.passed() or self._fast_quiet(score):
             return None
         kind = self.state.observe(t, score)
         if kind is None:
@@ -629,7 +693,7 @@ class Cusum(_Base):
             value=level,
             baseline=bmean,
             delta=level - bmean,
-            rate=ch.rate_per_h,
+            rate=self.trend.per_h,
             message=message,
         )
 
@@ -640,10 +704,18 @@ class Ewma(_Base):
     name = "ewma"
 
     def __init__(
-        self, channel: Channel, base: ChannelBaseline, thresholds: Thresholds, *, lam: float = 0.05
+        self,
+        channel: Channel,
+        base: ChannelBaseline,
+        thresholds: Thresholds,
+        trend: Trend,
+        *,
+        lam: float = 0.05,
+        min_samples: int = 10,
     ) -> None:
-        super().__init__(channel, base, thresholds)
+        super().__init__(channel, base, thresholds, trend)
         self.lam = lam
+        self.warmup = _Warmup(min_samples)
         self.factor = math.sqrt(lam / (2.0 - lam))
         self.z = math.nan
 
@@ -671,6 +743,7 @@ class Ewma(_Base):
             score = _directed(z - mean, self.sign) / spread
         scores = np.full(len(t), np.nan)
         scores[begin:] = score
+        scores[begin : begin + self.warmup.take(len(score))] = np.nan
 
         def event(j: int, kind: str) -> AlertEvent:
             i = j - begin
@@ -691,7 +764,7 @@ class Ewma(_Base):
         delta = z - bmean
         spread = bstd * self.factor * self.base.inflation
         score = (abs(delta) if self.sign == 0 else delta * self.sign) / spread
-        if math.isnan(score) or self._fast_quiet(score):
+        if not self.warmup.passed() or math.isnan(score) or self._fast_quiet(score):
             return None
         kind = self.state.observe(t, score)
         return None if kind is None else self._make(ns, kind, z, bmean, bstd)
@@ -713,7 +786,13 @@ class Ewma(_Base):
                 f"({self.base.describe()}), since {when(self._since(ts_ns))}."
             )
         return self._event(
-            ts_ns, kind, value=z, baseline=bmean, delta=delta, rate=ch.rate_per_h, message=message
+            ts_ns,
+            kind,
+            value=z,
+            baseline=bmean,
+            delta=delta,
+            rate=self.trend.per_h,
+            message=message,
         )
 
 
@@ -727,13 +806,14 @@ class Stuck(_Base):
         channel: Channel,
         base: ChannelBaseline,
         thresholds: Thresholds,
+        trend: Trend,
         *,
         span: float,
         tolerance: float = 0.0,
         max_samples: int = 100_000,
         min_samples: int = 10,
     ) -> None:
-        super().__init__(channel, base, thresholds)
+        super().__init__(channel, base, thresholds, trend)
         self.window = Window(span, max_samples)
         self.tolerance = tolerance
         self.min_samples = min_samples
@@ -812,12 +892,13 @@ class InvalidRate(_Base):
         channel: Channel,
         base: ChannelBaseline,
         thresholds: Thresholds,
+        trend: Trend,
         *,
         span: float,
         max_samples: int = 100_000,
         min_samples: int = 20,
     ) -> None:
-        super().__init__(channel, base, thresholds)
+        super().__init__(channel, base, thresholds, trend)
         self.window = Window(span, max_samples)
         self.min_samples = min_samples
 
@@ -954,7 +1035,7 @@ class Stale:
             ts_ns=ts_ns,
             channel=self.channel,
             detector=self.name,
-            kind=kind,
+            transition=kind,
             level=level,
             value=math.nan,
             baseline=math.nan,

@@ -1,21 +1,35 @@
 """The drift engine: every channel's baseline and detectors, fed batch by batch.
 
-Defaults per channel kind live here as data (`KIND_DEFAULTS`): they must hold up on real floor
-data (daily humidity cycles, sensor noise, single outliers: no alert; a sustained shift or ramp:
-an alert), which `bench/detector_quality.py` measures.
+The engine owns the drift state of each channel it watches (``ChannelDrift``: the baseline,
+the detectors, the latest trend); a ``Channel`` itself only says what the stream is. Defaults
+per channel kind live here as data (``KIND_DEFAULTS``), typed like a config file's settings:
+they must hold up on real floor data (daily humidity cycles, sensor noise, single outliers: no
+alert; a sustained shift or ramp: an alert), which ``bench/detector_quality.py`` measures.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.drift.alerts import FLAP_COUNT, FLAP_WINDOW, AlertEvent
-from agent.drift.baselines import BaselineSpec, BaselineStore, ChannelBaseline
+from agent.config.detectors import (
+    BaselineShiftConfig,
+    BaselineSpecConfig,
+    CusumConfig,
+    DetectorConfig,
+    EwmaConfig,
+    InvalidRateConfig,
+    SlopeConfig,
+    StaleConfig,
+    StuckConfig,
+    VarianceChangeConfig,
+)
+from agent.config.models import AlertsConfig, ChannelConfig
+from agent.drift.alerts import AlertEvent
+from agent.drift.baselines import BaselineStore, ChannelBaseline
 from agent.drift.detectors import (
     BaselineShift,
     Cusum,
@@ -26,6 +40,7 @@ from agent.drift.detectors import (
     Stale,
     Stuck,
     Thresholds,
+    Trend,
     VarianceChange,
 )
 from agent.reading import Channel
@@ -33,53 +48,60 @@ from agent.reading import Channel
 H = 3600.0
 D = 86400.0
 
-KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+SMALL_BATCH = 16  # readings per channel below which detection runs sample by sample
+
+
+@dataclass(frozen=True, slots=True)
+class KindDefaults:
+    """What a channel of one kind compares against, and which detectors judge it."""
+
+    baseline: BaselineSpecConfig
+    detectors: tuple[DetectorConfig, ...]
+
+
+KIND_DEFAULTS: dict[str, KindDefaults] = {
     # Climate: a daily cycle of several %RH is normal, so compare a full day's mean with the
     # baseline, and judge trends over days; no per-reading CUSUM/EWMA (the cycle would trip them).
-    "climate": {
-        "baseline": {"window": 7 * D, "learn": 7 * D},
-        "detectors": [
+    "climate": KindDefaults(
+        baseline=BaselineSpecConfig(window=7 * D, learn=7 * D),
+        detectors=(
             # In baseline sigmas: the learned std includes the daily swing (~3 %RH for a 4 %RH
             # cycle), so 0.5 sigma of the daily mean is ~1.5 %RH, far above its noise.
-            {"type": "baseline_shift", "window": 24 * H, "units": "sigma", "warn": 0.5,
-             "alarm": 1.0, "hold": 2 * H},
-            {"type": "slope", "window": 3 * D, "warn": 0.0625, "alarm": 0.125,
-             "hold": 12 * H, "clear_hold": 12 * H},
-            {"type": "stale", "max_gap": 15 * 60},
-            {"type": "stuck", "window": 6 * H},
-            {"type": "invalid_rate", "window": 1 * H, "warn": 0.05, "alarm": 0.2},
-        ],
-    },
+            BaselineShiftConfig(type="baseline_shift", window=24 * H, units="sigma", warn=0.5,
+                                alarm=1.0, hold=2 * H),
+            SlopeConfig(type="slope", window=3 * D, warn=0.0625, alarm=0.125, hold=12 * H,
+                        clear_hold=12 * H),
+            StaleConfig(type="stale", max_gap=15 * 60),
+            StuckConfig(type="stuck", window=6 * H),
+            InvalidRateConfig(type="invalid_rate", window=1 * H, warn=0.05, alarm=0.2),
+        ),
+    ),
     # Tension: per-batch means scatter around a set point without a cycle, so CUSUM and EWMA
     # in baseline sigmas catch small persistent shifts (an operator change) early.
-    "tension": {
-        "baseline": {"window": 2 * D, "learn": 2 * D},
-        "detectors": [
-            {"type": "baseline_shift", "window": 4 * H, "warn": 6.0, "alarm": 10.0, "hold": H},
+    "tension": KindDefaults(
+        baseline=BaselineSpecConfig(window=2 * D, learn=2 * D),
+        detectors=(
+            BaselineShiftConfig(type="baseline_shift", window=4 * H, warn=6.0, alarm=10.0, hold=H),
             # CUSUM integrates the evidence itself: no hold; h = 14 keeps false alarms near
             # 0.1 per 100,000 readings (bench/detector_quality.py) at ~25 readings' delay on 1σ.
-            {"type": "cusum", "k": 0.5, "warn": 14.0, "alarm": 22.0, "hysteresis": 2.0},
-            {"type": "ewma", "lam": 0.05, "warn": 5.5, "alarm": 7.5, "hold": 60},
+            CusumConfig(type="cusum", k=0.5, warn=14.0, alarm=22.0, hysteresis=2.0),
+            EwmaConfig(type="ewma", lam=0.05, warn=5.5, alarm=7.5, hold=60),
             # A spread needs many readings to estimate (at 1/min, 10 minutes' std scatters by
             # ±25 %), and a step in the mean inflates a window straddling it: a 2 h window,
             # at least 60 readings, and a hold of one window keep both from reading as erratic.
-            {"type": "variance_change", "window": 2 * H, "warn": 1.6, "alarm": 2.2,
-             "hold": 2 * H, "min_samples": 60},
-            {"type": "stale", "max_gap": 10 * 60},
-            {"type": "stuck", "window": H},
-            {"type": "invalid_rate", "window": H, "warn": 0.05, "alarm": 0.2},
-        ],
-    },
+            VarianceChangeConfig(type="variance_change", window=2 * H, warn=1.6, alarm=2.2,
+                                 hold=2 * H, min_samples=60),
+            StaleConfig(type="stale", max_gap=10 * 60),
+            StuckConfig(type="stuck", window=H),
+            InvalidRateConfig(type="invalid_rate", window=H, warn=0.05, alarm=0.2),
+        ),
+    ),
     # Colour: ΔE00 against the approved reference is already a difference (baseline 0).
-    "color": {
-        "baseline": {"value": 0.0},
-        "detectors": [],
-    },
+    "color": KindDefaults(baseline=BaselineSpecConfig(value=0.0), detectors=()),
 }  # fmt: skip
 
-DEFAULT_DETECTORS: dict[str, list[dict[str, Any]]] = {
-    kind: spec["detectors"] for kind, spec in KIND_DEFAULTS.items()
-}
+ROLLING_ONLY = BaselineSpecConfig()
+"""The baseline of a channel whose kind has no defaults: a rolling window, never locked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,150 +112,205 @@ class DetectResult:
     late: int
 
 
-def _thresholds(spec: dict[str, Any], repeat: float | None, flap: tuple[int, float]) -> Thresholds:
-    def opt(key: str) -> float | None:
-        value = spec.get(key)
-        return None if value is None else float(value)
+@dataclass(slots=True, eq=False)
+class ChannelDrift:
+    """The drift state of one watched channel: its baseline, detectors and latest trend."""
 
+    channel: Channel
+    baseline: ChannelBaseline
+    detectors: list[Detector]
+    trend: Trend
+    stale: Stale | None = None
+    last_ns: int = -(2**63)  # newest reading the detectors have seen
+    sees_invalid: list[Detector] = field(default_factory=list)
+
+
+def thresholds(spec: DetectorConfig, alerts: AlertsConfig) -> Thresholds:
+    """A detector's alert thresholds and timing: its own settings plus the agent's alerts: ones."""
+    repeat, flap_count, flap_window = alerts.repeat, alerts.flap_count, alerts.flap_window
+    if isinstance(spec, StuckConfig):
+        # A flat window is a yes/no condition: score 1 against a warn level of 0.5.
+        return Thresholds(
+            warn=0.5, hold=spec.hold, clear_hold=spec.clear_hold, hysteresis=0.0,
+            repeat=repeat, flap_count=flap_count, flap_window=flap_window,
+        )  # fmt: skip
+    if isinstance(spec, StaleConfig):
+        raise TypeError("a stale detector has no thresholds")
+    units = spec.units if isinstance(spec, BaselineShiftConfig | SlopeConfig
+                                      | VarianceChangeConfig) else "abs"  # fmt: skip
+    direction = spec.direction if not isinstance(spec, InvalidRateConfig) else "up"
+    hysteresis = None if isinstance(spec, InvalidRateConfig) else spec.hysteresis
     return Thresholds(
-        warn=float(spec["warn"]),
-        alarm=opt("alarm"),
-        direction=spec.get("direction", "both"),
-        hold=float(spec.get("hold", 0.0)),
-        clear_hold=opt("clear_hold"),
-        hysteresis=opt("hysteresis"),
+        warn=spec.warn,
+        alarm=spec.alarm,
+        direction=direction,
+        hold=spec.hold,
+        clear_hold=spec.clear_hold,
+        hysteresis=hysteresis,
         repeat=repeat,
-        units=spec.get("units", "abs"),
-        flap_count=flap[0],
-        flap_window=flap[1],
+        units=units,
+        flap_count=flap_count,
+        flap_window=flap_window,
     )
 
 
 def build_detector(
     channel: Channel,
     base: ChannelBaseline,
-    spec: dict[str, Any],
-    repeat: float | None = None,
-    flap: tuple[int, float] = (FLAP_COUNT, FLAP_WINDOW),
+    trend: Trend,
+    spec: DetectorConfig,
+    alerts: AlertsConfig,
 ) -> Detector:
-    """Build one detector for a channel from a plain spec (validated config or a default)."""
-    kind = spec["type"]
-    if kind == "stale":
-        return Stale(channel, base, float(spec["max_gap"]))
-    if kind == "stuck":
-        th = Thresholds(warn=0.5, hold=float(spec.get("hold", 0.0)), hysteresis=0.0,
-                        clear_hold=spec.get("clear_hold"), repeat=repeat,
-                        flap_count=flap[0], flap_window=flap[1])  # fmt: skip
-        return Stuck(
-            channel,
-            base,
-            th,
-            span=float(spec["window"]),
-            tolerance=float(spec.get("tolerance", 0.0)),
-            max_samples=int(spec.get("max_samples", 100_000)),
-            min_samples=int(spec.get("min_samples", 10)),
-        )
-    th = _thresholds(spec, repeat, flap)
-    windowed: dict[str, type[BaselineShift | Slope | VarianceChange]] = {
-        "baseline_shift": BaselineShift,
-        "slope": Slope,
-        "variance_change": VarianceChange,
+    """One detector for a channel from its validated settings (configured or a kind default)."""
+    if isinstance(spec, StaleConfig):
+        return Stale(channel, base, spec.max_gap)
+    th = thresholds(spec, alerts)
+    if isinstance(spec, StuckConfig):
+        return Stuck(channel, base, th, trend, span=spec.window, tolerance=spec.tolerance,
+                     max_samples=spec.max_samples, min_samples=spec.min_samples)  # fmt: skip
+    if isinstance(spec, CusumConfig):
+        return Cusum(channel, base, th, trend, k=spec.k, min_samples=spec.min_samples)
+    if isinstance(spec, EwmaConfig):
+        return Ewma(channel, base, th, trend, lam=spec.lam, min_samples=spec.min_samples)
+    if isinstance(spec, InvalidRateConfig):
+        return InvalidRate(channel, base, th, trend, span=spec.window,
+                           max_samples=spec.max_samples, min_samples=spec.min_samples)  # fmt: skip
+    windowed: dict[type, type[BaselineShift | Slope | VarianceChange]] = {
+        BaselineShiftConfig: BaselineShift,
+        SlopeConfig: Slope,
+        VarianceChangeConfig: VarianceChange,
     }
-    if kind in windowed:
-        return windowed[kind](
-            channel,
-            base,
-            th,
-            span=float(spec["window"]),
-            max_samples=int(spec.get("max_samples", 100_000)),
-            min_samples=int(spec.get("min_samples", 10)),
+    detector = windowed[type(spec)]
+    return detector(channel, base, th, trend, span=spec.window, max_samples=spec.max_samples,
+                    min_samples=spec.min_samples)  # fmt: skip
+
+
+class DriftEngine:
+    """Watches channels: attaches their baseline and detectors, and runs batches through them."""
+
+    def __init__(self, baselines: BaselineStore, alerts: AlertsConfig | None = None) -> None:
+        self.baselines = baselines
+        self.alerts = alerts if alerts is not None else AlertsConfig()
+        self._drifts: dict[str, ChannelDrift] = {}
+
+    def attach(
+        self,
+        channel: Channel,
+        config: ChannelConfig | None = None,
+        *,
+        detectors: Sequence[DetectorConfig] | None = None,
+        baseline: BaselineSpecConfig | None = None,
+    ) -> ChannelDrift:
+        """Watch a channel: its configured detectors and baseline, else its kind's defaults.
+
+        ``detectors``/``baseline`` (for channels the agent makes itself, such as ΔE00) apply
+        where ``config`` does not say; ``detectors=[]`` or ``enabled: false`` watch nothing
+        but the baseline.
+        """
+        defaults = KIND_DEFAULTS.get(channel.kind)
+        if config is not None and not config.enabled:
+            specs: Sequence[DetectorConfig] = ()
+        elif config is not None and config.detectors is not None:
+            specs = config.detectors
+        elif detectors is not None:
+            specs = detectors
+        else:
+            specs = defaults.detectors if defaults is not None else ()
+        spec_baseline = (
+            (config.baseline if config is not None else None)
+            or baseline
+            or (defaults.baseline if defaults is not None else ROLLING_ONLY)
         )
-    if kind == "cusum":
-        return Cusum(channel, base, th, k=float(spec.get("k", 0.5)))
-    if kind == "ewma":
-        return Ewma(channel, base, th, lam=float(spec.get("lam", 0.05)))
-    if kind == "invalid_rate":
-        return InvalidRate(
-            channel,
-            base,
-            th,
-            span=float(spec["window"]),
-            max_samples=int(spec.get("max_samples", 100_000)),
-            min_samples=int(spec.get("min_samples", 20)),
+        base = ChannelBaseline(channel.name, spec_baseline, self.baselines)
+        trend = Trend()
+        built = [build_detector(channel, base, trend, s, self.alerts) for s in specs]
+        # Trend detectors run first on each batch: the others quote the trend in their messages.
+        built.sort(key=lambda d: d.name != "slope")
+        drift = ChannelDrift(
+            channel=channel,
+            baseline=base,
+            detectors=built,
+            trend=trend,
+            stale=next((d for d in built if isinstance(d, Stale)), None),
+            sees_invalid=[d for d in built if getattr(d, "sees_invalid", False)],
         )
-    raise ValueError(f"unknown detector type {kind!r}")
+        self._drifts[channel.name] = drift
+        channel.watched = bool(built)
+        channel.wants_invalid = bool(drift.sees_invalid)
+        return drift
+
+    def drift(self, channel: Channel) -> ChannelDrift | None:
+        """The drift state of a watched channel."""
+        return self._drifts.get(channel.name)
+
+    def __iter__(self) -> Iterator[ChannelDrift]:
+        return iter(self._drifts.values())
+
+    def reload_baselines(self) -> bool:
+        """Pick up baselines captured or cleared with the CLI; True if any changed."""
+        if not self.baselines.reload():
+            return False
+        for drift in self._drifts.values():
+            drift.baseline.reload()
+        return True
+
+    def detect(self, channel: Channel, ns: Sequence[int], values: Sequence[float]) -> DetectResult:
+        """Run a channel's detectors over readings in arrival order (NaN marks an invalid one).
+
+        Readings older than one the detectors already saw (late arrivals) are skipped by the
+        detectors (they are still spooled and forwarded) and counted in ``late``.
+        """
+        drift = self._drifts.get(channel.name)
+        if drift is None or not drift.detectors:
+            return DetectResult([], 0)
+        if len(ns) <= SMALL_BATCH:
+            # A few readings (a slow sensor between two process() calls): the scalar path costs
+            # microseconds where NumPy's per-call overheads cost tens.
+            return _detect_small(drift, ns, values)
+        return _detect_many(drift, ns, values)
+
+    def check_stale(self, now_s: float) -> list[AlertEvent]:
+        """Raise the stale alerts of channels that have gone quiet by ``now_s``."""
+        events = []
+        for drift in self._drifts.values():
+            if drift.stale is not None:
+                event = drift.stale.check(now_s)
+                if event is not None:
+                    events.append(event)
+        return events
 
 
-def baseline_spec(channel: Channel, configured: dict[str, Any] | None) -> BaselineSpec:
-    """The channel's baseline settings: configured, else its kind's defaults."""
-    raw = configured
-    if raw is None:
-        raw = KIND_DEFAULTS.get(channel.kind, {}).get("baseline", {})
-    return BaselineSpec(
-        value=raw.get("value"),
-        std=raw.get("std"),
-        window=float(raw.get("window", 7 * D)),
-        learn=None if raw.get("learn") is None else float(raw["learn"]),
-        min_samples=int(raw.get("min_samples", 30)),
-    )
-
-
-def attach_detectors(
-    channel: Channel,
-    specs: Sequence[dict[str, Any]] | None,
-    store: BaselineStore,
-    repeat: float | None = None,
-    baseline: dict[str, Any] | None = None,
-    flap: tuple[int, float] = (FLAP_COUNT, FLAP_WINDOW),
-) -> None:
-    """Give a channel its baseline and detectors: the configured ones, or its kind's defaults."""
-    if specs is None:
-        specs = DEFAULT_DETECTORS.get(channel.kind, [])
-    base = ChannelBaseline(channel.name, baseline_spec(channel, baseline), store)
-    channel.baseline = base
-    detectors = [build_detector(channel, base, dict(spec), repeat, flap) for spec in specs]
-    # Trend detectors run first on each batch: the others quote the trend in their messages.
-    channel.detectors = sorted(detectors, key=lambda d: d.name != "slope")
-    channel.wants_invalid = any(getattr(d, "sees_invalid", False) for d in detectors)
-
-
-def detect_batch(channel: Channel, ns: Sequence[int], values: Sequence[float]) -> DetectResult:
-    """Run a channel's detectors over readings in arrival order (NaN marks an invalid reading).
-
-    Readings older than one the detectors already saw (late arrivals) are skipped by the
-    detectors (they are still spooled and forwarded) and counted in ``late``.
-    """
-    base = channel.baseline
-    assert base is not None
-    detectors = channel.detectors
+def _detect_small(drift: ChannelDrift, ns: Sequence[int], values: Sequence[float]) -> DetectResult:
     events: list[AlertEvent] = []
-    if len(ns) <= SMALL_BATCH:
-        # A few readings (a slow sensor between two process() calls): the scalar path costs
-        # microseconds where NumPy's per-call overheads cost tens.
-        late = 0
-        last = channel.last_ns
-        for ns_, v in zip(ns, values, strict=True):
-            if ns_ < last:
-                late += 1
-                continue
-            last = ns_
-            t_ = ns_ * 1e-9
-            if math.isnan(v):  # an invalid reading: only invalid_rate and stale see it
-                for detector in detectors:
-                    if getattr(detector, "sees_invalid", False):
-                        _collect(events, detector.update_one(t_, v, ns_, math.nan, math.nan))
-                continue
-            bm, bs = base.update_one(t_, v)
-            for detector in detectors:
-                _collect(events, detector.update_one(t_, v, ns_, bm, bs))
-        channel.last_ns = last
-        if len(events) > 1:
-            events.sort(key=lambda e: e.ts_ns)
-        return DetectResult(events, late)
+    base = drift.baseline
+    detectors = drift.detectors
+    late = 0
+    last = drift.last_ns
+    for ns_, v in zip(ns, values, strict=True):
+        if ns_ < last:
+            late += 1
+            continue
+        last = ns_
+        t_ = ns_ * 1e-9
+        if math.isnan(v):  # an invalid reading: only invalid_rate and stale see it
+            for detector in drift.sees_invalid:
+                _collect(events, detector.update_one(t_, v, ns_, math.nan, math.nan))
+            continue
+        bm, bs = base.update_one(t_, v)
+        for detector in detectors:
+            _collect(events, detector.update_one(t_, v, ns_, bm, bs))
+    drift.last_ns = last
+    if len(events) > 1:
+        events.sort(key=lambda e: e.ts_ns)
+    return DetectResult(events, late)
+
+
+def _detect_many(drift: ChannelDrift, ns: Sequence[int], values: Sequence[float]) -> DetectResult:
+    events: list[AlertEvent] = []
     ts = np.asarray(ns, dtype=np.int64)
     x = np.asarray(values, dtype=np.float64)
     late = 0
-    before = np.maximum.accumulate(np.concatenate(([channel.last_ns], ts[:-1])))
+    before = np.maximum.accumulate(np.concatenate(([drift.last_ns], ts[:-1])))
     if bool(np.any(ts < before)):
         keep = ts >= before
         late = int(len(ts) - np.count_nonzero(keep))
@@ -241,25 +318,24 @@ def detect_batch(channel: Channel, ns: Sequence[int], values: Sequence[float]) -
         x = x[keep]
         if not len(ts):
             return DetectResult([], late)
-    channel.last_ns = int(ts[-1])
+    drift.last_ns = int(ts[-1])
     t = ts * 1e-9
     invalid = np.isnan(x)
     any_invalid = bool(invalid.any())
     if any_invalid:
-        for detector in detectors:
-            if getattr(detector, "sees_invalid", False):
-                events += detector.update_many(t, x, ts, t, t)
+        for detector in drift.sees_invalid:
+            events += detector.update_many(t, x, ts, t, t)
         valid = ~invalid
         ts, t, x = ts[valid], t[valid], x[valid]
         if not len(ts):
             return DetectResult(sorted(events, key=lambda e: e.ts_ns), late)
-    bmean, bstd = base.update_many(t, x)
-    channel.rates = None
-    for detector in detectors:
-        if any_invalid and getattr(detector, "sees_invalid", False):
+    bmean, bstd = drift.baseline.update_many(t, x)
+    drift.trend.batch = None
+    for detector in drift.detectors:
+        if any_invalid and detector in drift.sees_invalid:
             continue
         events += detector.update_many(t, x, ts, bmean, bstd)
-    channel.rates = None
+    drift.trend.batch = None
     if len(events) > 1:
         events.sort(key=lambda e: e.ts_ns)
     return DetectResult(events, late)
@@ -272,19 +348,3 @@ def _collect(events: list[AlertEvent], got: AlertEvent | list[AlertEvent] | None
         events.extend(got)
     else:
         events.append(got)
-
-
-def check_stale(channel: Channel, now_s: float) -> AlertEvent | None:
-    """Raise a channel's stale alert if it has gone quiet by ``now_s`` (the agent's clock)."""
-    for detector in channel.detectors:
-        if isinstance(detector, Stale):
-            return detector.check(now_s)
-    return None
-
-
-def detect(channel: Channel, ts_ns: int, value: float) -> list[AlertEvent] | None:
-    """Run a channel's detectors on one reading (tests, tools); the events, or None."""
-    return detect_batch(channel, [ts_ns], [value]).events or None
-
-
-SMALL_BATCH = 16  # readings per channel below which detection runs sample by sample

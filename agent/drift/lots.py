@@ -12,6 +12,7 @@ Samples are kept in state_dir/lots.json, so a restart continues where the agent 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -21,9 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import stats
 
-from agent.config import LotsConfig
+from agent.config.models import LotsConfig
 from agent.drift.alerts import AlertEvent, Level
 from agent.logs import get_logger
 from agent.reading import Channel
@@ -81,6 +81,8 @@ class LotComparison:
 
 def compare(new: Sequence[float], prev: Sequence[float]) -> LotComparison:
     """Compare a new lot's sample with the previous lot's."""
+    from scipy import stats  # ~80 MB and a second to import: only when a lot is compared
+
     a = np.asarray(new, dtype=np.float64)
     b = np.asarray(prev, dtype=np.float64)
     welch = stats.ttest_ind(a, b, equal_var=False)
@@ -154,8 +156,10 @@ class LotTracker:
         self.quiet.clear()
 
     def add(self, channel: Channel, ns: Sequence[int], values: Sequence[float]) -> None:
-        """A batch of one channel's readings (from Pipeline._detect)."""
+        """A batch of one channel's readings (a pipeline stage)."""
         name = channel.name
+        if name in self.quiet:
+            return
         lot = self._lot_of.get(name, _UNKNOWN)
         if lot is _UNKNOWN:
             lot = self._lot_of[name] = self._tagged_lot(channel)
@@ -190,18 +194,23 @@ class LotTracker:
             self.quiet.add(name)
             self._save_soon()
 
-    def save_if_due(self) -> None:
-        """Write lots.json if samples changed and SAVE_INTERVAL passed (the agent's 1 s loop)."""
-        if self._dirty and time.monotonic() - self._saved_at >= SAVE_INTERVAL:
-            self.save()
+    def due(self) -> bool:
+        """Whether samples changed and SAVE_INTERVAL passed (the agent's 1 s loop asks)."""
+        return self._dirty and time.monotonic() - self._saved_at >= SAVE_INTERVAL
+
+    async def save_soon(self) -> None:
+        """Write lots.json from a thread (the samples are copied first, on the loop)."""
+        payload = self._payload()
+        await asyncio.to_thread(self._write, payload)
 
     def save(self) -> None:
-        """Write lots.json atomically."""
+        """Write lots.json atomically, here and now (at shutdown)."""
+        self._write(self._payload())
+
+    def _payload(self) -> dict[str, object]:
         self._dirty = False
         self._saved_at = time.monotonic()
-        if self.path is None:
-            return
-        payload = {
+        return {
             name: {
                 "current": st.current,
                 "previous": st.previous,
@@ -212,13 +221,17 @@ class LotTracker:
                         "done": s.done,
                         "summarised": s.summarised,
                         "compared": s.compared,
-                        "values": s.values,
+                        "values": list(s.values),  # the thread must not see it grow
                     }
                     for lot, s in st.samples.items()
                 },
             }
             for name, st in sorted(self._state.items())
         }
+
+    def _write(self, payload: dict[str, object]) -> None:
+        if self.path is None:
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".tmp")
@@ -338,7 +351,7 @@ class LotTracker:
             ts_ns=sample.last_ns,
             channel=channel,
             detector=DETECTOR,
-            kind=KIND,
+            transition=KIND,
             level=Level.WARN,
             value=r.mean_new,
             baseline=r.mean_prev,

@@ -24,7 +24,6 @@ import asyncio
 import json
 import random
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,7 +36,6 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config import MqttConfig
 from agent.context import ContextError, ContextStore
-from agent.drift.alerts import AlertEvent
 from agent.ingest.frames import SourceHealth, preview
 from agent.logs import get_logger
 from agent.metrics import AgentMetrics
@@ -368,13 +366,10 @@ class MqttLink:
             return  # an empty payload clears a retained message: nothing to apply
         try:
             scope, name, tags = parse_context(topic, payload)
-            changed = self._context.set(scope, name, tags)
+            changed = self._context.set(scope, name, tags, save=False)
         except ContextError as exc:
             self.metrics.decode_errors += 1
             log.warning("bad production context message ignored", topic=topic, reason=str(exc))
-            return
-        except OSError as exc:
-            log.error("cannot save the production context", error=str(exc))
             return
         if changed:
             log.info("production context set over mqtt", scope=scope, name=name, tags=tags)
@@ -386,48 +381,3 @@ class MqttLink:
             self.metrics.broker_dropped = int(payload.strip() or b"0")
         except ValueError:
             log.warning("unexpected $SYS dropped counter", payload=preview(payload))
-
-
-ALERT_QUEUE = 10_000
-
-
-class AlertPublisher:
-    """Publishes alert events as JSON on ``driftgate/<site>/<gateway>/alerts`` (QoS 1), for andon
-    boards and supervisors' screens. Best effort: every event is also in the spool and InfluxDB;
-    while the broker is away events queue (at most ALERT_QUEUE, oldest dropped and counted)."""
-
-    def __init__(self, link: MqttLink, site: str, gateway: str) -> None:
-        self.link = link
-        self.topic = f"driftgate/{site}/{gateway}/alerts"
-        self.queue: deque[str] = deque(maxlen=ALERT_QUEUE)
-        self.dropped = 0
-        self.published = 0
-        self._wake = asyncio.Event()
-        self.drained = asyncio.Event()  # set whenever the queue is empty
-        self.drained.set()
-
-    def __call__(self, event: AlertEvent) -> None:
-        """An alert sink: queue the event (never blocks)."""
-        if len(self.queue) == self.queue.maxlen:
-            self.dropped += 1
-        self.queue.append(json.dumps(event.as_dict(), ensure_ascii=False))
-        self.drained.clear()
-        self._wake.set()
-
-    async def run(self) -> None:
-        """Publish queued events in order; wait for the broker when it is away."""
-        while True:
-            if not self.queue:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            await self.link.connected_event.wait()
-            try:
-                await self.link.publish(self.topic, self.queue[0], qos=1)
-            except MqttError:
-                await asyncio.sleep(1.0)  # the link logs the outage and reconnects
-                continue
-            self.queue.popleft()
-            self.published += 1
-            if not self.queue:
-                self.drained.set()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from agent.channels import ChannelRegistry
+from agent.context import PER_READING_TAGS
 from agent.errors import DecodeError
-from agent.ingest.decode import DecodedValue, Decoder, DecodeResult
+from agent.ingest.decode import DecodedValue, Decoder, DecodeResult, Spectrum
 from agent.logs import get_logger
 from agent.pipeline import Pipeline
 from agent.reading import Channel
@@ -52,12 +54,38 @@ def preview(raw: bytes) -> str:
     return text + ("…" if len(raw) > _RAW_PREVIEW else "")
 
 
+class MeasurementSink(Protocol):
+    """Where a source's colour measurements go (the colour stage), beside the pipeline."""
+
+    def spectrum(self, handler: FrameHandler, spectrum: Spectrum, raw: bytes) -> object:
+        """A spectrophotometer measurement."""
+        ...
+
+    def lab_values(
+        self, handler: FrameHandler, values: Sequence[DecodedValue], raw: bytes
+    ) -> object:
+        """A colorimeter measurement: the L*, a*, b* values of one frame."""
+        ...
+
+    def bad_frame(self, handler: FrameHandler, raw: bytes, reason: str) -> None:
+        """A measurement frame that did not decode (a lost measurement)."""
+        ...
+
+
+PREFIX_CACHE_MAX = 1024
+"""Distinct (channel, per-reading tags) line-protocol heads remembered per source."""
+
+
 class FrameHandler:
     """Decodes a source's frames and hands the readings to the pipeline.
 
     Nothing a device sends can raise out of here: a malformed frame is counted and logged
     (identical errors are summarised per burst by the logging setup), an out-of-range value is
     counted, kept out of the data and the detectors, and its raw frame dead-lettered.
+
+    A channel is one stream: tags that change from reading to reading (a sample id, a lot the
+    device itself reports, see ``PER_READING_TAGS``) go on that reading's point only and never
+    make a channel of their own.
     """
 
     def __init__(
@@ -70,6 +98,7 @@ class FrameHandler:
         prefix: str,
         base_tags: Mapping[str, str],
         health: SourceHealth,
+        measurements: MeasurementSink | None = None,
     ) -> None:
         self.source = source
         self.decoder = decoder
@@ -78,7 +107,10 @@ class FrameHandler:
         self.prefix = prefix
         self.base_tags = dict(base_tags)
         self.health = health
+        self.measurements = measurements
         self._channels: dict[tuple[str, tuple[tuple[str, str], ...]], Channel] = {}
+        self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+        self._context_version = -1
 
     def frame(self, raw: bytes, topic: str | None = None, received_ns: int | None = None) -> None:
         """Decode one frame (or MQTT payload) and ingest what it holds."""
@@ -98,9 +130,9 @@ class FrameHandler:
                 reason=exc.reason,
                 frame=preview(raw),
             )
-            color = self.pipeline.color
-            if color is not None and self.decoder.profile.spectrum is not None:
-                color.bad_frame(self, raw, exc.reason)  # a lost measurement: dead-letter it
+            sink = self.measurements
+            if sink is not None and self.decoder.profile.spectrum is not None:
+                sink.bad_frame(self, raw, exc.reason)  # a lost measurement: dead-letter it
             return
         self.ingest(result, raw)
 
@@ -109,13 +141,14 @@ class FrameHandler:
         pipeline = self.pipeline
         ingest = pipeline.ingest
         for value in result.values:
-            ingest(self.channel_for(value), value.ts_ns, value.value)
+            channel, own = self._route(value)
+            ingest(channel, value.ts_ns, value.value, self._prefix(channel, own) if own else None)
         self.health.readings += len(result.values)
         for bad in result.invalid:
             self.health.invalid += 1
-            channel = self._channel_named(bad.name)
+            known = self._channel_named(bad.name)
             ts = result.values[0].ts_ns if result.values else time.time_ns()
-            pipeline.reject(bad.raw, f"{self.source}: {bad.reason}", channel, ts)
+            pipeline.reject(bad.raw, f"{self.source}: {bad.reason}", known, ts)
             log.warning("reading out of range", source=self.source, reason=bad.reason)
         spectrum = result.spectrum
         if spectrum is not None:
@@ -128,12 +161,12 @@ class FrameHandler:
             if spectrum.sample:
                 tags["sample"] = spectrum.sample
             pipeline.spool.append(encode_point("spectrum", tags, fields, spectrum.ts_ns))
-        color = pipeline.color
-        if color is not None:
+        sink = self.measurements
+        if sink is not None:
             if spectrum is not None:
-                color.spectrum(self, spectrum, raw)
+                sink.spectrum(self, spectrum, raw)
             elif result.values and result.values[0].kind == "color":
-                color.lab_values(self, result.values, raw)
+                sink.lab_values(self, result.values, raw)
 
     def _channel_named(self, name: str) -> Channel | None:
         """The channel an out-of-range value would have gone to (frame tags unknown: first)."""
@@ -142,22 +175,31 @@ class FrameHandler:
                 return channel
         return None
 
-    def channel_for(self, value: DecodedValue) -> Channel:
-        """The channel a decoded value belongs to (created on first sight)."""
-        frame_tags = tuple(
-            sorted((k, v) for k, v in value.tags.items() if self.base_tags.get(k) != v)
-        )
-        key = (value.name, frame_tags)
+    def _split(
+        self, value: DecodedValue
+    ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+        """The frame's own tags: those that say which stream it is, and per-reading ones."""
+        identity: list[tuple[str, str]] = []
+        own: list[tuple[str, str]] = []
+        base = self.base_tags
+        for key, tag in sorted(value.tags.items()):
+            if key in PER_READING_TAGS:
+                own.append((key, tag))
+            elif base.get(key) != tag:
+                identity.append((key, tag))
+        return tuple(identity), tuple(own)
+
+    def _route(self, value: DecodedValue) -> tuple[Channel, tuple[tuple[str, str], ...]]:
+        identity, own = self._split(value)
+        key = (value.name, identity)
         channel = self._channels.get(key)
         if channel is None:
-            # Tags the frame itself carries (a machine id, a sample id) make separate channels:
-            # prefix.<machine>.<name>; a sample id is a tag, not a channel of its own.
-            parts = [self.prefix]
-            parts += [v for k, v in frame_tags if k not in ("sample",)]
-            parts.append(value.name)
+            # Tags that tell streams apart (a machine id) make separate channels:
+            # prefix.<machine>.<name>.
+            parts = [self.prefix, *(v for _, v in identity), value.name]
             tags = {
                 **self.base_tags,
-                **value.tags,
+                **dict(identity),
                 "site": self.pipeline.site,
                 "gateway": self.pipeline.gateway,
             }
@@ -170,4 +212,23 @@ class FrameHandler:
                 tags=tags,
             )
             self._channels[key] = channel
-        return channel
+        return channel, own
+
+    def channel_for(self, value: DecodedValue) -> Channel:
+        """The channel a decoded value belongs to (created on first sight)."""
+        return self._route(value)[0]
+
+    def _prefix(self, channel: Channel, own: tuple[tuple[str, str], ...]) -> str:
+        """The line-protocol head of a reading with tags of its own (on top of the context)."""
+        context = self.registry.context
+        if context.version != self._context_version:
+            self._prefixes.clear()
+            self._context_version = context.version
+        key = (channel.name, own)
+        found = self._prefixes.get(key)
+        if found is None:
+            if len(self._prefixes) >= PREFIX_CACHE_MAX:
+                self._prefixes.clear()  # a new sample id per reading: recompute, stay bounded
+            found = channel.prefix_for({**context.for_tags(channel.tags), **dict(own)})
+            self._prefixes[key] = found
+        return found

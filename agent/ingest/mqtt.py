@@ -20,7 +20,7 @@ from agent.config import MqttSourceConfig
 from agent.errors import ConfigError
 from agent.ingest.broker import MessageHandler, MqttLink
 from agent.ingest.decode import Decoder
-from agent.ingest.frames import FrameHandler, SourceHealth
+from agent.ingest.frames import FrameHandler, MeasurementSink, SourceHealth
 from agent.ingest.profiles import Profile, load_profile
 from agent.pipeline import Pipeline
 from agent.reading import Channel
@@ -56,6 +56,7 @@ class MqttSource:
         registry: ChannelRegistry,
         *,
         profile: Profile | None = None,
+        measurements: MeasurementSink | None = None,
     ) -> None:
         self.name = cfg.name
         self.cfg = cfg
@@ -74,6 +75,7 @@ class MqttSource:
                 prefix=cfg.prefix(),
                 base_tags=cfg.base_tags(),
                 health=self.health,
+                measurements=measurements,
             )
             self.handlers.append(handler)
             link.subscribe(subscription_filter(template), cfg.qos, _on_message(handler))

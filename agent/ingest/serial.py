@@ -23,7 +23,7 @@ import serial_asyncio_fast
 from agent.channels import ChannelRegistry
 from agent.config import SerialSourceConfig
 from agent.ingest.decode import Decoder
-from agent.ingest.frames import FrameHandler, SourceHealth
+from agent.ingest.frames import FrameHandler, MeasurementSink, SourceHealth
 from agent.ingest.profiles import Profile, load_profile
 from agent.ingest.reconnect import Reconnector
 from agent.logs import get_logger
@@ -63,10 +63,12 @@ class SerialSource:
         registry: ChannelRegistry,
         *,
         profile: Profile | None = None,
+        measurements: MeasurementSink | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.registry = registry
+        self.measurements = measurements
         self.profile = profile if profile is not None else load_profile(cfg.profile)
         self.decoder = Decoder(self.profile, tags=cfg.base_tags(), sensor=cfg.sensor)
         self.health = SourceHealth()
@@ -94,6 +96,7 @@ class SerialSource:
                 prefix=self.cfg.prefix(),
                 base_tags=self.cfg.base_tags(),
                 health=self.health,
+                measurements=self.measurements,
             )
             self._handler = handler
         return handler

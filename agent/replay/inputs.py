@@ -22,7 +22,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
-from agent.context import CONTEXT_KEYS
+from agent.context import PER_READING_TAGS
 from agent.errors import DriftgateError
 
 if TYPE_CHECKING:
@@ -45,8 +45,6 @@ SKIP_MEASUREMENTS = frozenset(
 )
 """Measurements in an export that are not sensor readings (the agent's own points)."""
 
-NOT_IDENTITY_TAGS = frozenset({*CONTEXT_KEYS, "sample"})
-"""Tags that change along one channel's life (production context, sample id)."""
 
 _UNIT_SUFFIXES = {"rh": "%RH", "c": "°C", "cn": "cN", "pct": "%", "hpa": "hPa", "pa": "Pa"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -367,7 +365,7 @@ def _numeric_fields(fields: Mapping[str, FieldValue]) -> Iterator[tuple[str, flo
 
 
 def _identity(tags: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((k, v) for k, v in tags.items() if k not in NOT_IDENTITY_TAGS))
+    return tuple(sorted((k, v) for k, v in tags.items() if k not in PER_READING_TAGS))
 
 
 _Key = tuple[str, str, tuple[tuple[str, str], ...]]

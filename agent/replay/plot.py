@@ -23,6 +23,8 @@ SEVERITY_COLORS = {"warn": "#f5a623", "alarm": "#d0021b"}
 class DrawsLevels(Protocol):
     """A detector that can say where its thresholds lie on the signal's axis (for plots)."""
 
+    name: str
+
     def levels(self) -> Mapping[str, float]:
         """Named levels in the channel's units, e.g. {"warn +": 53.1, "alarm +": 56.1}."""
         ...
@@ -35,7 +37,7 @@ def alert_spans(events: Sequence[AlertEvent], end_ns: int) -> list[tuple[int, in
     active: dict[str, Level] = {}
     level, start = Level.OK, 0
     for event in sorted(events, key=lambda e: e.ts_ns):
-        if event.kind == CLEARED or event.level == Level.OK:
+        if event.transition == CLEARED or event.level == Level.OK:
             active.pop(event.detector, None)
         else:
             active[event.detector] = event.level
@@ -86,7 +88,9 @@ def plot_replay(result: ReplayResult, path: Path, title: str = "") -> None:
             ax.plot(span, [b.mean, b.mean], color="#333333", lw=1.2, ls="--",
                     label=f"baseline {fmt(b.mean, channel.unit)} ({b.describe()})")  # fmt: skip
         drawn_levels = 0
-        for detector in channel.detectors:
+        drift = result.engine.drift(channel)
+        detectors = drift.detectors if drift is not None else []
+        for detector in detectors:
             if not isinstance(detector, DrawsLevels):
                 continue
             for label, level in detector.levels().items():
@@ -117,7 +121,7 @@ def plot_replay(result: ReplayResult, path: Path, title: str = "") -> None:
         ax.set_title(f"{channel.label}{unit} — {len(mine)} events", loc="left", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, frameon=False)
-        if not drawn_levels and channel.detectors:
+        if not drawn_levels and detectors:
             ax.text(0.995, 0.03, "thresholds: detectors do not expose them", ha="right",
                     va="bottom", transform=ax.transAxes, fontsize=7, color="#777777")  # fmt: skip
     locator = mdates.AutoDateLocator()  # type: ignore[no-untyped-call]

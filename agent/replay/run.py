@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.channels import ChannelRegistry
-from agent.config import AgentConfig
-from agent.context import ContextStore
+from agent.config import AgentConfig, config_from_dict
 from agent.drift.alerts import AlertEvent
 from agent.drift.baselines import BaselineStore
-from agent.metrics import AgentMetrics
-from agent.pipeline import Pipeline
+from agent.drift.engine import DriftEngine
 from agent.reading import Channel
+from agent.runtime.build import build
 from agent.store.spool import Spool
 
 if TYPE_CHECKING:
@@ -113,6 +111,7 @@ class ReplayResult:
     summaries: dict[str, ChannelSummary]
     traces: dict[str, Trace]
     baselines: BaselineStore
+    engine: DriftEngine
     late: int = 0
     invalid: int = 0
 
@@ -127,15 +126,10 @@ def replay(
 ) -> ReplayResult:
     """Run a recorded input through the registry and the pipeline, as a live agent would."""
     store = baselines if baselines is not None else BaselineStore(None)
-    metrics = AgentMetrics()
-    site, gateway = (cfg.site, cfg.gateway) if cfg is not None else ("replay", "replay")
-    pipeline = Pipeline(_NoSpool(), metrics, site, gateway)
-    registry = ChannelRegistry(
-        cfg.channels if cfg is not None else [],
-        store,
-        ContextStore(None),
-        cfg.alerts.repeat if cfg is not None else None,
-    )
+    if cfg is None:
+        cfg = config_from_dict({"site": "replay", "gateway": "replay"}, source="<replay>")
+    core = build(cfg, spool=_NoSpool(), baselines=store, persistent=False)
+    pipeline, registry, metrics = core.pipeline, core.registry, core.metrics
     known = {s.name for s in source.series}
     unknown = [name for name in only if name not in known]
     if unknown:
@@ -183,6 +177,7 @@ def replay(
     pipeline.process()
     # A live agent's clock at the end of the recording: channels quiet since then are stale.
     pipeline.check_stale(pipeline.clock_ns / 1e9)
+    store.save()  # baselines learned on the way, where a state dir was given
     events.sort(key=lambda e: e.ts_ns)
     by_name: dict[str, ChannelSummary] = {}
     for channel, s in zip(channels, summaries, strict=True):
@@ -190,7 +185,7 @@ def replay(
             by_name[channel.name] = s
     for event in events:
         s = by_name[event.channel.name]
-        s.events[event.kind] += 1
+        s.events[event.transition] += 1
         if math.isfinite(event.delta) and not abs(event.delta) <= s.max_abs_delta:
             s.max_abs_delta = abs(event.delta)
     named_traces: dict[str, Trace] = {}
@@ -204,6 +199,7 @@ def replay(
         summaries=by_name,
         traces=named_traces,
         baselines=store,
+        engine=core.engine,
         late=metrics.late_readings,
         invalid=metrics.invalid_readings,
     )

@@ -1,5 +1,13 @@
-"""The agent's wiring, top to bottom like the data flow: sources → pipeline → detectors → spool →
-forwarder, plus alert sinks, self-metrics and an orderly shutdown."""
+"""One running agent: the data path from ``build``, its sources, the forwarder and the alert
+sinks, every long-running task owned by the supervisor, and an orderly shutdown.
+
+What runs where:
+- on the event loop: source callbacks (serial reads, MQTT messages), the pipeline, detection
+  (every PROCESS_INTERVAL), the forwarder's HTTP, the maintenance tick (once a second);
+- on threads: every SQLite call (the spool's and the history's own worker threads), file
+  writes of the state dir (context, baselines, lot samples), gzip of large batches, and the
+  import of colour-science.
+"""
 
 from __future__ import annotations
 
@@ -7,58 +15,39 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Protocol
 
-from agent.channels import ChannelRegistry
-from agent.color.references import ReferenceStore
-from agent.color.stage import ColorStage, warm_up_colour
-from agent.config import (
-    AgentConfig,
-    InfluxConfig,
-    MqttSourceConfig,
-    SerialSourceConfig,
-    SimulatedSourceConfig,
-)
-from agent.context import ContextStore
+from agent.config.models import AgentConfig, InfluxConfig, MqttSourceConfig, SerialSourceConfig
 from agent.drift.alerts import AlertEvent
-from agent.drift.baselines import BaselineStore
-from agent.drift.lots import LotTracker
 from agent.errors import DriftgateError
-from agent.ingest.broker import AlertPublisher, MqttLink
-from agent.ingest.mqtt import MqttSource
+from agent.ingest.broker import MqttLink
 from agent.ingest.profiles import load_profile
-from agent.ingest.serial import SerialSource
 from agent.ingest.simulated import SimulatedSource
 from agent.logs import flush_bursts, get_logger
 from agent.metrics import AgentMetrics
 from agent.pipeline import PROCESS_INTERVAL, Pipeline
 from agent.reading import Channel
-from agent.sim.workshop import DAY, Workshop
+from agent.runtime.build import Source, build, build_sources
+from agent.runtime.lag import LoopLag
+from agent.runtime.sinks import AlertPublisher, EventRecord, log_alert
+from agent.runtime.supervisor import Supervisor
 from agent.store.forwarder import Forwarder, ForwarderSettings
-from agent.store.history import History, HistoryError, history_path
+from agent.store.history import HistoryError
 from agent.store.lineprotocol import encode_point
-from agent.store.spool import Spool, SpoolStats, spool_path
+from agent.store.spool import SpoolStats
 
 log = get_logger("driftgate.agent")
 
 SHUTDOWN_BUDGET_S = 5.0  # SIGTERM to exit, systemd's TimeoutStopSec is larger
+MAINTENANCE_S = 1.0  # the tick that picks up CLI changes, saves state and checks staleness
+
+PRODUCERS = ("detect", "self-metrics", "maintenance")
+"""Tasks that append lines: stopped before the final flush, so nothing is left unsent."""
 
 
-class Source(Protocol):
-    """What the runtime needs of a source."""
-
-    name: str
-
-    def channels(self) -> list[Channel]:
-        """The channels this source produces (known up front)."""
-        ...
-
-    async def run(self, pipeline: Pipeline) -> None:
-        """Produce readings into the pipeline until cancelled or done."""
-        ...
+class AgentFailed(DriftgateError):
+    """The supervisor gave up on a task: the process should exit non-zero and be restarted."""
 
 
 @dataclass(slots=True)
@@ -75,6 +64,7 @@ class RunResult:
     pending_bytes: int = 0
     dead_letters: int = 0
     stopped_by_signal: bool = False
+    failure: str | None = None  # why the supervisor gave up, if it did
 
 
 def forwarder_settings(influx: InfluxConfig) -> ForwarderSettings:
@@ -99,42 +89,6 @@ def forwarder_settings(influx: InfluxConfig) -> ForwarderSettings:
     )
 
 
-def build_sources(
-    cfg: AgentConfig,
-    registry: ChannelRegistry,
-    *,
-    pipeline: Pipeline | None = None,
-    mqtt: MqttLink | None = None,
-) -> list[Source]:
-    """Instantiate the configured sources (MQTT sources need the pipeline and the link)."""
-    sources: list[Source] = []
-    base_tags = {"site": cfg.site, "gateway": cfg.gateway}
-    for sc in cfg.sources:
-        if isinstance(sc, SimulatedSourceConfig):
-            if sc.start is not None:
-                start = sc.start.timestamp()
-            elif sc.days is not None:
-                # End the simulated span at today's midnight, so Grafana's "last 30 days" shows it.
-                today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-                start = today.timestamp() - sc.days * DAY
-            else:
-                start = time.time()
-            workshop = Workshop.build(start, seed=sc.seed, tags=base_tags)
-            sources.append(
-                SimulatedSource(
-                    sc.name, workshop, start=start, interval=sc.interval, speed=sc.speed,
-                    days=sc.days,
-                )
-            )  # fmt: skip
-        elif isinstance(sc, SerialSourceConfig):
-            sources.append(SerialSource(sc, None, registry))  # the pipeline is bound in run()
-        elif isinstance(sc, MqttSourceConfig):
-            if mqtt is None or pipeline is None:
-                raise DriftgateError(f"source {sc.name}: an mqtt source needs the mqtt: section")
-            sources.append(MqttSource(sc, mqtt, pipeline, registry))
-    return sources
-
-
 class Agent:
     """One running agent: owns the spool, the forwarder, the sources and their tasks."""
 
@@ -142,34 +96,18 @@ class Agent:
         self, cfg: AgentConfig, *, sinks: list[Callable[[AlertEvent], None]] | None = None
     ):
         self.cfg = cfg
-        self.metrics = AgentMetrics()
         self.state_dir = cfg.state_dir
-        self.spool = Spool(
-            spool_path(cfg.state_dir),
-            max_bytes=cfg.spool.max_bytes,
-            synchronous=cfg.spool.synchronous,
-            flush_interval=cfg.spool.flush_interval,
-            flush_lines=cfg.spool.flush_lines,
-            metrics=self.metrics,
-        )
-        self.pipeline = Pipeline(self.spool, self.metrics, cfg.site, cfg.gateway)
-        self.baselines = BaselineStore(cfg.state_dir / "baselines.json")
-        self.context = ContextStore(cfg.state_dir / "context.json")
-        self.registry = ChannelRegistry(
-            cfg.channels,
-            self.baselines,
-            self.context,
-            cfg.alerts.repeat,
-            (cfg.alerts.flap_count, cfg.alerts.flap_window),
-        )
-        self.color = ColorStage(
-            cfg.color, ReferenceStore(cfg.state_dir / "references"), self.registry, self.pipeline
-        )
-        self.pipeline.color = self.color
-        self.history = History(history_path(cfg.state_dir), days=cfg.history.days)
-        self.pipeline.history = self.history
-        self.lots = LotTracker(cfg.lots, cfg.state_dir / "lots.json", self.pipeline, self.registry)
-        self.pipeline.lots = self.lots
+        core = self.core = build(cfg)
+        self.metrics = core.metrics
+        self.spool = core.spool
+        self.pipeline = core.pipeline
+        self.engine = core.engine
+        self.baselines = core.baselines
+        self.context = core.context
+        self.registry = core.registry
+        self.history = core.history
+        self.lots = core.lots
+        self.color = core.color
         self.mqtt = (
             MqttLink(
                 cfg.mqtt,
@@ -186,22 +124,24 @@ class Agent:
         if self.mqtt is not None and cfg.mqtt is not None and cfg.mqtt.publish_alerts:
             self.alert_publisher = AlertPublisher(self.mqtt, cfg.site, cfg.gateway)
             self.pipeline.sinks.append(self.alert_publisher)
-        self.sources = build_sources(cfg, self.registry, pipeline=self.pipeline, mqtt=self.mqtt)
-        for source in self.sources:
-            for channel in source.channels():
-                self.registry.add(channel)
-        self.events: list[AlertEvent] = []
-        self.pipeline.sinks.append(self.events.append)
-        self.pipeline.sinks.append(_log_alert)
+        self.sources = build_sources(core, self.mqtt)
+        self.record = EventRecord(self.metrics)
+        self.pipeline.sinks.append(self.record)
+        self.pipeline.sinks.append(log_alert)
         self.pipeline.sinks.extend(sinks or [])
         self.forwarder = (
             Forwarder(self.spool, forwarder_settings(cfg.influx), self.metrics)
             if cfg.influx is not None
             else None
         )
+        self.supervisor = Supervisor()
+        self.lag = LoopLag()
         self.stop_event = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._forward_task: asyncio.Task[None] | None = None
+
+    @property
+    def events(self) -> list[AlertEvent]:
+        """The newest alert events of this run (at most EVENTS_KEPT)."""
+        return list(self.record.events)
 
     @property
     def channels(self) -> list[Channel]:
@@ -213,7 +153,10 @@ class Agent:
         points, stamped with the wall clock."""
         now = time.time_ns()
         tags = {"site": self.cfg.site, "gateway": self.cfg.gateway}
-        lines = [encode_point("driftgate_agent", tags, self.metrics.fields(), now)]
+        metrics = self.metrics
+        metrics.loop_lag_max_ms, metrics.loop_lag_p99_ms = self.lag.take()
+        metrics.task_restarts = self.supervisor.restarts
+        lines = [encode_point("driftgate_agent", tags, metrics.fields(), now)]
         for source in self.sources:
             health = getattr(source, "health", None)
             if health is not None:
@@ -221,30 +164,50 @@ class Agent:
                 lines.append(encode_point("driftgate_source", source_tags, health.fields(), now))
         return lines
 
+    # -- the long-running tasks (each owned by the supervisor) --------------------------------
+
     async def _detect_loop(self) -> None:
         while True:
             await asyncio.sleep(PROCESS_INTERVAL)
             self.pipeline.process()
             await self.pipeline.flush_rejected()
 
-    async def _context_loop(self) -> None:
-        # `driftgate context set` writes the file; pick the change up within a second.
+    async def _maintenance_loop(self) -> None:
+        # The CLI changes files in the state dir (context, baselines, references): pick the
+        # changes up within a second. State learned here is written from a thread.
         while True:
-            await asyncio.sleep(1.0)
-            try:
-                changed = self.context.reload()
-            except DriftgateError as exc:
-                log.error("cannot read the production context", error=str(exc))
-                continue
-            if changed:
+            await asyncio.sleep(MAINTENANCE_S)
+            await self.maintain()
+
+    async def maintain(self) -> None:
+        """One maintenance tick: save and reload the state dir's files, check staleness."""
+        if self.context.dirty:
+            await asyncio.to_thread(self.context.save)
+        try:
+            if await asyncio.to_thread(self.context.reload):
                 self.apply_context()
-            try:
-                if self.registry.reload_baselines():
-                    log.info("baselines changed on disk: detectors compare against them now")
-            except (OSError, ValueError, TypeError) as exc:
-                log.error("cannot read the baselines file", error=str(exc))
-            self.pipeline.check_stale(self.clock())
-            self.lots.save_if_due()
+        except DriftgateError as exc:
+            log.error("cannot read the production context", error=str(exc))
+        if self.baselines.unsaved:
+            await asyncio.to_thread(self.baselines.save)
+        try:
+            if await asyncio.to_thread(self.baselines.reload):
+                for drift in self.engine:
+                    drift.baseline.reload()
+                log.info("baselines changed on disk: detectors compare against them now")
+        except (OSError, ValueError, TypeError) as exc:
+            log.error("cannot read the baselines file", error=str(exc))
+        if self.color is not None and await asyncio.to_thread(self.color.references.reload):
+            self.color.references_changed()
+        self.pipeline.check_stale(self.clock())
+        if self.lots is not None and self.lots.due():
+            await self.lots.save_soon()
+
+    async def _self_metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.self_metrics.interval)
+            self.spool.extend(self.self_metrics_lines())
+            flush_bursts()
 
     def _measures_colour(self) -> bool:
         """Whether any device source sends spectra or L*a*b* (its profile says so)."""
@@ -270,39 +233,59 @@ class Agent:
             return self.pipeline.clock_ns / 1e9
         return time.time()
 
-    async def _references_loop(self) -> None:
-        # `driftgate reference capture|import|clear` write files; pick them up within a second.
-        while True:
-            await asyncio.sleep(1.0)
-            self.color.poll()
-
     def apply_context(self) -> None:
         """Re-tag every channel with the current production context (after a change)."""
         self.pipeline.process()  # readings already received keep the context they came under
         count = self.registry.retag_all()
-        self.lots.context_changed()  # new lots start their samples with the next readings
+        if self.lots is not None:
+            self.lots.context_changed()  # new lots start their samples with the next readings
         log.info("production context changed", channels=count, context=self.context.scopes)
 
-    async def _self_metrics_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.self_metrics.interval)
-            self.spool.extend(self.self_metrics_lines())
-            flush_bursts()
+    # -- run and stop ----------------------------------------------------------------------
 
     async def run(self, *, drain_at_end: float = 0.0, handle_signals: bool = True) -> RunResult:
-        """Run until the sources finish (a bounded simulation) or SIGINT/SIGTERM; then shut down.
-
-        ``drain_at_end``: seconds to keep forwarding after the sources finished on their own.
-        """
+        """Run until the sources finish (a bounded simulation), SIGINT/SIGTERM, or the
+        supervisor gives up on a task; then shut down. ``drain_at_end``: seconds to keep
+        forwarding after the sources finished on their own."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        by_signal = False
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop_event.set)
+        failure: str | None = None
+        by_signal = False
+        try:
+            await self._start()
+            failure = await self.supervisor.wait(
+                self.stop_event, [f"source:{s.name}" for s in self.sources]
+            )
+            by_signal = self.stop_event.is_set() and failure is None
+        finally:
+            final = await self._shutdown(by_signal or failure is not None, drain_at_end)
+            if handle_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+        sim_starts = [int(s.start * 1e9) for s in self.sources if isinstance(s, SimulatedSource)]
+        return RunResult(
+            metrics=self.metrics,
+            channels=list(self.registry.channels.values()),
+            events=self.events,
+            wall_seconds=time.monotonic() - started,
+            sim_start_ns=min(sim_starts, default=0),
+            sim_end_ns=self.pipeline.clock_ns,
+            pending_lines=final.pending_lines,
+            pending_bytes=final.pending_bytes,
+            dead_letters=final.dead_letters,
+            stopped_by_signal=by_signal,
+            failure=failure,
+        )
+
+    async def _start(self) -> None:
         if self._measures_colour():
             # colour-science takes a second to import (more on a Pi): do it now, off the
             # event loop, rather than stall the loop at the first measurement.
+            from agent.color.colorimetry import warm_up_colour
+
             await asyncio.to_thread(warm_up_colour)
         stats = await self.spool.open()
         log.info(
@@ -314,72 +297,26 @@ class Agent:
             spool_pending=stats.pending_lines,
             influx=self.cfg.influx.url if self.cfg.influx else None,
         )
-        self._tasks.append(asyncio.create_task(self.spool.run(), name="spool"))
-        self._forward_task = (
-            asyncio.create_task(self.forwarder.run(), name="forwarder")
-            if self.forwarder is not None
-            else None
-        )
-        self._tasks.append(asyncio.create_task(self._self_metrics_loop(), name="self-metrics"))
-        self._tasks.append(asyncio.create_task(self._detect_loop(), name="detect"))
-        self._tasks.append(asyncio.create_task(self._context_loop(), name="context"))
-        self._tasks.append(asyncio.create_task(self._references_loop(), name="references"))
-        self._tasks.append(asyncio.create_task(self.history.run(), name="history"))
+        sup = self.supervisor
+        sup.start("loop-lag", self.lag.run)
+        sup.start("spool", self.spool.run)
+        if self.forwarder is not None:
+            sup.start("forwarder", self.forwarder.run)
+        sup.start("self-metrics", self._self_metrics_loop)
+        sup.start("detect", self._detect_loop)
+        sup.start("maintenance", self._maintenance_loop)
+        if self.history is not None:
+            sup.start("history", self.history.run)
         if self.mqtt is not None:
-            self._tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt"))
+            sup.start("mqtt", self.mqtt.run)
         if self.alert_publisher is not None:
-            self._tasks.append(
-                asyncio.create_task(self.alert_publisher.run(), name="alert-publisher")
-            )
-        source_tasks = [
-            asyncio.create_task(src.run(self.pipeline), name=f"source:{src.name}")
-            for src in self.sources
-        ]
-        stopper = asyncio.create_task(self.stop_event.wait(), name="stop")
-        final: SpoolStats | None = None
-        try:
-            waiting: set[asyncio.Future[Any]] = {stopper, *source_tasks}
-            while True:
-                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if stopper in done:
-                    by_signal = True
-                    break
-                for task in done:
-                    waiting.discard(task)
-                    if not task.cancelled() and task.exception() is not None:
-                        name = task.get_name() if isinstance(task, asyncio.Task) else "?"
-                        log.error("source failed", task=name, error=repr(task.exception()))
-                if not (waiting - {stopper}) and self.sources:
-                    break
-        finally:
-            final = await self._shutdown(source_tasks, stopper, by_signal, drain_at_end)
-            if handle_signals:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
-        sim_starts = [int(s.start * 1e9) for s in self.sources if isinstance(s, SimulatedSource)]
-        sim_start = min(sim_starts, default=0)
-        return RunResult(
-            metrics=self.metrics,
-            channels=list(self.registry.channels.values()),
-            events=self.events,
-            wall_seconds=time.monotonic() - started,
-            sim_start_ns=sim_start,
-            sim_end_ns=self.pipeline.clock_ns,
-            pending_lines=final.pending_lines if final else 0,
-            pending_bytes=final.pending_bytes if final else 0,
-            dead_letters=final.dead_letters if final else 0,
-            stopped_by_signal=by_signal,
-        )
+            sup.start("alert-publisher", self.alert_publisher.run)
+        for source in self.sources:
+            sup.start(f"source:{source.name}", _runner(source, self.pipeline), finite=True)
 
-    async def _shutdown(
-        self,
-        source_tasks: list[asyncio.Task[None]],
-        stopper: asyncio.Task[bool],
-        by_signal: bool,
-        drain_at_end: float,
-    ) -> SpoolStats:
+    async def _shutdown(self, by_signal: bool, drain_at_end: float) -> SpoolStats:
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S
-        stopper.cancel()
+        sup = self.supervisor
         if self.alert_publisher is not None and self.alert_publisher.queue:
             # Give queued alert events a moment to go out before the link says goodbye.
             with contextlib.suppress(TimeoutError):
@@ -388,38 +325,35 @@ class Agent:
             await self.mqtt.stop()  # `offline` (retained), then a clean disconnect: no will
         # Stop everything that produces lines first (sources, detection, self-metrics), so
         # nothing is appended after the final flush and drain below (it would be left unsent).
-        producers = [
-            t for t in self._tasks if t.get_name() in ("self-metrics", "detect", "history")
-        ]
-        for task in [*source_tasks, *producers]:
-            task.cancel()
-        await asyncio.gather(stopper, *source_tasks, *producers, return_exceptions=True)
+        await sup.stop([*sup.names("source:"), *PRODUCERS, "mqtt", "alert-publisher"])
         self.pipeline.process()
-        await self.pipeline.flush_rejected()
-        self.lots.save()
-        try:
-            await self.history.close()
-        except (HistoryError, OSError) as exc:
-            log.error("cannot write the local history", error=str(exc))
+        await self._finally(self.pipeline.flush_rejected(), "cannot dead-letter rejected frames")
+        if self.lots is not None:
+            await self._finally(asyncio.to_thread(self.lots.save), "cannot save the lot samples")
+        if self.baselines.unsaved:
+            await self._finally(asyncio.to_thread(self.baselines.save), "cannot save baselines")
+        if self.context.dirty:
+            await self._finally(asyncio.to_thread(self.context.save), "cannot save the context")
+        await sup.stop(["history"])
+        if self.history is not None:
+            try:
+                await self.history.close()
+            except (HistoryError, OSError) as exc:
+                log.error("cannot write the local history", error=str(exc))
         self.spool.extend(self.self_metrics_lines())
-        await self.spool.flush()
-        if self._forward_task is not None and self.forwarder is not None:
+        await self._finally(self.spool.flush(), "spool commit failed at shutdown")
+        forward = sup.task("forwarder")
+        if forward is not None and self.forwarder is not None:
             # Let the batch in flight finish rather than cancel it: a cancelled write may have
             # reached the server and would be sent again by the drain.
             self.forwarder.stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._forward_task), 1.0)
-            except TimeoutError:
-                self._forward_task.cancel()
-            await asyncio.gather(self._forward_task, return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(forward), 1.0)
+            await sup.stop(["forwarder"])
         if self.forwarder is not None:
             budget = 1.5 if by_signal else max(drain_at_end, 1.5)
-            with contextlib.suppress(Exception):
-                await self.forwarder.drain(budget)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+            await self._finally(self.forwarder.drain(budget), "forwarding at shutdown failed")
+        await sup.stop()
         final = await self.spool.stats()
         remaining = max(deadline - time.monotonic(), 0.5)
         try:
@@ -430,15 +364,17 @@ class Agent:
         log.info("agent stopped", readings=self.metrics.readings_in, alerts=self.metrics.alerts)
         return final
 
+    @staticmethod
+    async def _finally(step: Awaitable[object], what: str) -> None:
+        """Run one shutdown step; a failure is logged with its traceback and the next step runs."""
+        try:
+            await step
+        except Exception:
+            log.exception(what)
 
-def _log_alert(event: AlertEvent) -> None:
-    log.info(
-        "drift alert",
-        channel=event.channel.name,
-        detector=event.detector,
-        kind=event.kind,
-        severity=event.level.label,
-        value=round(event.value, 4),
-        baseline=round(event.baseline, 4),
-        message=event.message,
-    )
+
+def _runner(source: Source, pipeline: Pipeline) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        await source.run(pipeline)
+
+    return run

@@ -24,6 +24,7 @@ import numpy as np
 
 from agent.errors import DriftgateError
 from agent.logs import get_logger
+from agent.reading import Channel
 
 log = get_logger("driftgate.history")
 
@@ -98,8 +99,12 @@ class History:
         self._broken = False  # could not open: aggregate nothing rather than grow without bound
 
     # -- per batch (event loop) --------------------------------------------------------------
-    def add(self, channel: str, ns: Sequence[int], values: Sequence[float]) -> None:
+    def add(self, channel: Channel, ns: Sequence[int], values: Sequence[float]) -> None:
         """Aggregate a batch of one channel's readings (NaN = an invalid reading, skipped)."""
+        self.add_named(channel.name, ns, values)
+
+    def add_named(self, channel: str, ns: Sequence[int], values: Sequence[float]) -> None:
+        """``add`` by channel name."""
         m = len(ns)
         if not m or self._broken:
             return
