@@ -58,8 +58,8 @@ class Backoff:
     """Seconds a link must stay up for its next outage to start at ``base`` again (Retries)."""
 
     def __post_init__(self) -> None:
-        values = (self.base, self.factor, self.cap, self.jitter)
-        if not all(math.isfinite(v) for v in (*values, self.max_server_wait, self.stable_after)):
+        values = (self.base, self.factor, self.cap, self.jitter, self.max_server_wait)
+        if not all(math.isfinite(v) for v in (*values, self.stable_after)):
             raise ValueError(f"backoff values must be finite: {self}")
         if self.base <= 0 or self.cap <= 0:
             raise ValueError(f"backoff base and cap must be positive: {self}")

@@ -15,6 +15,7 @@ from agent.backoff import (
     Retries,
     serial_policy,
 )
+from agent.config import SerialSourceConfig
 
 seconds = st.floats(min_value=0.001, max_value=1e4, allow_nan=False, allow_infinity=False)
 draws = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)  # random.random's range
@@ -177,6 +178,7 @@ def test_serial_reads_again_within_reconnect_max(
     assert 0 < policy.delay(attempt, rand=lambda: u) < reconnect_max
 
 
-def test_serial_default() -> None:
-    assert serial_policy(SERIAL_RECONNECT_MAX_S) == SERIAL
+def test_serial_default_doubles_from_0_2_s_to_just_under_5_s() -> None:
+    assert SerialSourceConfig.model_fields["reconnect_max"].default == SERIAL_RECONNECT_MAX_S
     assert top(SERIAL, 7) == pytest.approx([0.2, 0.4, 0.8, 1.6, 3.2, 4.75, 4.75])
+    assert SERIAL.delay(40, rand=lambda: 0.999999) == pytest.approx(0.8 * 4.75, rel=1e-5)
