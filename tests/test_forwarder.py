@@ -26,7 +26,6 @@ from agent.store.forwarder import (
     ForwarderSettings,
     V2Writer,
     WriteResult,
-    backoff_delay,
     classify,
     parse_retry_after,
 )
@@ -68,19 +67,30 @@ def test_status_table() -> None:
         assert classify(WriteResult(status)) is Action.HOLD
 
 
-def test_retry_after_and_backoff() -> None:
+def test_retry_after_header() -> None:
     assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(" 2.5 ") == 2.5
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     in_ten = parse_retry_after(formatdate(time.time() + 10, usegmt=True))
     assert in_ten is not None
     assert 8 < in_ten <= 10
     assert parse_retry_after(formatdate(time.time() - 100, usegmt=True)) == 0.0
-    top = lambda lo, hi: hi  # noqa: E731
-    assert [backoff_delay(n, max_backoff=3, rand=top) for n in range(5)] == [0.5, 1, 2, 3, 3]
-    assert backoff_delay(0, max_backoff=3, retry_after=9, rand=top) == 9
-    assert backoff_delay(30, max_backoff=60, retry_after=10**6, rand=top) == 3600
-    assert 0 <= backoff_delay(3, max_backoff=60) <= 4
+    assert parse_retry_after("-5") == 0.0
+    # float() reads these, but they are no delay: "inf" would have held writes for an hour.
+    assert parse_retry_after("inf") is None
+    assert parse_retry_after("nan") is None
+
+
+def test_backoff_is_full_jitter_capped_by_max_backoff(tmp_path: Path) -> None:
+    forwarder = Forwarder(Spool(tmp_path / "spool.sqlite"), v1("http://x", "db", max_backoff=3))
+    policy = forwarder.backoff
+    top = [policy.delay(n, rand=lambda: 0.0) for n in range(5)]
+    assert top == [0.5, 1, 2, 3, 3]
+    assert policy.delay(3, rand=lambda: 0.999) == pytest.approx(0.003)  # full jitter
+    assert policy.delay(0, server_min=9, rand=lambda: 0.0) == 9  # Retry-After past the cap
+    assert policy.delay(30, server_min=10**6) == 3600  # ... up to an hour
+    assert 0 < policy.delay(3) <= 3
 
 
 # -- InfluxDB 1.6, v1 API --------------------------------------------------------------------

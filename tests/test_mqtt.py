@@ -17,22 +17,26 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 import yaml
+from aiomqtt import MqttError
 from servers import LOOPBACK, InfluxDB1Server, MosquittoServer, require_binary
 from spoolfile import committed_lines
 
+from agent.backoff import MQTT, Retries
 from agent.config import AgentConfig, config_from_dict
 from agent.context import ContextError
-from agent.ingest.broker import parse_context
+from agent.ingest.broker import MqttLink, parse_context
 from agent.ingest.decode import Decoder
 from agent.ingest.mqtt import subscription_filter
 from agent.ingest.profiles import load_profile
 from agent.logs import configure_logging, flush_bursts
+from agent.metrics import AgentMetrics
 from agent.runtime.agent import Agent, RunResult
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,6 +267,66 @@ async def test_broker_restart_under_load(tmp_path: Path, mosquitto: MosquittoSer
     got = seqs(cfg.state_dir)
     assert set(got) == set(range(total)), "every QoS 1 message arrived across the restart"
     assert len(got) - total < 200  # redeliveries of unacknowledged messages only
+
+
+class KickingClient:
+    """Stands in for aiomqtt's Client: accepts every connect, then drops the connection after
+    the next of ``holds`` (seconds), as a broker does when another client takes the session;
+    after the last it stays connected."""
+
+    def __init__(self, link: MqttLink, holds: list[float]) -> None:
+        self.link = link
+        self.holds = holds
+        self.attempt_at_connect: list[int] = []
+        self.done = asyncio.Event()
+
+    async def __aenter__(self) -> KickingClient:
+        self.attempt_at_connect.append(self.link.retries.attempt)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def publish(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    async def subscribe(self, *args: Any, **kwargs: Any) -> list[int]:
+        return [1]
+
+    @property
+    def messages(self) -> AsyncIterator[Any]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[Any]:
+        if not self.holds:
+            self.done.set()
+            await asyncio.Event().wait()
+        await asyncio.sleep(self.holds.pop(0))
+        raise MqttError("Disconnected during message iteration")
+        yield  # an async generator, like aiomqtt's
+
+
+async def test_a_link_dropped_at_once_backs_off_instead_of_flapping(tmp_path: Path) -> None:
+    """A connection the broker drops at once (two gateways with one client id take the session
+    from each other) keeps growing the waits; one that stayed up the stable period starts over.
+    Before agent.backoff every connect restarted the schedule: the pair flapped twice a second."""
+    cfg = config_from_dict(
+        {"site": SITE, "gateway": GATEWAY, "state_dir": str(tmp_path), "mqtt": {"host": "x"}}
+    )
+    assert cfg.mqtt is not None
+    link = MqttLink(cfg.mqtt, site=SITE, gateway=GATEWAY, metrics=AgentMetrics())
+    # MQTT's policy with short waits, so the test takes about a second.
+    link.retries = Retries(replace(MQTT, base=0.001, cap=0.004, stable_after=0.5))
+    client = KickingClient(link, [0, 0, 0, 0, 0.6, 0])
+    link._make_client = lambda: client  # type: ignore[method-assign]
+    task = asyncio.create_task(link.run())
+    try:
+        await asyncio.wait_for(client.done.wait(), 10)
+    finally:
+        await link.stop()
+    assert client.attempt_at_connect == [0, 1, 2, 3, 4, 1, 2]
+    assert link.health.reconnects == 6
+    assert task.done()
 
 
 PUBLISHER = """\

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,10 @@ import yaml
 from servers import InfluxDB1Server, MosquittoServer, SerialPair
 from spoolfile import committed_lines
 
+from agent.backoff import SERIAL_RECONNECT_MAX_S, Retries, serial_policy
 from agent.config import config_from_dict
-from agent.ingest.reconnect import BACKOFF_CAP_S, backoff_delay
+from agent.ingest.frames import SourceHealth
+from agent.ingest.reconnect import Reconnector
 from agent.ingest.serial import SerialSource
 from agent.logs import configure_logging
 from agent.runtime.agent import Agent
@@ -226,11 +229,74 @@ async def test_unplug_and_replug_resumes_and_never_misparses_a_cut_frame(
 
 def test_backoff_never_waits_past_the_resume_bound() -> None:
     rng = random.Random(3)
-    for cap in (0.5, 1.0, BACKOFF_CAP_S, 30.0):
-        waits = [backoff_delay(attempt, cap, rng) for attempt in range(40) for _ in range(50)]
-        assert max(waits) < cap
+    for reconnect_max in (0.5, 1.0, SERIAL_RECONNECT_MAX_S, 30.0):
+        policy = Reconnector(
+            ScriptedLink([]), source="dev", what="device", health=SourceHealth(), cap=reconnect_max
+        ).retries.policy
+        waits = [policy.delay(n, rand=rng.random) for n in range(40) for _ in range(50)]
+        # The longest draw too: the wait must leave time to open the port within the bound.
+        waits += [policy.delay(n, rand=lambda: 0.0) for n in range(40)]
+        assert max(waits) < reconnect_max
         assert min(waits) > 0
-    assert backoff_delay(0, BACKOFF_CAP_S, rng) <= 0.2
+    assert serial_policy(SERIAL_RECONNECT_MAX_S).delay(0, rand=rng.random) <= 0.2
+
+
+FAIL = -1.0
+
+
+class ScriptedLink:
+    """A device link that follows a script: FAIL is an open that fails (unplugged), a number
+    an open that succeeds and loses the link that many seconds later; after the script the
+    link stays up. Records the reconnector's attempt count at each open."""
+
+    def __init__(self, script: list[float]) -> None:
+        self.script = script
+        self.reconnector: Reconnector | None = None
+        self.attempt_at_open: list[int] = []
+        self.done = asyncio.Event()
+        self._hold = 0.0
+
+    async def open(self) -> None:
+        assert self.reconnector is not None
+        self.attempt_at_open.append(self.reconnector.retries.attempt)
+        if not self.script:
+            self.done.set()
+            return
+        step = self.script.pop(0)
+        if step == FAIL:
+            raise FileNotFoundError(2, "No such file or directory")
+        self._hold = step
+
+    async def wait_lost(self) -> BaseException | None:
+        if self.done.is_set():
+            await asyncio.Event().wait()
+        await asyncio.sleep(self._hold)
+        return OSError(5, "Input/output error")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_link_up_for_the_stable_period_starts_over_at_the_base_wait() -> None:
+    """Failed opens and links lost at once keep growing the wait; a link that stayed up for
+    the stable period starts the next outage at the base wait."""
+    link = ScriptedLink([FAIL, FAIL, FAIL, 0.0, FAIL, 0.6, FAIL])
+    health = SourceHealth()
+    reconnector = Reconnector(link, source="dev", what="device", health=health)
+    # The serial policy with short waits and a 0.5 s stable period, so this takes a second.
+    reconnector.retries = Retries(
+        replace(reconnector.retries.policy, base=0.001, cap=0.004, stable_after=0.5)
+    )
+    link.reconnector = reconnector
+    task = asyncio.create_task(reconnector.run())
+    try:
+        await asyncio.wait_for(link.done.wait(), 10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert link.attempt_at_open == [0, 1, 2, 3, 4, 5, 1, 2]
+    assert health.reconnects == 2
+    assert reconnector.outages == 3
 
 
 # -- garbage and wrong baud rate -------------------------------------------------------------

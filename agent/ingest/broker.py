@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent.backoff import MQTT, Retries
 from agent.config import MqttConfig
 from agent.context import ContextError, ContextStore
 from agent.ingest.frames import SourceHealth, preview
@@ -47,9 +47,6 @@ log = get_logger("driftgate.mqtt")
 MessageHandler = Callable[[str, bytes, int], None]
 """``handler(topic, payload, received_ns)``: synchronous and quick (it runs in the read path)."""
 
-RECONNECT_MIN_S = 0.5
-RECONNECT_MAX_S = 30.0
-RECONNECT_JITTER = 0.25  # ± this fraction of the delay, so gateways do not reconnect in step
 STOP_TIMEOUT_S = 2.0
 DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 ONLINE, OFFLINE = b"online", b"offline"
@@ -69,12 +66,6 @@ class LinkHealth:
     last_message_ns: int = 0
     unrouted: int = 0
     handler_errors: int = 0
-
-
-def backoff(attempt: int) -> float:
-    """Seconds before reconnect attempt ``attempt`` (1, 2, …): doubling, capped, jittered."""
-    delay = min(RECONNECT_MIN_S * 2.0 ** min(attempt - 1, 16), RECONNECT_MAX_S)
-    return delay * random.uniform(1 - RECONNECT_JITTER, 1 + RECONNECT_JITTER)
 
 
 def parse_context(topic: str, payload: bytes) -> tuple[str, str, dict[str, str | None]]:
@@ -148,6 +139,7 @@ class MqttLink:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.connected_event = asyncio.Event()
+        self.retries = Retries(MQTT)
         if context is not None:
             self.subscribe(self.context_filter, 1, self._context_message, retained=True)
         if cfg.watch_dropped:
@@ -211,21 +203,25 @@ class MqttLink:
         """Connect, subscribe and hand messages over until cancelled; reconnect with backoff."""
         self._task = asyncio.current_task()
         client = self._client = self._make_client()
-        attempt = 0
+        retries = self.retries
+        failures = 0  # in this outage, for the recovery line
         outage_since: float | None = None
         while not self.stopping():
             try:
                 async with client:
                     await self._connected(client)
+                    # Not a reset: a session dropped within MQTT.stable_after (the client id
+                    # taken over, say) goes on backing off instead of retrying every 0.5 s.
+                    retries.up()
                     if outage_since is not None:
                         self.health.reconnects += 1
                         log.info(
                             "mqtt reconnected",
                             broker=self._where(),
                             downtime_s=round(time.monotonic() - outage_since, 1),
-                            attempts=attempt,
+                            attempts=failures,
                         )
-                    outage_since, attempt = None, 0
+                    outage_since, failures = None, 0
                     # Messages are handed over on arrival (_inbox): this only ends on disconnect.
                     async for message in client.messages:
                         self._dispatch(message)
@@ -233,18 +229,18 @@ class MqttLink:
                 self._set_connected(False)
                 if self.stopping():
                     break
-                attempt += 1
+                failures += 1
                 if outage_since is None:
                     outage_since = time.monotonic()
                     self._log_outage(exc)
-                await asyncio.sleep(backoff(attempt))
+                await asyncio.sleep(retries.next_delay())
             except Exception as exc:  # a bug must not end MQTT ingestion for good
                 self._set_connected(False)
-                attempt += 1
+                failures += 1
                 if outage_since is None:
                     outage_since = time.monotonic()
                 log.error("mqtt link failed", error=repr(exc))
-                await asyncio.sleep(backoff(attempt))
+                await asyncio.sleep(retries.next_delay())
 
     async def _connected(self, client: Client) -> None:
         await client.publish(self.status_topic, ONLINE, qos=1, retain=True)

@@ -1,8 +1,9 @@
-"""Reconnecting a device link: the policy as data, and the one loop that applies it.
+"""Reconnecting a device link: the one loop that applies the reconnect policy.
 
 A source describes its link (``Link``: open it, wait until it is lost, close it); the
-``Reconnector`` owns the loop around it: states, capped exponential backoff with jitter, one
-warning per outage (not per attempt) and one recovery line with the downtime.
+``Reconnector`` owns the loop around it: states, capped exponential backoff with jitter
+(``agent.backoff.serial_policy``: a device is read again within ``reconnect_max`` of coming
+back), one warning per outage (not per attempt) and one recovery line with the downtime.
 """
 
 from __future__ import annotations
@@ -14,19 +15,11 @@ import time
 from enum import Enum
 from typing import Protocol
 
+from agent.backoff import SERIAL_RECONNECT_MAX_S, Retries, serial_policy
 from agent.ingest.frames import SourceHealth
 from agent.logs import get_logger
 
 log = get_logger("driftgate.sources.reconnect")
-
-BACKOFF_BASE_S = 0.2  # the first wait after a failed open or a lost link
-BACKOFF_FACTOR = 2.0
-BACKOFF_CAP_S = 5.0  # the default cap: a device is read again within 5 s of coming back
-JITTER = 0.2  # a wait is drawn from [(1 - JITTER) x d, d]: jitter only ever shortens it
-# The cap bounds "device back → reading again", so the open itself must fit inside it too:
-# the longest wait is the cap minus this headroom (an open of a local port takes milliseconds).
-RESUME_HEADROOM_S = 0.25
-STABLE_AFTER_S = 2.0  # a link that stayed up this long starts the next outage at the base wait
 
 # What a failed open or a lost link may raise and is worth another try: the device is absent,
 # unplugged, busy or not yet permitted (pyserial's SerialException is an OSError). Anything else
@@ -64,14 +57,6 @@ class Link(Protocol):
         ...
 
 
-def backoff_delay(attempt: int, cap: float, rng: random.Random | None = None) -> float:
-    """Seconds to wait before retry number ``attempt`` (0-based) with a ``cap`` in seconds."""
-    longest = cap - min(RESUME_HEADROOM_S, cap / 2)
-    delay = min(BACKOFF_BASE_S * BACKOFF_FACTOR ** min(attempt, 32), longest)
-    draw = (rng or random).random()
-    return delay * (1.0 - JITTER * draw)
-
-
 def describe(exc: BaseException | None) -> str:
     """A short, stable reason for a log line, with a hint for the common errno values."""
     if exc is None:
@@ -94,17 +79,16 @@ class Reconnector:
         source: str,
         what: str,
         health: SourceHealth,
-        cap: float = BACKOFF_CAP_S,
+        cap: float = SERIAL_RECONNECT_MAX_S,
         rng: random.Random | None = None,
     ) -> None:
         self.link = link
         self.source = source
         self.what = what
         self.health = health
-        self.cap = cap
-        self.rng = rng or random.Random()
+        self.cap = cap  # reconnect_max: the bound on "device back → reading again"
+        self.retries = Retries(serial_policy(cap), rand=(rng or random.Random()).random)
         self.state = LinkState.CONNECTING
-        self.attempt = 0  # index into the backoff schedule
         self.outages = 0
         self._tries = 0  # failed opens in the current outage
         self._down_since: float | None = None  # monotonic time the current outage began
@@ -122,13 +106,11 @@ class Reconnector:
                     self._outage(exc)
                     await self._wait()
                     continue
-                up_since = time.monotonic()
+                self.retries.up()
                 self._connected()
                 reason = await self.link.wait_lost()
                 await self.link.close()
                 self.health.connected = False
-                if time.monotonic() - up_since >= STABLE_AFTER_S:
-                    self.attempt = 0
                 self._outage(reason)
                 await self._wait()
         finally:
@@ -166,6 +148,4 @@ class Reconnector:
 
     async def _wait(self) -> None:
         self.state = LinkState.WAITING
-        delay = backoff_delay(self.attempt, self.cap, self.rng)
-        self.attempt += 1
-        await asyncio.sleep(delay)
+        await asyncio.sleep(self.retries.next_delay())

@@ -2,9 +2,9 @@
 
 Delivery is at-least-once: InfluxDB overwrites a point with the same series and timestamp, so
 re-sending a batch after a crash or a cancellation does not duplicate data. What each HTTP
-status means is data (`STATUS_ACTIONS`, `LINE_ERROR_MARKERS`, `BACKOFF_BASE`), read by one
-loop: transient failures are retried with exponential backoff and full jitter (never below
-the server's ``Retry-After``), a 413 splits the batch, and a 400 that names bad lines bisects
+status means is data (`STATUS_ACTIONS`, `LINE_ERROR_MARKERS`, ``agent.backoff.FORWARDER``), read
+by one loop: transient failures are retried with exponential backoff and full jitter (never
+below the server's ``Retry-After``), a 413 splits the batch, and a 400 that names bad lines bisects
 the batch until those lines are isolated and moved to the spool's dead-letter table; the
 rest goes on. Anything else keeps the data and retries, with one actionable log line per
 outage rather than one per retry.
@@ -18,7 +18,7 @@ import contextlib
 import email.utils
 import gzip
 import json
-import random
+import math
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -30,6 +30,7 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
+from agent.backoff import FORWARDER, Retries
 from agent.errors import ForwardError
 from agent.logs import get_logger
 from agent.metrics import AgentMetrics
@@ -86,12 +87,6 @@ LINE_ERROR_MARKERS: tuple[str, ...] = (
     "schema conflict",  # InfluxDB 3.x
 )
 """Lower-case phrases of a 400/422 body that blame particular lines rather than the request."""
-
-BACKOFF_BASE = 0.5
-"""Seconds; the n-th retry waits uniform(0, min(max_backoff, BACKOFF_BASE * 2**n))."""
-
-RETRY_AFTER_CAP = 3600.0
-"""A server's Retry-After is honoured as a minimum delay, up to this many seconds."""
 
 _HINTS_V1: dict[int, str] = {
     401: "InfluxDB refused the credentials for user {user!r}: check password_file / token",
@@ -178,29 +173,19 @@ def classify(result: WriteResult) -> Action:
     return action
 
 
-def backoff_delay(
-    attempt: int,
-    *,
-    max_backoff: float,
-    retry_after: float | None = None,
-    rand: Callable[[float, float], float] = random.uniform,
-) -> float:
-    """Exponential backoff with full jitter, never shorter than the server's Retry-After."""
-    delay = rand(0.0, min(max_backoff, BACKOFF_BASE * 2.0 ** min(attempt, 32)))
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
-    return delay
-
-
 def parse_retry_after(value: str | None) -> float | None:
     """Retry-After as seconds from now (it may be a number of seconds or an HTTP date)."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # float() also takes "inf" and "nan", which are no delay: "inf" would hold the
+        # forwarder for the whole hour a server may ask for, on a garbled header.
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -413,6 +398,7 @@ class Forwarder:
         self._down_since: float | None = None
         self._down_retries = 0
         self._problem: tuple[int, Action] | None = None
+        self.backoff = FORWARDER.with_cap(settings.max_backoff)
 
     async def run(self) -> None:
         """Forward until cancelled or stop(); when empty, wait for commits or flush_interval.
@@ -556,7 +542,8 @@ class Forwarder:
     ) -> WriteResult:
         """One request, repeated with backoff until the answer is not a retry/hold."""
         body, gzipped = prepared if prepared is not None else ("\n".join(lines).encode(), None)
-        attempt = 0
+        # Each request starts at the base wait: an answer ends the previous one's outage.
+        retries = Retries(self.backoff)
         while True:
             started = time.monotonic()
             result = await writer.write(body, gzipped)
@@ -572,10 +559,7 @@ class Forwarder:
             self.metrics.influx_reachable = False
             self.metrics.forward_errors += 1
             self._note_failure(result, action)
-            delay = backoff_delay(
-                attempt, max_backoff=self._settings.max_backoff, retry_after=result.retry_after
-            )
-            attempt += 1
+            delay = retries.next_delay(server_min=result.retry_after)
             self._down_retries += 1
             self.metrics.forward_retries += 1
             await asyncio.sleep(delay)
