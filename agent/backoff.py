@@ -7,7 +7,7 @@ minimum (HTTP ``Retry-After``) wins over the drawn wait, up to ``max_server_wait
 ``Retries`` counts the attempts of one outage and starts over at the base wait once a link
 has stayed up for ``stable_after``.
 
-The policies of the agent's three retry loops are the constants below; the two whose cap is
+The policies of the agent's retry loops are the constants below; the two whose cap is
 configured are built from the config value (``FORWARDER.with_cap(influx.max_backoff)``,
 ``serial_policy(sources[].reconnect_max)``).
 """
@@ -27,6 +27,7 @@ __all__ = [
     "SERIAL",
     "SERIAL_RECONNECT_MAX_S",
     "SERIAL_RESUME_HEADROOM_S",
+    "TASK_RESTART",
     "Backoff",
     "Draw",
     "Retries",
@@ -147,3 +148,7 @@ def serial_policy(reconnect_max: float) -> Backoff:
 
 SERIAL = serial_policy(SERIAL_RECONNECT_MAX_S)
 """Serial and other device links at the default reconnect_max: 0.2 s doubling, 20 % jitter."""
+
+TASK_RESTART = Backoff(base=1.0, factor=2.0, cap=30.0, jitter=0.5, stable_after=600.0)
+"""A crashed task of the agent (agent/runtime/supervisor.py): 1 s doubling up to 30 s; a task
+that ran ten minutes before it crashed starts over at 1 s."""

@@ -10,12 +10,12 @@ be finite (a bounded simulation): it then simply ends.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+from agent.backoff import TASK_RESTART, Backoff, Retries
 from agent.logs import get_logger
 
 log = get_logger("driftgate.supervisor")
@@ -23,14 +23,6 @@ log = get_logger("driftgate.supervisor")
 MAX_FAILURES = 5
 """Crashes of one task within FAILURE_WINDOW that end the agent."""
 FAILURE_WINDOW = 600.0
-RESTART_BASE_S = 1.0
-RESTART_CAP_S = 30.0
-
-
-def restart_delay(attempt: int) -> float:
-    """Seconds before restarting a task after its ``attempt``-th crash in a row (1, 2, …)."""
-    delay = min(RESTART_BASE_S * 2.0 ** min(attempt - 1, 16), RESTART_CAP_S)
-    return delay * random.uniform(0.5, 1.0)
 
 
 @dataclass(slots=True)
@@ -39,6 +31,7 @@ class Supervised:
 
     name: str
     start: Callable[[], Awaitable[None]]
+    retries: Retries
     finite: bool = False  # may end on its own (a bounded simulation); else ending is a fault
     crashes: deque[float] = field(default_factory=deque)
     restarts: int = 0
@@ -54,11 +47,11 @@ class Supervisor:
         *,
         max_failures: int = MAX_FAILURES,
         window: float = FAILURE_WINDOW,
-        delay: Callable[[int], float] = restart_delay,
+        backoff: Backoff = TASK_RESTART,
     ) -> None:
         self.max_failures = max_failures
         self.window = window
-        self.delay = delay
+        self.backoff = backoff
         self.tasks: dict[str, Supervised] = {}
         self.failed: str | None = None  # why the supervisor gave up
         self._changed = asyncio.Event()
@@ -74,14 +67,13 @@ class Supervisor:
         """Own and start a task; ``start`` is called again for each restart."""
         if name in self.tasks and not self.tasks[name].done:
             raise ValueError(f"task {name!r} is already supervised")
-        spec = Supervised(name, start, finite)
+        spec = Supervised(name, start, Retries(self.backoff), finite)
         self.tasks[name] = spec
         spec.task = asyncio.create_task(self._guard(spec), name=name)
 
     async def _guard(self, spec: Supervised) -> None:
-        attempt = 0
         while True:
-            started = time.monotonic()
+            spec.retries.up()
             try:
                 await spec.start()
             except asyncio.CancelledError:
@@ -95,8 +87,6 @@ class Supervisor:
                     return
                 log.error("task ended unexpectedly", task=spec.name, restarts=spec.restarts)
             now = time.monotonic()
-            if now - started > self.window:
-                attempt = 0  # it ran well for a long time: back to the shortest wait
             crashes = spec.crashes
             crashes.append(now)
             while crashes and now - crashes[0] > self.window:
@@ -110,8 +100,7 @@ class Supervisor:
                 spec.done = True
                 self._changed.set()
                 return
-            attempt += 1
-            delay = self.delay(attempt)
+            delay = spec.retries.next_delay()
             log.warning("task restarting", task=spec.name, in_s=round(delay, 2))
             await asyncio.sleep(delay)
             spec.restarts += 1
