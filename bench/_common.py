@@ -16,6 +16,7 @@ import resource
 import shlex
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 RESULTS_ENV = "DRIFTGATE_BENCH_RESULTS"
 """Set to another directory to keep a trial run out of the committed results."""
+_STARTED = time.monotonic()  # the scripts import this module first: elapsed_s is the run's
 
 
 def cpu_model() -> str:
@@ -130,6 +132,7 @@ def emit_json(bench: str, machine_info: dict[str, Any], **results: Any) -> None:
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": command_line(),
         "commit": git_commit(),
+        "elapsed_s": round(time.monotonic() - _STARTED, 1),
         "machine": machine_info,
         **results,
     }
