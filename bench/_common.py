@@ -2,6 +2,9 @@
 
 Not a benchmark itself. The scripts import it as ``_common`` (their own directory is first on
 ``sys.path`` when run as ``python bench/NAME.py``).
+
+``emit_json`` also keeps the latest result of each script in ``bench/results/<bench>.json``
+(committed); ``scripts/gen_docs.py`` renders ``docs/performance.md`` from those files.
 """
 
 from __future__ import annotations
@@ -10,12 +13,20 @@ import json
 import os
 import platform
 import resource
+import shlex
+import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+RESULTS_ENV = "DRIFTGATE_BENCH_RESULTS"
+"""Set to another directory to keep a trial run out of the committed results."""
+_STARTED = time.monotonic()  # the scripts import this module first: elapsed_s is the run's
 
 
 def cpu_model() -> str:
@@ -108,11 +119,70 @@ def _numberish(text: str) -> bool:
 
 
 def emit_json(bench: str, machine_info: dict[str, Any], **results: Any) -> None:
-    """The last line of every script: one machine-readable JSON object."""
+    """The last line of every script: one machine-readable JSON object, also saved.
+
+    The object is written to ``bench/results/<bench>.json`` (or ``$DRIFTGATE_BENCH_RESULTS``),
+    replacing the previous run's: the figures in docs/performance.md are the latest run's.
+    """
     machine_info = {**machine_info, "loadavg_at_end": load_average()}
     print(f"load average at end: {' '.join(map(str, machine_info['loadavg_at_end']))}")
     print()
-    print(json.dumps({"bench": bench, "machine": machine_info, **results}, sort_keys=False))
+    record = {
+        "bench": bench,
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": command_line(),
+        "commit": git_commit(),
+        "elapsed_s": round(time.monotonic() - _STARTED, 1),
+        "machine": machine_info,
+        **results,
+    }
+    print(json.dumps(record, sort_keys=False))
+    path = save_result(record)
+    print(f"saved to {path}", file=sys.stderr)
+
+
+def command_line() -> str:
+    """How this run was started, relative to the repository: ``bench/forward.py --quick``."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        shown = str(script.relative_to(ROOT))
+    except ValueError:
+        shown = script.name
+    return shlex.join([shown, *sys.argv[1:]])
+
+
+def git_commit() -> str:
+    """The checkout's short commit, with ``+dirty`` when agent/ or bench/ code differs from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--", "agent", "bench/*.py", "pyproject.toml"],
+            cwd=ROOT,
+            capture_output=True,
+            check=False,
+            timeout=10,
+        ).returncode
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def save_result(record: dict[str, Any]) -> Path:
+    """Write one result object to ``<results dir>/<bench>.json`` (atomically)."""
+    directory = Path(os.environ.get(RESULTS_ENV) or RESULTS_DIR)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{record['bench']}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def remove_files(directory: Path, pattern: str) -> None:
