@@ -209,6 +209,8 @@ def test_time_formats() -> None:
     ns = 1_772_409_600_000_000_000
     assert parse("2026-03-02T00:00:00Z") == ns
     assert parse("2026-03-02T01:00:00.5+01:00") == ns + 500_000_000
+    assert parse("2026-03-02T00:00:00.000000123Z") == ns + 123  # influx -precision rfc3339
+    assert parse("2026-03-02T00:00:00.123456789Z") == ns + 123_456_789
     with pytest.raises(ValueError, match="no timezone"):
         parse("2026-03-02T00:00:00")
     for text, unit in (("1772409600", "s"), ("1772409600000", "ms"), (str(ns), "ns")):

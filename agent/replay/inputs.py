@@ -1,8 +1,9 @@
 """Recorded readings for replay: CSV, or an InfluxDB line-protocol export, streamed.
 
 CSV: a header row, a time column and one or more numeric value columns (empty cells skipped).
-Times are ISO 8601 with a timezone, or epoch numbers whose unit is read from the first row's
-magnitude (see ``EPOCH_UNITS``) and must stay the same for the whole file.
+Times are ISO 8601 with a timezone (fractions down to the nanosecond), or epoch numbers whose
+unit is read from the first row's magnitude (see ``EPOCH_UNITS``) and must stay the same for
+the whole file.
 
 Line protocol: ``influx_inspect export`` / ``influx write`` input (comments, DDL and DML
 header lines skipped, nanosecond timestamps). Every numeric field of every series is a reading.
@@ -51,6 +52,7 @@ NOT_IDENTITY_TAGS = frozenset({*CONTEXT_KEYS, "sample"})
 _UNIT_SUFFIXES = {"rh": "%RH", "c": "°C", "cn": "cN", "pct": "%", "hpa": "hPa", "pa": "Pa"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_FRACTION = re.compile(r"(\d\d:\d\d:\d\d)[.,](\d+)")
 _LOCATION_TAGS = ("zone", "line", "station", "sensor")
 
 
@@ -125,8 +127,15 @@ class TimeParser:
         text = text.strip()
         if _NUMBER.fullmatch(text):
             return self._epoch(text)
+        # fromisoformat keeps microseconds only; the influx CLI's RFC 3339 times carry ns.
+        fraction_ns = 0
+        whole = text
+        found = _FRACTION.search(text)
+        if found is not None:
+            fraction_ns = int(found.group(2)[:9].ljust(9, "0"))
+            whole = text[: found.end(1)] + text[found.end() :]
         try:
-            dt = datetime.fromisoformat(text)
+            dt = datetime.fromisoformat(whole)
         except ValueError:
             raise ValueError(
                 f"{text!r} is not a time (ISO 8601 with a timezone, or epoch s/ms/us/ns)"
@@ -134,7 +143,7 @@ class TimeParser:
         if dt.tzinfo is None:
             raise ValueError(f"{text!r} has no timezone (add Z or +01:00)")
         d = dt - _EPOCH
-        return (d.days * 86400 + d.seconds) * 1_000_000_000 + d.microseconds * 1000
+        return (d.days * 86400 + d.seconds) * 1_000_000_000 + fraction_ns
 
     def _epoch(self, text: str) -> int:
         try:
