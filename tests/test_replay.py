@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from agent.replay.inputs import (
     open_input,
     parse_line,
 )
+from agent.replay.plot import NEEDS_MATPLOTLIB
 from agent.replay.run import replay
 from agent.runtime.agent import Agent
 
@@ -363,3 +365,22 @@ def test_plot_is_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     data = png.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(data) > 10_000
+
+
+# ---------------------------------------------------------------------------------- --plot
+
+
+def test_plot_without_matplotlib_fails_before_the_replay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an uninstalled one looks like
+    png = tmp_path / "out.png"
+    assert main(["replay", str(FIXTURES / "workshop_4d.csv"), "--plot", str(png)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == NEEDS_MATPLOTLIB
+    assert NEEDS_MATPLOTLIB.startswith("--plot needs matplotlib: pip install 'driftgate[plot]'")
+    assert not captured.out  # no JSON events, no summary table
+    assert not png.exists()
+    # Not even the input is read: a missing file gets the same answer.
+    assert main(["replay", str(tmp_path / "absent.csv"), "--plot", str(png)]) == 2
+    assert capsys.readouterr().err.strip() == NEEDS_MATPLOTLIB

@@ -76,9 +76,13 @@ def run(args: argparse.Namespace) -> int:
     from agent.drift.baselines import BaselineStore
     from agent.logs import configure_logging
     from agent.replay.inputs import ReplayError, open_input
-    from agent.replay.plot import plot_replay
+    from agent.replay.plot import NEEDS_MATPLOTLIB, matplotlib_missing, plot_replay
     from agent.replay.run import replay
 
+    if args.plot is not None and matplotlib_missing():
+        # Before the replay: a month of readings must not run only to fail at the plot.
+        print(NEEDS_MATPLOTLIB, file=sys.stderr)
+        return EXIT_CONFIG
     configure_logging("warning")
     cfg = load_config(args.config) if args.config is not None else None
     configured = [c.name for c in cfg.channels] if cfg is not None else []
