@@ -309,6 +309,11 @@ def test_line_protocol_input_names_and_config_match(tmp_path: Path) -> None:
     result = replay(matched)
     assert result.summaries["edge_paint.humidity"].readings == 2
     assert result.summaries["sewing.m01.tension"].readings == 2  # 121.5 and 121i
+    assert matched.skipped == {  # counted, not replayed
+        "values of field 'ok' of measurement 'tension' (not numbers)": 1,
+        "values of field 'note' of measurement 'tension' (not numbers)": 1,
+        "points of measurement 'drift_alert' (the agent's own, not readings)": 1,
+    }
     assert isinstance(open_input(path), LineProtocolInput)
     assert isinstance(open_input(FIXTURES / "workshop_4d.csv"), CsvInput)
 
@@ -327,6 +332,14 @@ def test_line_protocol_replay_equals_csv_replay(tmp_path: Path) -> None:
     from_lp = replay(open_input(lp_path, configured=["sewing.m05.tension"]))
     assert from_csv.events
     assert [e.as_dict() for e in from_csv.events] == [e.as_dict() for e in from_lp.events]
+
+
+def test_line_protocol_cli_counts_what_it_skipped(capsys: pytest.CaptureFixture[str]) -> None:
+    path = FIXTURES / "export.lp"
+    assert main(["replay", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert f"{path}: skipped 1 points of measurement 'drift_alert'" in err
+    assert f"{path}: skipped 1 values of field 'note' of measurement 'tension'" in err
 
 
 def test_bad_line_protocol_names_the_line(

@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
                 "one were skipped by the detectors (as live); sort the file by time",
                 file=sys.stderr,
             )
+        for what, count in source.skipped.items():
+            print(f"driftgate replay: {args.file}: skipped {count} {what}", file=sys.stderr)
         if args.plot is not None:
             plot_replay(result, args.plot, title=f"driftgate replay: {args.file.name}")
             print(f"plot written to {args.plot}", file=sys.stderr)

@@ -6,7 +6,9 @@ unit is read from the first row's magnitude (see ``EPOCH_UNITS``) and must stay 
 the whole file.
 
 Line protocol: ``influx_inspect export`` / ``influx write`` input (comments, DDL and DML
-header lines skipped, nanosecond timestamps). Every numeric field of every series is a reading.
+header lines skipped, nanosecond timestamps). Every numeric field of every series is a reading;
+string and boolean fields, and the agent's own measurements (``SKIP_MEASUREMENTS``), are not
+(counted in ``skipped``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import dataclasses
 import math
 import re
 import sys
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -73,13 +76,27 @@ class SeriesSpec:
 
 
 class ReplayInput(Protocol):
-    """A recorded file: its series, and its readings as (series index, ns, value) in file order."""
+    """A recorded file: its series, and its readings as (series index, ns, value) in file order.
+
+    ``skipped`` counts what ``readings()`` passed over that was not a reading (description →
+    count, e.g. a string field's values), complete once the readings are consumed.
+    """
 
     series: list[SeriesSpec]
+    skipped: Counter[str]
 
     def readings(self) -> Iterator[tuple[int, int, float]]:
         """Stream the readings; raise ReplayError naming the line and column on bad input."""
         ...
+
+
+# What ReplayInput.skipped says, the same words for every input.
+def _skipped_measurement(measurement: str) -> str:
+    return f"points of measurement {measurement!r} (the agent's own, not readings)"
+
+
+def _skipped_field(measurement: str, field_key: str) -> str:
+    return f"values of field {field_key!r} of measurement {measurement!r} (not numbers)"
 
 
 # --------------------------------------------------------------------------------- guessing
@@ -170,6 +187,7 @@ class CsvInput:
     def __init__(self, path: Path, time_column: str | None = None) -> None:
         self.path = path
         self.time_column = time_column
+        self.skipped: Counter[str] = Counter()  # nothing: a non-number is an error here
         with _open_text(path) as f:
             self._header_line, header = _csv_header(path, f)
         self.columns = header
@@ -387,6 +405,7 @@ class LineProtocolInput:
 
     def __init__(self, path: Path, configured: Sequence[str] = ()) -> None:
         self.path = path
+        self.skipped: Counter[str] = Counter()
         keys: dict[_Key, None] = {}
         for number, line in _lp_lines(path):
             measurement, tags, fields, _ = self._parse(number, line)
@@ -423,13 +442,19 @@ class LineProtocolInput:
     def readings(self) -> Iterator[tuple[int, int, float]]:
         """Stream (series index, ns, value) in file order."""
         index = self._index
+        skipped = self.skipped
+        skipped.clear()
         for number, line in _lp_lines(self.path):
             measurement, tags, fields, ts = self._parse(number, line)
             if measurement in SKIP_MEASUREMENTS:
+                skipped[_skipped_measurement(measurement)] += 1
                 continue
             ident = _identity(tags)
             for key, value in _numeric_fields(fields):
                 yield index[(measurement, key, ident)], ts, value
+            for key, raw in fields.items():
+                if isinstance(raw, bool | str):
+                    skipped[_skipped_field(measurement, key)] += 1
 
 
 def _stem(field_key: str) -> str:
