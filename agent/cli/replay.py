@@ -57,11 +57,12 @@ def add_parser(sub: Subparsers) -> None:
     rep = sub.add_parser(
         "replay",
         help="run the detectors over recorded readings (CSV or line protocol); print the events",
-        description="Replay a CSV (time column + value columns) or an InfluxDB line-protocol "
-        "export through the same detectors as a live agent: alert events as JSON lines, then a "
-        "summary table. Baselines stay in memory unless --state-dir is given.",
+        description="Replay a CSV (time column + value columns), a CSV from the influx CLI "
+        "(influx -format csv -execute 'SELECT * FROM climate GROUP BY *') or an InfluxDB "
+        "line-protocol export through the same detectors as a live agent: alert events as JSON "
+        "lines, then a summary table. Baselines stay in memory unless --state-dir is given.",
     )
-    rep.add_argument("file", type=Path, help="CSV or line-protocol file")
+    rep.add_argument("file", type=Path, help="CSV, influx CLI CSV or line-protocol file")
     rep.add_argument("-c", "--config", type=Path, help="agent config (channels and detectors)")
     rep.add_argument("--plot", type=Path, metavar="PNG", help="draw signals and alerts to PNG")
     rep.add_argument("--channel", action="extend", nargs="+", metavar="NAME", help="only these")
