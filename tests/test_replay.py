@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from engines import watch
+from servers import InfluxDB1Server, MissingBinaryError, require_binary
 
 from agent.cli import main
 from agent.config import config_from_dict
@@ -18,15 +21,19 @@ from agent.pipeline import Pipeline
 from agent.reading import Channel
 from agent.replay.inputs import (
     CsvInput,
+    InfluxCsvInput,
     LineProtocolInput,
     ReplayError,
+    ReplayInput,
     TimeParser,
     guess_kind,
     guess_unit,
     open_input,
     parse_line,
+    parse_tags_cell,
 )
-from agent.replay.run import replay
+from agent.replay.plot import NEEDS_MATPLOTLIB
+from agent.replay.run import ReplayResult, replay
 from agent.runtime.agent import Agent
 
 FIXTURES = Path(__file__).parent / "fixtures" / "replay"
@@ -209,6 +216,8 @@ def test_time_formats() -> None:
     ns = 1_772_409_600_000_000_000
     assert parse("2026-03-02T00:00:00Z") == ns
     assert parse("2026-03-02T01:00:00.5+01:00") == ns + 500_000_000
+    assert parse("2026-03-02T00:00:00.000000123Z") == ns + 123  # influx -precision rfc3339
+    assert parse("2026-03-02T00:00:00.123456789Z") == ns + 123_456_789
     with pytest.raises(ValueError, match="no timezone"):
         parse("2026-03-02T00:00:00")
     for text, unit in (("1772409600", "s"), ("1772409600000", "ms"), (str(ns), "ns")):
@@ -307,8 +316,15 @@ def test_line_protocol_input_names_and_config_match(tmp_path: Path) -> None:
     result = replay(matched)
     assert result.summaries["edge_paint.humidity"].readings == 2
     assert result.summaries["sewing.m01.tension"].readings == 2  # 121.5 and 121i
+    assert matched.skipped == {  # counted, not replayed
+        "values of field 'ok' of measurement 'tension' (not numbers)": 1,
+        "values of field 'note' of measurement 'tension' (not numbers)": 1,
+        "points of measurement 'drift_alert' (the agent's own, not readings)": 1,
+    }
     assert isinstance(open_input(path), LineProtocolInput)
     assert isinstance(open_input(FIXTURES / "workshop_4d.csv"), CsvInput)
+    assert isinstance(open_input(FIXTURES / "influx_group_by.csv"), InfluxCsvInput)
+    assert isinstance(open_input(FIXTURES / "influx_select_star.csv"), InfluxCsvInput)
 
 
 def test_line_protocol_replay_equals_csv_replay(tmp_path: Path) -> None:
@@ -325,6 +341,14 @@ def test_line_protocol_replay_equals_csv_replay(tmp_path: Path) -> None:
     from_lp = replay(open_input(lp_path, configured=["sewing.m05.tension"]))
     assert from_csv.events
     assert [e.as_dict() for e in from_csv.events] == [e.as_dict() for e in from_lp.events]
+
+
+def test_line_protocol_cli_counts_what_it_skipped(capsys: pytest.CaptureFixture[str]) -> None:
+    path = FIXTURES / "export.lp"
+    assert main(["replay", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert f"{path}: skipped 1 points of measurement 'drift_alert'" in err
+    assert f"{path}: skipped 1 values of field 'note' of measurement 'tension'" in err
 
 
 def test_bad_line_protocol_names_the_line(
@@ -363,3 +387,246 @@ def test_plot_is_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     data = png.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(data) > 10_000
+
+
+# ------------------------------------------------------------------------ influx CLI CSV
+
+
+def _counts(result: ReplayResult) -> dict[str, tuple[int, int | None, int | None]]:
+    return {n: (s.readings, s.first_ns, s.last_ns) for n, s in result.summaries.items()}
+
+
+def _events(result: ReplayResult) -> list[tuple[int, str]]:
+    """Every event with its exact time, in an order that does not depend on the input's."""
+    return sorted((e.ts_ns, json.dumps(e.as_dict(), sort_keys=True)) for e in result.events)
+
+
+@pytest.mark.parametrize("name", ["influx_select_star.csv", "influx_group_by.csv"])
+@pytest.mark.parametrize("configured", [(), ("edge_paint.humidity", "sewing.m05.tension")])
+def test_influx_cli_fixture_replays_as_its_line_protocol(
+    name: str, configured: tuple[str, ...]
+) -> None:
+    """Recorded from a real InfluxDB 1.6 loaded with influx_points.lp, with
+    influx -format csv -execute 'SELECT * FROM climate, tension, press, drift_alert' (epoch ns,
+    tags as plain columns) and influx -format csv -precision rfc3339 -execute 'SELECT * FROM
+    climate GROUP BY *; SELECT * FROM tension, press, drift_alert GROUP BY *' (a tags column, a
+    header per series, two statements with different columns)."""
+    source = open_input(FIXTURES / name, configured=configured)
+    assert isinstance(source, InfluxCsvInput)
+    from_lp = replay(LineProtocolInput(FIXTURES / "influx_points.lp", configured))
+    from_csv = replay(source)
+    humidity, tension = configured or ("climate.humidity_rh.edge_paint", "tension.tension_cn.m05")
+    assert set(from_csv.summaries) == {
+        humidity,
+        "climate.temperature_c.edge_paint",
+        "climate.humidity_rh.cutting",
+        "climate.temperature_c.cutting",
+        tension,
+        "tension.tension_cn.m06",
+        "press.force_kn.p1",  # machine: not driftgate's tag, told apart as text in SELECT *
+        "press.force_kn.p2",
+    }  # lot L7 does not split a channel; line=2 is a tag, not a reading; drift_alert skipped
+    assert _counts(from_csv) == _counts(from_lp)  # ns times survive -precision rfc3339
+    assert from_csv.summaries["climate.temperature_c.edge_paint"].readings == 3  # an empty cell
+    assert from_csv.summaries[tension].readings == 3
+    assert source.skipped == {
+        "points of measurement 'drift_alert' (the agent's own, not readings)": 1,
+        "values of field 'ok' of measurement 'tension' (not numbers)": 2,
+    }
+    assert _events(from_csv) == _events(from_lp)
+
+
+def test_influx_cli_fixture_cli_counts_what_it_skipped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = FIXTURES / "influx_select_star.csv"
+    assert main(["replay", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "climate.humidity_rh.edge_paint" in captured.out
+    assert "taken as tags (no GROUP BY" in captured.err
+    assert "'machine' of 'press'" in captured.err  # the guess is said, with how to avoid it
+    assert f"{path}: skipped 2 values of field 'ok' of measurement 'tension'" in captured.err
+    assert f"{path}: skipped 1 points of measurement 'drift_alert'" in captured.err
+
+
+def test_tags_cell_as_the_cli_prints_it() -> None:
+    # Printed by the influx 1.6 CLI for tags zone="a,b", k="x=v w" and an absent lot.
+    assert parse_tags_cell("k=x=v w,lot=,sensor=s1,zone=a,b") == {
+        "k": "x=v w",
+        "sensor": "s1",
+        "zone": "a,b",
+    }
+    assert parse_tags_cell("") == {}
+    with pytest.raises(ValueError, match="not a tag list"):
+        parse_tags_cell("edge_paint")
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (
+            "name,tags,time,humidity_rh\nclimate,zone=a,1772409600000000000,50\n"
+            "climate,zone=a,yesterday,51\n",
+            "{path}:3: column 'time': 'yesterday' is not a time",
+        ),
+        (
+            "name,time,note,tension_cn\ntension,1772409600000000000,a,b,121\n",
+            "{path}:2: 5 cells under a header of 4 columns (line 1): a tab inside",
+        ),
+        (
+            "name,time,tension_cn\ntension,1772409600000000000\n",
+            "{path}:2: column 'tension_cn': missing (the row has 2 of 3 columns)",
+        ),
+        (
+            "name,tags,time,humidity_rh\nclimate,edge_paint,1772409600000000000,50\n",
+            "{path}:2: column 'tags': 'edge_paint' is not a tag list",
+        ),
+        (
+            "ERR: database not found: driftgate\n",
+            "{path}:1: the influx CLI wrote an error, not data: ERR: database not found",
+        ),
+        (
+            "name,time,humidity_rh\nclimate,1772409600000000000,50\nERR: partial results\n",
+            "{path}:3: the influx CLI wrote an error, not data: ERR: partial results",
+        ),
+    ],
+    ids=["bad-time", "tab-split", "short-row", "bad-tags", "err-only", "err-after-data"],
+)
+def test_bad_influx_csv_names_the_line(
+    tmp_path: Path, text: str, error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(tmp_path / "export.csv", text)
+    assert main(["replay", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(error.format(path=path))
+    assert not captured.out
+
+
+def _influx_cli(server: InfluxDB1Server, db: str, query: str, extra: Sequence[str]) -> str:
+    try:
+        influx = require_binary("/usr/bin/influx", "influxdb-client")
+    except MissingBinaryError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    done = subprocess.run(
+        [influx, "-host", "127.0.0.1", "-port", str(server.port), "-database", db,
+         "-format", "csv", *extra, "-execute", query],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not done.stderr
+    return done.stdout
+
+
+def _workshop_lines(days: int) -> tuple[list[str], dict[str, int]]:
+    """drifting_stream as the agent writes it (ns times off the whole second, the lot changing on
+    day 10, an ok flag now and then), a quiet second zone; the readings each channel gets."""
+    lines: list[str] = []
+    counts = dict.fromkeys(
+        ("edge_paint.humidity", "climate.temperature_c.edge_paint",
+         "climate.humidity_rh.cutting", "climate.temperature_c.cutting", "sewing.m05.tension"),
+        0,
+    )  # fmt: skip
+    rng = random.Random(7)
+    for i, (ts, (rh, temp, cn)) in enumerate(drifting_stream(days=days)):
+        ns = ts * 10**9 + (i * 7919) % 1000  # sub-microsecond: only RFC 3339 ns keep it
+        lot = "L7" if ts < T0 + 10 * 86400 else "L8"
+        fields = [f"humidity_rh={rh!r}" if rh is not None else "",
+                  f"temperature_c={temp!r}" if temp is not None else ""]  # fmt: skip
+        if any(fields):
+            tags = f"gateway=gw1,lot={lot},sensor=sht41-ep1,site=atelier,zone=edge_paint"
+            lines.append(f"climate,{tags} {','.join(f for f in fields if f)} {ns}")
+            counts["edge_paint.humidity"] += rh is not None
+            counts["climate.temperature_c.edge_paint"] += temp is not None
+        cut_rh = round(45 + 2 * math.sin(2 * math.pi * i * STEP / 86400) + rng.gauss(0, 0.3), 3)
+        cut_t = round(20.5 + rng.gauss(0, 0.1), 3)
+        tags = f"gateway=gw1,lot={lot},sensor=sht41-ct1,site=atelier,zone=cutting"
+        lines.append(f"climate,{tags} humidity_rh={cut_rh!r},temperature_c={cut_t!r} {ns + 1}")
+        counts["climate.humidity_rh.cutting"] += 1
+        counts["climate.temperature_c.cutting"] += 1
+        ok = ",ok=true" if i % 50 == 0 else ""
+        tags = f"gateway=gw1,line=2,lot={lot},site=atelier,station=m05,zone=sewing"
+        lines.append(f"tension,{tags} tension_cn={cn!r}{ok} {ns}")
+        counts["sewing.m05.tension"] += 1
+    return lines, counts
+
+
+QUERIES = {
+    "select-star": ([], "SELECT * FROM climate, tension, drift_alert"),
+    "group-by-all-rfc3339": (
+        ["-precision", "rfc3339"],
+        "SELECT * FROM climate, tension, drift_alert GROUP BY *",
+    ),
+    "two-statements-group-by-zone": (
+        [],
+        "SELECT humidity_rh, temperature_c FROM climate GROUP BY zone; "
+        "SELECT tension_cn FROM tension GROUP BY *",
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", list(QUERIES))
+def test_influx_cli_export_replays_like_line_protocol(
+    tmp_path: Path, influx_db: tuple[InfluxDB1Server, str], variant: str
+) -> None:
+    server, db = influx_db
+    lines, counts = _workshop_lines(days=22)  # the 8 cN step comes on day 20
+    alerts = [
+        "drift_alert,channel=edge_paint.humidity,detector=baseline_shift,severity=warn,"
+        f'zone=edge_paint state="raised",message="humidity up,\tcheck\nthe door" {T0 + i}'
+        for i in range(3)
+    ]  # a tab splits the CLI's cells, a newline makes a quoted cell span two lines
+    status, body = server.write("\n".join(lines + alerts) + "\n", db)
+    assert status == 204, body
+    lp_path = tmp_path / "export.lp"
+    lp_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    extra, query = QUERIES[variant]
+    csv_path = tmp_path / "export.csv"
+    csv_path.write_text(_influx_cli(server, db, query, extra), encoding="utf-8")
+
+    cfg = config_from_dict(CONFIG)
+    configured = [c.name for c in cfg.channels]
+    source: ReplayInput = open_input(csv_path, configured=configured)
+    assert isinstance(source, InfluxCsvInput)
+    from_csv = replay(source, cfg)
+    from_lp = replay(open_input(lp_path, configured=configured), cfg)
+
+    assert {n: s.readings for n, s in from_csv.summaries.items()} == counts
+    assert _counts(from_csv) == _counts(from_lp)
+    assert from_csv.events
+    assert _events(from_csv) == _events(from_lp)
+    kinds = {(e.channel.name, e.detector, e.transition) for e in from_csv.events}
+    assert ("edge_paint.humidity", "baseline_shift", "raised") in kinds  # the ramp
+    assert ("edge_paint.humidity", "stale", "raised") in kinds  # the outage
+    assert any(c == "sewing.m05.tension" and k == "raised" for c, _, k in kinds)  # the step
+    if "drift_alert" in query:
+        assert source.skipped[
+            "points of measurement 'drift_alert' (the agent's own, not readings)"
+        ] == len(alerts)
+    if "SELECT *" in query:
+        assert source.skipped["values of field 'ok' of measurement 'tension' (not numbers)"] == sum(
+            1 for line in lines if "ok=true" in line
+        )
+
+
+# ---------------------------------------------------------------------------------- --plot
+
+
+def test_plot_without_matplotlib_fails_before_the_replay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an uninstalled one looks like
+    png = tmp_path / "out.png"
+    assert main(["replay", str(FIXTURES / "workshop_4d.csv"), "--plot", str(png)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == NEEDS_MATPLOTLIB
+    assert NEEDS_MATPLOTLIB.startswith("--plot needs matplotlib: pip install 'driftgate[plot]'")
+    assert not captured.out  # no JSON events, no summary table
+    assert not png.exists()
+    # Not even the input is read: a missing file gets the same answer.
+    assert main(["replay", str(tmp_path / "absent.csv"), "--plot", str(png)]) == 2
+    assert capsys.readouterr().err.strip() == NEEDS_MATPLOTLIB

@@ -57,11 +57,12 @@ def add_parser(sub: Subparsers) -> None:
     rep = sub.add_parser(
         "replay",
         help="run the detectors over recorded readings (CSV or line protocol); print the events",
-        description="Replay a CSV (time column + value columns) or an InfluxDB line-protocol "
-        "export through the same detectors as a live agent: alert events as JSON lines, then a "
-        "summary table. Baselines stay in memory unless --state-dir is given.",
+        description="Replay a CSV (time column + value columns), a CSV from the influx CLI "
+        "(influx -format csv -execute 'SELECT * FROM climate GROUP BY *') or an InfluxDB "
+        "line-protocol export through the same detectors as a live agent: alert events as JSON "
+        "lines, then a summary table. Baselines stay in memory unless --state-dir is given.",
     )
-    rep.add_argument("file", type=Path, help="CSV or line-protocol file")
+    rep.add_argument("file", type=Path, help="CSV, influx CLI CSV or line-protocol file")
     rep.add_argument("-c", "--config", type=Path, help="agent config (channels and detectors)")
     rep.add_argument("--plot", type=Path, metavar="PNG", help="draw signals and alerts to PNG")
     rep.add_argument("--channel", action="extend", nargs="+", metavar="NAME", help="only these")
@@ -76,9 +77,13 @@ def run(args: argparse.Namespace) -> int:
     from agent.drift.baselines import BaselineStore
     from agent.logs import configure_logging
     from agent.replay.inputs import ReplayError, open_input
-    from agent.replay.plot import plot_replay
+    from agent.replay.plot import NEEDS_MATPLOTLIB, matplotlib_missing, plot_replay
     from agent.replay.run import replay
 
+    if args.plot is not None and matplotlib_missing():
+        # Before the replay: a month of readings must not run only to fail at the plot.
+        print(NEEDS_MATPLOTLIB, file=sys.stderr)
+        return EXIT_CONFIG
     configure_logging("warning")
     cfg = load_config(args.config) if args.config is not None else None
     configured = [c.name for c in cfg.channels] if cfg is not None else []
@@ -98,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
                 "one were skipped by the detectors (as live); sort the file by time",
                 file=sys.stderr,
             )
+        for what, count in source.skipped.items():
+            print(f"driftgate replay: {args.file}: skipped {count} {what}", file=sys.stderr)
         if args.plot is not None:
             plot_replay(result, args.plot, title=f"driftgate replay: {args.file.name}")
             print(f"plot written to {args.plot}", file=sys.stderr)

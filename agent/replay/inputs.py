@@ -1,11 +1,40 @@
-"""Recorded readings for replay: CSV, or an InfluxDB line-protocol export, streamed.
+"""Recorded readings for replay: CSV, an influx CLI CSV export, or line protocol, streamed.
 
-CSV: a header row, a time column and one or more numeric value columns (empty cells skipped).
-Times are ISO 8601 with a timezone, or epoch numbers whose unit is read from the first row's
-magnitude (see ``EPOCH_UNITS``) and must stay the same for the whole file.
+Which of the three a file is, is told by its content (``open_input``):
 
 Line protocol: ``influx_inspect export`` / ``influx write`` input (comments, DDL and DML
-header lines skipped, nanosecond timestamps). Every numeric field of every series is a reading.
+header lines skipped, nanosecond timestamps). Every numeric field of every series is a reading;
+string and boolean fields, and the agent's own measurements (``SKIP_MEASUREMENTS``), are not
+(counted in ``skipped``). A series is named by ``_series_names``: the configured channel it
+matches, else ``<measurement>.<field>`` plus the tag values that tell it apart; context tags
+(``agent.context.PER_READING_TAGS``) do not split a channel.
+
+Influx CLI CSV: what ``influx -format csv -execute 'SELECT ...'`` (InfluxDB 1.x) prints. Each
+series comes under a header ``name,time,<columns>`` or, with ``GROUP BY``,
+``name,tags,time,<columns>``; the CLI (1.6) repeats the header before every series and
+statement, and blank lines between blocks are allowed (concatenated exports). ``name`` is the
+measurement, ``tags`` the grouped tags as ``k=v,k=v`` (unescaped: a piece without ``=`` is
+taken as part of the previous value, so a comma inside a value survives; an empty value is an
+absent tag). ``time`` is epoch ns (the CLI's default), s/ms/us (``-precision``; not h or m,
+which would read as seconds) or RFC 3339. The series become channels as line protocol names
+them (``_series_specs``). Numeric cells are readings; empty cells are none.
+
+Without ``GROUP BY`` (``SELECT *``) the tags are plain columns: a column is taken as a tag when
+it is one of driftgate's tag keys (``KNOWN_TAGS``) or holds any value that is neither a number
+nor a boolean (a numeric field never prints as text; the columns so guessed are named on
+stderr). An unknown tag whose values all look like numbers is read as a field, and a string
+field as a tag: ``GROUP BY *`` makes the export exact. Under a ``tags`` column, plain columns
+are fields (driftgate's tag keys aside, for a ``GROUP BY`` of some tags only): their string and
+boolean values are counted in ``skipped``, never replayed. A row wider than its header (the CLI
+splits cells at a tab inside a value) or an ``ERR:`` line (the CLI's error, printed to stdout)
+stops the replay with the line named.
+
+CSV (anything else): a header row, a time column and one or more numeric value columns
+(empty cells skipped; any other non-number is an error naming the line and column).
+
+Times are ISO 8601 with a timezone (fractions down to the nanosecond), or epoch numbers whose
+unit is read from the first row's magnitude (see ``EPOCH_UNITS``) and must stay the same for
+the whole file.
 """
 
 from __future__ import annotations
@@ -15,6 +44,7 @@ import dataclasses
 import math
 import re
 import sys
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +52,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
-from agent.context import PER_READING_TAGS
+from agent.context import PER_READING_TAGS, RESERVED
 from agent.errors import DriftgateError
 
 if TYPE_CHECKING:
@@ -46,9 +76,14 @@ SKIP_MEASUREMENTS = frozenset(
 """Measurements in an export that are not sensor readings (the agent's own points)."""
 
 
+KNOWN_TAGS = frozenset({*RESERVED, *PER_READING_TAGS, "sku", "part"})
+"""driftgate's tag keys (README, "InfluxDB schema"): in an influx CLI export without GROUP BY
+these columns are tags even where every value looks like a number (station 5, line 2)."""
+
 _UNIT_SUFFIXES = {"rh": "%RH", "c": "°C", "cn": "cN", "pct": "%", "hpa": "hPa", "pa": "Pa"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_FRACTION = re.compile(r"(\d\d:\d\d:\d\d)[.,](\d+)")
 _LOCATION_TAGS = ("zone", "line", "station", "sensor")
 
 
@@ -69,13 +104,27 @@ class SeriesSpec:
 
 
 class ReplayInput(Protocol):
-    """A recorded file: its series, and its readings as (series index, ns, value) in file order."""
+    """A recorded file: its series, and its readings as (series index, ns, value) in file order.
+
+    ``skipped`` counts what ``readings()`` passed over that was not a reading (description →
+    count, e.g. a string field's values), complete once the readings are consumed.
+    """
 
     series: list[SeriesSpec]
+    skipped: Counter[str]
 
     def readings(self) -> Iterator[tuple[int, int, float]]:
         """Stream the readings; raise ReplayError naming the line and column on bad input."""
         ...
+
+
+# What ReplayInput.skipped says, the same words for every input.
+def _skipped_measurement(measurement: str) -> str:
+    return f"points of measurement {measurement!r} (the agent's own, not readings)"
+
+
+def _skipped_field(measurement: str, field_key: str) -> str:
+    return f"values of field {field_key!r} of measurement {measurement!r} (not numbers)"
 
 
 # --------------------------------------------------------------------------------- guessing
@@ -123,8 +172,15 @@ class TimeParser:
         text = text.strip()
         if _NUMBER.fullmatch(text):
             return self._epoch(text)
+        # fromisoformat keeps microseconds only; the influx CLI's RFC 3339 times carry ns.
+        fraction_ns = 0
+        whole = text
+        found = _FRACTION.search(text)
+        if found is not None:
+            fraction_ns = int(found.group(2)[:9].ljust(9, "0"))
+            whole = text[: found.end(1)] + text[found.end() :]
         try:
-            dt = datetime.fromisoformat(text)
+            dt = datetime.fromisoformat(whole)
         except ValueError:
             raise ValueError(
                 f"{text!r} is not a time (ISO 8601 with a timezone, or epoch s/ms/us/ns)"
@@ -132,7 +188,7 @@ class TimeParser:
         if dt.tzinfo is None:
             raise ValueError(f"{text!r} has no timezone (add Z or +01:00)")
         d = dt - _EPOCH
-        return (d.days * 86400 + d.seconds) * 1_000_000_000 + d.microseconds * 1000
+        return (d.days * 86400 + d.seconds) * 1_000_000_000 + fraction_ns
 
     def _epoch(self, text: str) -> int:
         try:
@@ -159,6 +215,7 @@ class CsvInput:
     def __init__(self, path: Path, time_column: str | None = None) -> None:
         self.path = path
         self.time_column = time_column
+        self.skipped: Counter[str] = Counter()  # nothing: a non-number is an error here
         with _open_text(path) as f:
             self._header_line, header = _csv_header(path, f)
         self.columns = header
@@ -247,13 +304,236 @@ def _csv_header(path: Path, f: IO[str]) -> tuple[int, list[str]]:
     for row in reader:
         if row and not row[0].startswith("#") and any(cell.strip() for cell in row):
             header = [cell.strip() for cell in row]
-            for i, name in enumerate(header):
-                if not name:
-                    raise ReplayError(f"{path}:{reader.line_num}: column {i + 1} has no name")
-                if name in header[:i]:
-                    raise ReplayError(f"{path}:{reader.line_num}: column {name!r} appears twice")
+            _check_header(path, reader.line_num, header)
             return reader.line_num, header
     raise ReplayError(f"{path}:1: empty file: expected a header row (time and value columns)")
+
+
+def _check_header(path: Path, line: int, header: Sequence[str]) -> None:
+    for i, name in enumerate(header):
+        if not name:
+            raise ReplayError(f"{path}:{line}: column {i + 1} has no name")
+        if name in header[:i]:
+            raise ReplayError(f"{path}:{line}: column {name!r} appears twice")
+
+
+# ------------------------------------------------------------------------ influx CLI CSV
+
+_NUMERIC, _BOOLEAN, _TEXT = 1, 2, 4  # what a column's cells held, per measurement
+_CLI_ERROR = "ERR: "  # the influx CLI prints its errors on stdout, into a redirected export
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """One header of an influx CLI export: the columns of the rows under it."""
+
+    line: int
+    columns: tuple[str, ...]
+    tags_at: int | None
+    plain: tuple[int, ...]  # the columns after time: fields, and tags in a SELECT *
+
+    @property
+    def time_at(self) -> int:
+        return 1 if self.tags_at is None else 2
+
+
+def _influx_block(row: Sequence[str], line: int) -> _Block | None:
+    """The block this row heads if it is an influx CLI header (name[,tags],time,...)."""
+    cells = tuple(c.strip() for c in row)
+    if len(cells) < 2 or cells[0] != "name":
+        return None
+    if cells[1] == "time":
+        tags_at = None
+    elif cells[1:3] == ("tags", "time"):
+        tags_at = 1
+    else:
+        return None
+    first = 2 if tags_at is None else 3
+    return _Block(line, cells, tags_at, tuple(range(first, len(cells))))
+
+
+def parse_tags_cell(text: str) -> dict[str, str]:
+    """The influx CLI's ``tags`` cell (``k=v,k=v``, unescaped) as a dict of non-empty tags.
+
+    A piece without ``=`` is part of the previous value (the value held a comma); an empty
+    value is a tag the series does not have. Raises ValueError with the reason.
+    """
+    tags: dict[str, str] = {}
+    last: str | None = None
+    for piece in text.split(",") if text.strip() else ():
+        key, eq, value = piece.partition("=")
+        if not eq:
+            if last is None:
+                raise ValueError(f"{text!r} is not a tag list (key=value,...)")
+            tags[last] += "," + piece
+            continue
+        tags[key] = value
+        last = key
+    return {k: v for k, v in tags.items() if v}
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How one block reads one measurement's rows: which plain columns are tags, which fields."""
+
+    tags: tuple[int, ...]
+    fields: tuple[int, ...]
+
+
+class InfluxCsvInput:
+    """A CSV the influx CLI wrote (``-format csv``); series named as in line protocol.
+
+    Read three times: the columns' types, the series, then the readings (streamed)."""
+
+    def __init__(self, path: Path, configured: Sequence[str] = ()) -> None:
+        self.path = path
+        self.skipped: Counter[str] = Counter()
+        self._types: dict[tuple[str, str], int] = {}
+        self._plans: dict[tuple[int, str], _Plan] = {}
+        self._guessed: dict[tuple[str, str], None] = {}  # text columns taken as tags
+        for _, block, row in self._rows():
+            measurement = row[0]
+            if measurement in SKIP_MEASUREMENTS:
+                continue
+            for i in block.plain:
+                text = row[i].strip()
+                if text:
+                    key = (measurement, block.columns[i])
+                    self._types[key] = self._types.get(key, 0) | _cell_type(text)
+        keys: dict[_Key, None] = {}
+        for line, block, row in self._rows():
+            measurement = row[0]
+            if measurement in SKIP_MEASUREMENTS:
+                continue
+            plan = self._plan(block, measurement)
+            ident = self._ident(line, block, plan, row)
+            for i in plan.fields:
+                if _NUMBER.fullmatch(row[i].strip()):
+                    keys[(measurement, block.columns[i], ident)] = None
+        self._index = {key: i for i, key in enumerate(keys)}
+        self.series = _series_specs(list(keys), configured)
+        if self._guessed:
+            print(
+                f"driftgate replay: {path}: taken as tags (no GROUP BY: an export prints tags "
+                "as plain columns; export with GROUP BY * if these are string fields): "
+                + ", ".join(f"{c!r} of {m!r}" for m, c in self._guessed),
+                file=sys.stderr,
+            )
+
+    def _rows(self) -> Iterator[tuple[int, _Block, list[str]]]:
+        """Data rows with their line and header; blank and comment lines skipped."""
+        block: _Block | None = None
+        with _open_text(self.path) as f:
+            reader = csv.reader(f)
+            for row in reader:
+                if not row or not any(c.strip() for c in row) or row[0].startswith("#"):
+                    continue
+                line = reader.line_num
+                if row[0] in SKIP_MEASUREMENTS and block is not None:
+                    yield line, block, row  # never read: its width does not matter
+                    continue
+                if row[0].startswith(_CLI_ERROR):
+                    raise ReplayError(
+                        f"{self.path}:{line}: the influx CLI wrote an error, not data: "
+                        f"{','.join(row)}"
+                    )
+                head = _influx_block(row, line)
+                if head is not None:
+                    _check_header(self.path, line, head.columns)
+                    block = head
+                    continue
+                if block is None:
+                    raise ReplayError(
+                        f"{self.path}:{line}: expected the influx CLI's header "
+                        "(name,time,... or name,tags,time,...)"
+                    )
+                width = len(block.columns)
+                if len(row) < width:
+                    missing = block.columns[len(row)]
+                    raise ReplayError(
+                        f"{self.path}:{line}: column {missing!r}: missing (the row has "
+                        f"{len(row)} of {width} columns)"
+                    )
+                if len(row) > width:
+                    raise ReplayError(
+                        f"{self.path}:{line}: {len(row)} cells under a header of {width} "
+                        f"columns (line {block.line}): a tab inside a string or tag value? "
+                        "The influx CLI splits cells at tabs; export without that column"
+                    )
+                yield line, block, row
+
+    def _plan(self, block: _Block, measurement: str) -> _Plan:
+        plan = self._plans.get((block.line, measurement))
+        if plan is not None:
+            return plan
+        tags: list[int] = []
+        fields: list[int] = []
+        for i in block.plain:
+            column = block.columns[i]
+            seen = self._types.get((measurement, column), 0)
+            # Without a tags column the tags are plain columns; a numeric field never prints
+            # as text, so text means a tag (a string field cannot be told from one there).
+            if column in KNOWN_TAGS:
+                tags.append(i)
+            elif block.tags_at is None and seen & _TEXT:
+                tags.append(i)
+                self._guessed[(measurement, column)] = None
+            else:
+                fields.append(i)
+        plan = self._plans[(block.line, measurement)] = _Plan(tuple(tags), tuple(fields))
+        return plan
+
+    def _ident(
+        self, line: int, block: _Block, plan: _Plan, row: list[str]
+    ) -> tuple[tuple[str, str], ...]:
+        tags: dict[str, str] = {}
+        if block.tags_at is not None:
+            try:
+                tags = parse_tags_cell(row[block.tags_at])
+            except ValueError as exc:
+                raise ReplayError(f"{self.path}:{line}: column 'tags': {exc}") from None
+        for i in plan.tags:
+            value = row[i].strip()
+            if value:
+                tags[block.columns[i]] = value
+        return _identity(tags)
+
+    def readings(self) -> Iterator[tuple[int, int, float]]:
+        """Stream (series index, ns, value) in file order; ReplayError names line and column."""
+        parse_time = TimeParser()
+        index = self._index
+        skipped = self.skipped
+        skipped.clear()
+        for line, block, row in self._rows():
+            measurement = row[0]
+            if measurement in SKIP_MEASUREMENTS:
+                skipped[_skipped_measurement(measurement)] += 1
+                continue
+            ti = block.time_at
+            try:
+                ts = parse_time(row[ti])
+            except ValueError as exc:
+                raise ReplayError(
+                    f"{self.path}:{line}: column {block.columns[ti]!r}: {exc}"
+                ) from None
+            plan = self._plan(block, measurement)
+            ident = self._ident(line, block, plan, row)
+            for i in plan.fields:
+                text = row[i].strip()
+                if not text:
+                    continue
+                if _NUMBER.fullmatch(text):
+                    yield index[(measurement, block.columns[i], ident)], ts, float(text)
+                else:
+                    skipped[_skipped_field(measurement, block.columns[i])] += 1
+
+
+def _cell_type(text: str) -> int:
+    if _NUMBER.fullmatch(text):
+        return _NUMERIC
+    if text in _BOOLS:
+        return _BOOLEAN
+    return _TEXT
 
 
 # --------------------------------------------------------------------------- line protocol
@@ -376,6 +656,7 @@ class LineProtocolInput:
 
     def __init__(self, path: Path, configured: Sequence[str] = ()) -> None:
         self.path = path
+        self.skipped: Counter[str] = Counter()
         keys: dict[_Key, None] = {}
         for number, line in _lp_lines(path):
             measurement, tags, fields, _ = self._parse(number, line)
@@ -384,19 +665,8 @@ class LineProtocolInput:
             ident = _identity(tags)
             for key, _ in _numeric_fields(fields):
                 keys[(measurement, key, ident)] = None
-        names = _series_names(list(keys), configured)
         self._index = {key: i for i, key in enumerate(keys)}
-        self.series = [
-            SeriesSpec(
-                name=names[key],
-                measurement=key[0],
-                field=key[1],
-                unit=_lp_unit(key[1]),
-                kind=key[0] if key[0] in ("climate", "tension", "color") else guess_kind(key[1]),
-                tags=dict(key[2]),
-            )
-            for key in keys
-        ]
+        self.series = _series_specs(list(keys), configured)
 
     def _parse(
         self, number: int, line: str
@@ -412,13 +682,19 @@ class LineProtocolInput:
     def readings(self) -> Iterator[tuple[int, int, float]]:
         """Stream (series index, ns, value) in file order."""
         index = self._index
+        skipped = self.skipped
+        skipped.clear()
         for number, line in _lp_lines(self.path):
             measurement, tags, fields, ts = self._parse(number, line)
             if measurement in SKIP_MEASUREMENTS:
+                skipped[_skipped_measurement(measurement)] += 1
                 continue
             ident = _identity(tags)
             for key, value in _numeric_fields(fields):
                 yield index[(measurement, key, ident)], ts, value
+            for key, raw in fields.items():
+                if isinstance(raw, bool | str):
+                    skipped[_skipped_field(measurement, key)] += 1
 
 
 def _stem(field_key: str) -> str:
@@ -429,6 +705,22 @@ def _stem(field_key: str) -> str:
 def _lp_unit(field_key: str) -> str:
     _, _, suffix = field_key.rpartition("_")
     return _UNIT_SUFFIXES.get(suffix.lower(), "") or guess_unit(field_key)
+
+
+def _series_specs(keys: list[_Key], configured: Sequence[str]) -> list[SeriesSpec]:
+    """The channels that line protocol and influx CSV series become (names: _series_names)."""
+    names = _series_names(keys, configured)
+    return [
+        SeriesSpec(
+            name=names[key],
+            measurement=key[0],
+            field=key[1],
+            unit=_lp_unit(key[1]),
+            kind=key[0] if key[0] in ("climate", "tension", "color") else guess_kind(key[1]),
+            tags=dict(key[2]),
+        )
+        for key in keys
+    ]
 
 
 def _series_names(keys: list[_Key], configured: Sequence[str]) -> dict[_Key, str]:
@@ -495,15 +787,23 @@ def _config_match(key: _Key, configured: Sequence[str]) -> str | None:
 
 def open_input(path: Path, *, time_column: str | None = None,
                configured: Sequence[str] = ()) -> ReplayInput:  # fmt: skip
-    """CSV or line protocol, told apart by the first line that is not blank or a comment."""
-    first = ""
+    """Line protocol, an influx CLI CSV or a CSV, told apart by the first line that is not
+    blank or a comment (an influx export's header is ``name,time,...`` or
+    ``name,tags,time,...``; a ``--time-column`` other than ``time`` means a plain CSV)."""
+    first, where = "", 1
     with _open_text(path) as f:
-        for line in f:
+        for number, line in enumerate(f, start=1):
             if line.strip() and not line.lstrip().startswith("#"):
-                first = line
+                first, where = line, number
                 break
+    if first.startswith(_CLI_ERROR):
+        raise ReplayError(
+            f"{path}:{where}: the influx CLI wrote an error, not data: {first.strip()}"
+        )
     if time_column is None and _is_line_protocol(first):
         return LineProtocolInput(path, configured)
+    if time_column in (None, "time") and _influx_block(next(csv.reader([first]), []), 1):
+        return InfluxCsvInput(path, configured)
     return CsvInput(path, time_column)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -17,6 +18,18 @@ from agent.replay.inputs import ReplayError
 from agent.replay.run import ReplayResult
 
 SEVERITY_COLORS = {"warn": "#f5a623", "alarm": "#d0021b"}
+
+NEEDS_MATPLOTLIB = (
+    "--plot needs matplotlib: pip install 'driftgate[plot]' (or pip install matplotlib)"
+)
+
+
+def matplotlib_missing() -> bool:
+    """Whether --plot must be refused: matplotlib cannot be found (looked up, not imported)."""
+    try:
+        return importlib.util.find_spec("matplotlib") is None
+    except ValueError:  # a module in sys.modules without a spec: broken, as good as missing
+        return True
 
 
 @runtime_checkable
@@ -64,10 +77,8 @@ def plot_replay(result: ReplayResult, path: Path, title: str = "") -> None:
         import matplotlib.dates as mdates
         import matplotlib.pyplot as plt
         import numpy as np
-    except ImportError:
-        raise ReplayError(
-            "--plot needs matplotlib: pip install 'driftgate[plot]' (or pip install matplotlib)"
-        ) from None
+    except ImportError:  # found by matplotlib_missing() but broken
+        raise ReplayError(NEEDS_MATPLOTLIB) from None
     names = [n for n, tr in result.traces.items() if tr.t]
     if not names:
         raise ReplayError("nothing to plot: no readings")
