@@ -136,8 +136,8 @@ class Pipeline:
         for reason, texts in by_reason.items():
             await self.spool.dead_letter(texts, 0, reason)
 
-    def check_stale(self, now_s: float) -> None:
-        """Raise stale alerts for channels that have gone quiet by ``now_s``."""
+    def check_stale(self, now_s: float | None = None) -> None:
+        """Raise stale alerts for channels that have gone quiet (see DriftEngine.check_stale)."""
         self.process()  # readings already received count: they are not silence
         for event in self.engine.check_stale(now_s):
             self.alert(event)

@@ -25,3 +25,17 @@ def committed_lines(state_dir: Path, measurement: str | None = None) -> list[str
     if measurement is not None:
         out = [line for line in out if line.startswith(measurement + ",")]
     return out
+
+
+class LineSink:
+    """In-process stand-in for the spool's append side (unit tests; the end-to-end tests use
+    the real SQLite spool): keeps the lines the pipeline would commit."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def append(self, line: str) -> None:
+        self.lines.append(line)
+
+    def extend(self, lines: list[str]) -> None:
+        self.lines.extend(lines)

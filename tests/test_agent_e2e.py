@@ -228,7 +228,7 @@ async def test_v1_every_reading_arrives_exactly(
     }  # fmt: skip
     assert some[2] % 10**9 == 0
     assert some[2] >= int(START_S) * 10**9
-    alerts = influx_count(server, db, "SELECT COUNT(state) AS n FROM drift_alert")
+    alerts = influx_count(server, db, "SELECT COUNT(transition) AS n FROM drift_alert")
     assert alerts == len(result.events)
     assert influx_count(server, db, "SELECT COUNT(readings_in) AS n FROM driftgate_agent") >= 1
     assert spool_lines(tmp_path / "state") == []
@@ -394,7 +394,7 @@ def test_kill_9_during_ingest_loses_nothing_committed(
     missing = {k: v for k, v in readings.items() if stored.get(k) != v}
     assert not missing, f"{len(missing)} committed readings missing or different in InfluxDB"
     assert stored == readings
-    assert influx_count(server, db, "SELECT COUNT(state) AS n FROM drift_alert") == len(alerts)
+    assert influx_count(server, db, "SELECT COUNT(transition) AS n FROM drift_alert") == len(alerts)
     assert spool_lines(state) == []  # the restarted agent drained it, then stopped cleanly
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 
 import pytest
 from engines import watch
@@ -176,3 +177,32 @@ def test_events_do_not_depend_on_how_readings_are_batched() -> None:
     assert {"raised", "escalated", "cleared", "repeat"} <= kinds
     assert _events([4096], ns, xs) == reference
     assert _events([7, 300, 1, 2000, 16, 17], ns, xs) == reference
+
+
+def test_the_transition_has_one_name_in_logs_json_and_influxdb(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: the same thing was `kind` in logs, `event` in MQTT and replay JSON, `state` in
+    InfluxDB."""
+    import json
+
+    from agent.logs import configure_logging
+    from agent.runtime.sinks import log_alert
+
+    channel = _channel()
+    engine = watch(
+        channel,
+        [{"type": "baseline_shift", "window": 3600, "warn": 3.0}],
+        baseline={"value": 50.0},
+    )
+    ns = [int((T0 + i * 60) * 1e9) for i in range(120)]
+    (event,) = engine.detect(channel, ns, [50.0 if i < 60 else 56.0 for i in range(120)]).events
+    configure_logging("info", "json", sys.stdout)
+    log_alert(event)
+    logged = json.loads(capsys.readouterr().out)
+    assert logged["transition"] == event.as_dict()["transition"] == "raised"
+    assert 'transition="raised"' in event.line("s", "g")
+    for old in ("kind", "state"):
+        assert old not in logged
+        assert f'{old}="' not in event.line("s", "g")
+    assert "event" not in event.as_dict()

@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 import serial
 from servers import InfluxDB1Server, SerialPair
+from spoolfile import LineSink
 
 from agent.cli import main as cli_main
 from agent.color.colorimetry import Colorimetry, delta_e00, illuminant_slug
@@ -37,20 +38,6 @@ WAVES = 400 + 10 * np.arange(31)
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-class LineSink:
-    """In-process stand-in for the spool's append side (unit tests; the e2e test uses the real
-    SQLite spool): keeps the lines the pipeline would commit."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def append(self, line: str) -> None:
-        self.lines.append(line)
-
-    def extend(self, lines: list[str]) -> None:
-        self.lines.extend(lines)
 
 
 def parse_line(line: str) -> tuple[str, dict[str, str], dict[str, str], int]:

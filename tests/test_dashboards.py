@@ -361,3 +361,26 @@ def test_rates_with_a_short_interval(demo_db: tuple[InfluxDB1Server, str]) -> No
         for s in series_of(server.query(substitute(q.text, values, interval="1s"), db))
     ]
     assert any(v[1] > 0 for v in readings_in["values"]), readings_in
+
+
+# -- the example queries of docs/schema.md ----------------------------------------------------
+
+SCHEMA_DOC = ROOT / "docs" / "schema.md"
+
+
+def schema_doc_queries() -> list[str]:
+    """Every SELECT in the ```sql blocks of docs/schema.md."""
+    text = SCHEMA_DOC.read_text(encoding="utf-8")
+    blocks = re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+    return [line for block in blocks for line in block.splitlines() if line.startswith("SELECT")]
+
+
+@pytest.mark.parametrize("query", schema_doc_queries())
+def test_schema_doc_example_query_runs(demo_db: tuple[InfluxDB1Server, str], query: str) -> None:
+    """The documented queries name fields and tags that exist (an unknown field is no error in
+    InfluxQL, just no data: so each must return values on the demo's data)."""
+    server, db = demo_db
+    # A derivative needs two buckets: the demo's self-metrics span seconds (as for RATE_PANELS).
+    text = substitute(query, {}, interval="1s" if "derivative" in query else INTERVAL)
+    series = series_of(server.query(text, db))
+    assert any(s.get("values") for s in series), f"no data for\n{text}"

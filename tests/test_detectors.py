@@ -237,3 +237,25 @@ def test_cusum_and_ewma_allow_for_autocorrelated_noise_but_still_catch_a_shift()
     first = _first_raised(_run(specs, shifted, baseline=learn), "cusum")
     assert first is not None
     assert 30_000 <= first <= 30_000 + 150
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"type": "cusum", "k": 0.5, "warn": 5.0},
+        {"type": "ewma", "lam": 0.5, "warn": 2.0},
+    ],
+)
+@pytest.mark.parametrize("batch", [1, 500])
+def test_min_samples_of_cusum_and_ewma_delays_their_first_judgement(
+    spec: dict[str, object], batch: int
+) -> None:
+    """Before: min_samples was validated for cusum and ewma, and then ignored."""
+    values = np.full(200, 3.0)  # 3 sigma above the baseline from the first reading
+    early = _first_raised(_run([{**spec, "min_samples": 2}], values, batch=batch), spec["type"])
+    assert early is not None
+    assert early < 5
+    late = _first_raised(_run([{**spec, "min_samples": 40}], values, batch=batch), spec["type"])
+    assert late == 39  # the 40th reading is the first judged
+    default = _first_raised(_run([spec], values, batch=batch), spec["type"])
+    assert default == 9  # min_samples 10 by default

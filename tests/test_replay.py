@@ -630,3 +630,36 @@ def test_plot_without_matplotlib_fails_before_the_replay(
     # Not even the input is read: a missing file gets the same answer.
     assert main(["replay", str(tmp_path / "absent.csv"), "--plot", str(png)]) == 2
     assert capsys.readouterr().err.strip() == NEEDS_MATPLOTLIB
+
+
+def test_replay_honours_the_flapping_settings_of_the_config(tmp_path: Path) -> None:
+    """Before: replay built its registry with alerts.repeat only, so flap_count/flap_window
+    of the config were ignored and a replay flapped differently from the live agent."""
+    path = tmp_path / "toggle.csv"
+    rows = ["time,line.gauge"]
+    for i in range(40):  # ten readings high, ten low, twice: four level changes in 40 min
+        rows.append(f"{T0 + 60 * i},{5.0 if (i // 10) % 2 == 0 else 0.0}")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+    def transitions(alerts: dict[str, object]) -> list[str]:
+        cfg = config_from_dict(
+            {
+                "site": "s",
+                "gateway": "g",
+                "alerts": alerts,
+                "channels": [
+                    {
+                        "name": "line.gauge",
+                        "baseline": {"value": 0.0, "std": 1.0},
+                        "detectors": [
+                            {"type": "baseline_shift", "window": "1m", "warn": 1.0,
+                             "min_samples": 2},
+                        ],
+                    }
+                ],
+            }
+        )  # fmt: skip
+        return [e.transition for e in replay(open_input(path), cfg).events]
+
+    assert transitions({}) == ["raised", "cleared", "raised", "cleared"]
+    assert transitions({"flap_count": 3}) == ["raised", "cleared", "flapping"]

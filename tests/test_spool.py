@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,29 @@ async def test_cli_spool_reports_pending_dropped_and_dead_letters(tmp_path: Path
     code, _, err = await cli(tmp_path / "none")
     assert code == 1
     assert "no spool at" in err
+
+
+async def test_dead_letters_are_capped_oldest_first_counted_and_logged_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: the dead-letter table grew without bound (a server refusing every line would
+    fill the disk with copies of them)."""
+    from agent.logs import configure_logging
+
+    configure_logging("info", "console", sys.stdout)
+    metrics = AgentMetrics()
+    path = spool_path(tmp_path / "state")
+    async with Spool(path, max_dead_letters=150, metrics=metrics) as spool:
+        for batch in range(4):
+            await spool.dead_letter(lines(100, start=batch * 100), 400, f"refused {batch}")
+        stats = await spool.stats()
+    assert stats.dead_letters == 150
+    assert stats.dead_letters_dropped == 250
+    assert metrics.dead_letters_dropped == 250
+    with sqlite3.connect(path) as conn:
+        kept = [row[0] for row in conn.execute("SELECT line FROM dead_letters ORDER BY id")]
+    assert kept == lines(400)[250:]  # the newest
+    out = capsys.readouterr().out
+    assert out.count("dead-letter table full") == 1
+    async with Spool(path, max_dead_letters=150) as again:  # the count survives a restart
+        assert (await again.stats()).dead_letters_dropped == 250

@@ -37,7 +37,11 @@ def add_parser(sub: Subparsers) -> None:
     cap.add_argument(
         "--min-readings", type=int, default=MIN_READINGS, help=f"refuse below this ({MIN_READINGS})"
     )
-    verbs.add_parser("list", help="one line per locked baseline")
+    verbs.add_parser(
+        "list",
+        help="one line per locked baseline",
+        description="channel, source (learned, captured), mean, std, readings, span and note",
+    )
     show = verbs.add_parser("show", help="one baseline in full, as JSON")
     clear = verbs.add_parser("clear", help="delete a locked baseline (back to the rolling window)")
     for p in (show, clear):

@@ -11,8 +11,13 @@ from agent.cli.common import EXIT_CONFIG, EXIT_OK, Subparsers
 
 def add_parser(sub: Subparsers) -> None:
     """The ``check-config`` command."""
-    check = sub.add_parser("check-config", help="validate a config file and list every problem")
-    check.add_argument("-c", "--config", type=Path, required=True)
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file and list every problem",
+        description="Every problem as file:line: key: reason, all at once (exit 2); or one "
+        "line saying what the agent would read and where it would write (exit 0).",
+    )
+    check.add_argument("-c", "--config", type=Path, required=True, help="agent YAML config")
     check.set_defaults(handler=run)
 
 

@@ -33,14 +33,16 @@ def add_parser(sub: Subparsers) -> None:
     cap.add_argument("--note", default="", help="e.g. 'golden sample approved 2024-03-01'")
     cap.add_argument("--label", default="", help="how alerts name it, e.g. 'Clasp plating'")
     cap.add_argument("--affects", default="", help="consequence sentence quoted in alerts")
-    imp = verbs.add_parser("import", help="references from a YAML or CSV file (see README)")
-    imp.add_argument("file", type=Path)
+    imp = verbs.add_parser(
+        "import", help="references from a YAML or CSV file (see docs/configure.md, Colour)"
+    )
+    imp.add_argument("file", type=Path, help="YAML or CSV of reference spectra or L*a*b*")
     verbs.add_parser("list", help="one line per reference and pending capture")
     show = verbs.add_parser("show", help="one reference in full, as JSON")
     clear = verbs.add_parser("clear", help="delete a reference (and a pending capture)")
     for p in (show, clear):
-        p.add_argument("--sku", required=True)
-        p.add_argument("--part", required=True)
+        p.add_argument("--sku", required=True, help="e.g. 4711")
+        p.add_argument("--part", required=True, help="e.g. clasp")
     for p in (cap, imp, verbs.choices["list"], show, clear):
         add_state_args(p)
     ref.set_defaults(handler=run)

@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.cli.common import DEFAULT_STATE_DIR, EXIT_CONFIG, EXIT_OK, Subparsers, log_level
+from agent.cli.common import (
+    DEFAULT_STATE_DIR,
+    EXIT_CONFIG,
+    EXIT_ERROR,
+    EXIT_OK,
+    Subparsers,
+    log_level,
+)
 
 DEMO_ONLY = ("days", "speed", "seed", "influx")
 """``run`` options that only the demo takes; with ``-c`` the config file says these things."""
@@ -22,21 +29,29 @@ def add_parser(sub: Subparsers) -> None:
         description="Run the agent from a config file, or without one the embedded demo.",
     )
     run_.add_argument("-c", "--config", type=Path, help="agent YAML config; omit for the demo")
-    run_.add_argument("--state-dir", type=Path, help="spool and baselines (demo: ./.driftgate)")
+    run_.add_argument(
+        "--state-dir", type=Path, help="spool, baselines, history, context (demo: ./.driftgate)"
+    )
     run_.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv)")
     demo = run_.add_argument_group("demo options (without -c)")
     demo.add_argument("--days", type=float, default=None, help="simulated days (default 28)")
-    demo.add_argument("--speed", type=float, default=None, help="simulated s per wall s")
+    demo.add_argument(
+        "--speed", type=float, default=None, help="simulated s per wall s (default 86400)"
+    )
     demo.add_argument("--seed", type=int, default=None, help="random seed of the simulation")
     demo.add_argument("--influx", metavar="URL", help="forward to InfluxDB at URL")
-    demo.add_argument("--influx-api", choices=["v1", "v2"], default="v1")
+    demo.add_argument(
+        "--influx-api", choices=["v1", "v2"], default="v1", help="InfluxDB write API (v1)"
+    )
     demo.add_argument("--influx-db", default="driftgate", help="v1 database (default driftgate)")
     demo.add_argument("--influx-rp", default=None, help="v1 retention policy")
     demo.add_argument("--influx-user", default=None, help="v1 user (password: env or file)")
-    demo.add_argument("--influx-password-file", type=Path, default=None)
+    demo.add_argument(
+        "--influx-password-file", type=Path, default=None, help="v1 password, in a file"
+    )
     demo.add_argument("--influx-org", default="driftgate", help="v2 organisation")
     demo.add_argument("--influx-bucket", default="driftgate", help="v2 bucket")
-    demo.add_argument("--influx-token-file", type=Path, default=None)
+    demo.add_argument("--influx-token-file", type=Path, default=None, help="v2 token, in a file")
     run_.set_defaults(handler=run)
 
 
@@ -97,11 +112,14 @@ def run(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"state_dir": args.state_dir})
     configure_logging(log_level(args.verbose, cfg.log.level), cfg.log.format)
 
-    async def main() -> None:
+    async def main() -> str | None:
         agent = Agent(cfg)
         if cfg.alerts.console:
             agent.pipeline.sinks.append(lambda e: print(e.message, flush=True))
-        await agent.run()
+        return (await agent.run()).failure
 
-    asyncio.run(main())
+    failure = asyncio.run(main())
+    if failure is not None:
+        print(f"driftgate: {failure}", file=sys.stderr)
+        return EXIT_ERROR  # not 2: systemd restarts the service (Restart=on-failure)
     return EXIT_OK

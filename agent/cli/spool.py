@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"  dropped at the byte cap, ever: {stats.dropped_total:,} lines")
     print(f"  dead letters (refused by InfluxDB or out of range): {stats.dead_letters:,}")
+    if stats.dead_letters_dropped:
+        print(f"  oldest dead letters deleted at the cap, ever: {stats.dead_letters_dropped:,}")
     for letter in dead:
         status = f"HTTP {letter.status}" if letter.status else "agent"
         print(f"    [{status}] {letter.reason[:160]}\n      {letter.line[:200]}")

@@ -100,6 +100,13 @@ class Colorimetry:
         self._weights: dict[tuple[float, float, int, str], Array] = {}
         self._white_xy: dict[str, Array] = {}
 
+    def prepare(self, start_nm: float, step_nm: float, count: int) -> None:
+        """Compute the weights and white points a spectrum shape needs, ahead of its first
+        measurement (from a thread: colour-science takes ~100 ms per shape, more on a Pi)."""
+        for illuminant in self.illuminants:
+            self.weights(start_nm, step_nm, count, illuminant)
+            self.white_xy(illuminant)
+
     def weights(self, start_nm: float, step_nm: float, count: int, illuminant: str) -> Array:
         """(count, 3) tristimulus weights: XYZ (0-100) = reflectance @ weights."""
         key = (start_nm, step_nm, count, illuminant)

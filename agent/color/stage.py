@@ -45,11 +45,19 @@ from agent.color.references import (
 )
 from agent.config.detectors import DetectorConfig, SlopeConfig
 from agent.config.models import ColorConfig
-from agent.drift.alerts import CLEARED, EASED, AlertEvent, AlertState, Level
+from agent.drift.alerts import (
+    CLEARED,
+    EASED,
+    FLAPPING,
+    SETTLED,
+    AlertEvent,
+    AlertState,
+    Level,
+)
 from agent.logs import get_logger
 from agent.reading import Channel
 from agent.store.lineprotocol import encode_point
-from agent.words import when
+from agent.words import duration_words, when
 
 if TYPE_CHECKING:
     from agent.channels import ChannelRegistry
@@ -410,12 +418,15 @@ class ColorStage:
         target = self._targets.get(key)
         if target is None:
             tol = self.cfg.tolerance
+            alerts = self.registry.engine.alerts
             target = _Target(
                 {},
                 None,
-                AlertState(tol.warn, tol.alarm, repeat=self.registry.engine.alerts.repeat),
-                AlertState(self.cfg.metamerism, repeat=self.registry.engine.alerts.repeat),
-            )
+                AlertState(tol.warn, tol.alarm, repeat=alerts.repeat,
+                           flap_count=alerts.flap_count, flap_window=alerts.flap_window),
+                AlertState(self.cfg.metamerism, repeat=alerts.repeat,
+                           flap_count=alerts.flap_count, flap_window=alerts.flap_window),
+            )  # fmt: skip
             self._targets[key] = target
         for name in names:
             if name not in target.de00:
@@ -456,7 +467,11 @@ class ColorStage:
         t = result.ts_ns * 1e-9
         kind = target.tolerance.observe(t, de00[worst])
         if kind is not None:
-            message = self._tolerance_message(kind, target.tolerance, ref, result, worst)
+            message = (
+                _flap_message(ref, "colour tolerance", kind, target.tolerance)
+                if kind in (FLAPPING, SETTLED)
+                else self._tolerance_message(kind, target.tolerance, ref, result, worst)
+            )
             self._emit(target, "color_tolerance", kind, target.tolerance, worst, de00[worst],
                        message, result, ref)  # fmt: skip
         if result.metamerism is not None:
@@ -464,7 +479,9 @@ class ColorStage:
             if kind is not None:
                 best = min(de00, key=lambda n: de00[n])
                 message = (
-                    f"{_subject(ref)}: metamerism {result.metamerism:.1f} ΔE00 (limit "
+                    _flap_message(ref, "metamerism", kind, target.spread)
+                    if kind in (FLAPPING, SETTLED)
+                    else f"{_subject(ref)}: metamerism {result.metamerism:.1f} ΔE00 (limit "
                     f"{self.cfg.metamerism:g}): ΔE00 {de00[worst]:.1f} under "
                     f"{illuminant_words(worst)} but {de00[best]:.1f} under "
                     f"{illuminant_words(best)}; the match depends on the light."
@@ -540,6 +557,16 @@ class ColorStage:
         elif len(de00) > 1:
             text += "; no light checked hides it"
         return f"{text}. {ref.affects or DEFAULT_AFFECTS}"
+
+
+def _flap_message(ref: Reference, what: str, kind: str, state: AlertState) -> str:
+    if kind == FLAPPING:
+        return (
+            f"{_subject(ref)}: the {what} alert keeps coming and going ({state.flap_count} "
+            f"changes within {duration_words(state.flap_window)}); further changes are held back "
+            "until it settles. Check the instrument's calibration and the tolerance."
+        )
+    return f"{_subject(ref)}: the {what} alert has settled, now {state.level.label}."
 
 
 def _subject(ref: Reference) -> str:

@@ -306,6 +306,9 @@ class SpoolConfig(Section):
     synchronous: Literal["normal", "full"] = "normal"
     flush_interval: PositiveDuration = 0.2
     flush_lines: Annotated[int, Field(ge=1)] = 2000
+    max_dead_letters: Annotated[int, Field(ge=100, le=10_000_000)] = Field(
+        default=100_000, description="dead letters kept; beyond, the oldest are deleted, counted"
+    )
 
 
 class HistoryConfig(Section):

@@ -95,6 +95,15 @@ class AlertState:
         self.transitions: list[float] = []
         self.last_transition = -math.inf
 
+    def rewind(self) -> None:
+        """The clock went back: forget pending holds and timers measured on the old time line
+        (the level in force and its ``since`` stay)."""
+        self.pending_since = None
+        self.clear_since = None
+        self.last_emit = -math.inf
+        self.last_transition = -math.inf
+        self.transitions.clear()
+
     def target(self, score: float) -> Level:
         """The level a score asks for, given the current level (hysteresis applied)."""
         level = self.level

@@ -208,6 +208,18 @@ class ChannelBaseline:
             self._lm2 = 0.0
         self.locked = baseline
 
+    def restart(self) -> None:
+        """The wall clock stepped back: the rolling window, and a baseline still being learned,
+        start afresh (a locked one stays)."""
+        self.rolling.clear()
+        if self.locked is None:
+            self._ln = 0
+            self._lmean = 0.0
+            self._lm2 = 0.0
+            self._lsum = 0.0
+            self._llag = 0.0
+            self._lprev = 0.0
+
     def reload(self) -> None:
         """Pick up a capture or clear from the store."""
         self.lock(self.store.get(self.name))

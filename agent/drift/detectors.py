@@ -62,6 +62,10 @@ class Detector(Protocol):
         """Feed one reading: the scalar path for small batches (same result, no NumPy calls)."""
         ...
 
+    def restart(self) -> None:
+        """The wall clock stepped back: forget what is measured on the old time line."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
@@ -212,6 +216,10 @@ class _Base:
             return 1.0
         return 1.0 / bstd if bstd > 0 else math.nan
 
+    def restart(self) -> None:
+        """The clock went back: start judging afresh from the new time (see agent/clock.py)."""
+        self.state.rewind()
+
     def _fast_quiet(self, score: float) -> bool:
         state = self.state
         return (
@@ -299,6 +307,12 @@ class _Windowed(_Base):
         self.min_samples = min_samples
         self._ready = False
         self._min_cover = 0.8 * span if math.isfinite(span) else 0.0
+
+    def restart(self) -> None:
+        """The clock went back: the window starts afresh and must fill again before judging."""
+        super().restart()
+        self.window.clear()
+        self._ready = False
 
     def _extend(self, t: np.ndarray, x: np.ndarray) -> tuple[BatchStats, int] | None:
         """Add a batch; its statistics and the first index to judge (None: none yet)."""
@@ -827,6 +841,11 @@ class Stuck(_Base):
         flat = (n >= self.min_samples) & (cover >= self._min_cover) & (np.sqrt(var) <= tol)
         return np.asarray(flat, dtype=np.float64)
 
+    def restart(self) -> None:
+        """The clock went back: the window starts afresh."""
+        super().restart()
+        self.window.clear()
+
     def update_many(
         self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
     ) -> list[AlertEvent]:
@@ -902,6 +921,11 @@ class InvalidRate(_Base):
         self.window = Window(span, max_samples)
         self.min_samples = min_samples
 
+    def restart(self) -> None:
+        """The clock went back: the window starts afresh."""
+        super().restart()
+        self.window.clear()
+
     def update_many(
         self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
     ) -> list[AlertEvent]:
@@ -965,6 +989,16 @@ class Stale:
         self.last: float | None = None
         self.last_ns = 0
         self.raised = False
+
+    def restart(self) -> None:
+        """The clock went back: the next reading starts the watch again."""
+        self.last = None
+
+    def skip(self, step_ns: int) -> None:
+        """The clock stepped forward: the time skipped is not silence."""
+        if self.last is not None:
+            self.last += step_ns / 1e9
+            self.last_ns += step_ns
 
     def check(self, now: float) -> AlertEvent | None:
         """Called on a timer with the agent's clock: raise if the channel has gone quiet."""

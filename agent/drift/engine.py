@@ -10,6 +10,7 @@ alert; a sustained shift or ramp: an alert), which ``bench/detector_quality.py``
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -122,6 +123,7 @@ class ChannelDrift:
     trend: Trend
     stale: Stale | None = None
     last_ns: int = -(2**63)  # newest reading the detectors have seen
+    arrived: float = 0.0  # monotonic time its newest readings reached the detectors
     sees_invalid: list[Detector] = field(default_factory=list)
 
 
@@ -263,21 +265,50 @@ class DriftEngine:
         drift = self._drifts.get(channel.name)
         if drift is None or not drift.detectors:
             return DetectResult([], 0)
+        drift.arrived = time.monotonic()
         if len(ns) <= SMALL_BATCH:
             # A few readings (a slow sensor between two process() calls): the scalar path costs
             # microseconds where NumPy's per-call overheads cost tens.
             return _detect_small(drift, ns, values)
         return _detect_many(drift, ns, values)
 
-    def check_stale(self, now_s: float) -> list[AlertEvent]:
-        """Raise the stale alerts of channels that have gone quiet by ``now_s``."""
+    def check_stale(self, now_s: float | None = None) -> list[AlertEvent]:
+        """Raise the stale alerts of channels that have gone quiet by ``now_s`` (reading time,
+        for replays and accelerated simulations), or live: by the monotonic time since their
+        newest readings arrived, which a step of the wall clock does not move."""
         events = []
+        mono = time.monotonic()
+        for drift in self._drifts.values():
+            stale = drift.stale
+            if stale is None or drift.last_ns == -(2**63):
+                continue
+            now = now_s if now_s is not None else drift.last_ns / 1e9 + (mono - drift.arrived)
+            event = stale.check(now)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def rewind(self, now_ns: int) -> list[str]:
+        """The wall clock stepped back to ``now_ns``: channels whose newest reading is now in
+        the future start their windows afresh (else every new reading would be skipped as
+        late until the clock caught up). Returns their names."""
+        names = []
+        for name, drift in self._drifts.items():
+            if drift.last_ns <= now_ns:
+                continue
+            drift.last_ns = -(2**63)
+            drift.baseline.restart()
+            for detector in drift.detectors:
+                detector.restart()
+            names.append(name)
+        return names
+
+    def skip_ahead(self, step_ns: int) -> None:
+        """The wall clock stepped forward by ``step_ns``: for stale detectors that time was
+        not silence (their last reading moves forward with the clock)."""
         for drift in self._drifts.values():
             if drift.stale is not None:
-                event = drift.stale.check(now_s)
-                if event is not None:
-                    events.append(event)
-        return events
+                drift.stale.skip(step_ns)
 
 
 def _detect_small(drift: ChannelDrift, ns: Sequence[int], values: Sequence[float]) -> DetectResult:

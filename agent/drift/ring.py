@@ -170,6 +170,14 @@ class Window:
             i += step
         return BatchStats.join(parts)
 
+    def clear(self) -> None:
+        """Forget every sample (the window starts afresh; its buffers are kept)."""
+        self.head = self.tail = self.n = 0
+        self.k = self.t0 = 0.0
+        self.sx = self.sxx = self.st = self.stt = self.stx = 0.0
+        self._since_recompute = 0
+        self.truncated = False
+
     def _grow(self) -> None:
         self._grow_to(min(self._cap * 2, self.max_samples))
 

@@ -33,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from agent import clock
 from agent.backoff import MQTT, Retries
 from agent.config import MqttConfig
 from agent.context import ContextError, ContextStore
@@ -200,7 +201,10 @@ class MqttLink:
         )
 
     async def run(self) -> None:
-        """Connect, subscribe and hand messages over until cancelled; reconnect with backoff."""
+        """Connect, subscribe and hand messages over until cancelled; reconnect with backoff.
+
+        Broker outages are handled here; any other error ends ``run`` for its supervisor.
+        """
         self._task = asyncio.current_task()
         client = self._client = self._make_client()
         retries = self.retries
@@ -234,13 +238,11 @@ class MqttLink:
                     outage_since = time.monotonic()
                     self._log_outage(exc)
                 await asyncio.sleep(retries.next_delay())
-            except Exception as exc:  # a bug must not end MQTT ingestion for good
+            except BaseException:
+                # Anything but the broker going away is a bug: the supervisor logs it with its
+                # traceback and restarts the link (a new client, a new session resume).
                 self._set_connected(False)
-                failures += 1
-                if outage_since is None:
-                    outage_since = time.monotonic()
-                log.error("mqtt link failed", error=repr(exc))
-                await asyncio.sleep(retries.next_delay())
+                raise
 
     async def _connected(self, client: Client) -> None:
         await client.publish(self.status_topic, ONLINE, qos=1, retain=True)
@@ -325,7 +327,7 @@ class MqttLink:
     # -- dispatch (runs inside the client's read callback: never raise, never block)
 
     def _dispatch(self, message: Message) -> None:
-        received_ns = time.time_ns()
+        received_ns = clock.wall_ns()
         topic = message.topic.value
         health = self.health
         health.messages += 1

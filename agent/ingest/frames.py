@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent import clock
 from agent.channels import ChannelRegistry
 from agent.context import PER_READING_TAGS
 from agent.errors import DecodeError
@@ -114,7 +114,7 @@ class FrameHandler:
 
     def frame(self, raw: bytes, topic: str | None = None, received_ns: int | None = None) -> None:
         """Decode one frame (or MQTT payload) and ingest what it holds."""
-        now = time.time_ns() if received_ns is None else received_ns
+        now = clock.wall_ns() if received_ns is None else received_ns
         health = self.health
         health.frames += 1
         health.last_frame_ns = now
@@ -147,7 +147,7 @@ class FrameHandler:
         for bad in result.invalid:
             self.health.invalid += 1
             known = self._channel_named(bad.name)
-            ts = result.values[0].ts_ns if result.values else time.time_ns()
+            ts = result.values[0].ts_ns if result.values else clock.wall_ns()
             pipeline.reject(bad.raw, f"{self.source}: {bad.reason}", known, ts)
             log.warning("reading out of range", source=self.source, reason=bad.reason)
         spectrum = result.spectrum

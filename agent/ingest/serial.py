@@ -15,11 +15,11 @@ cost counted bytes and frames, and one warning per burst; they never end the tas
 from __future__ import annotations
 
 import asyncio
-import time
 
 import serial
 import serial_asyncio_fast
 
+from agent import clock
 from agent.channels import ChannelRegistry
 from agent.config import SerialSourceConfig
 from agent.ingest.decode import Decoder
@@ -31,6 +31,9 @@ from agent.pipeline import Pipeline
 from agent.reading import Channel
 
 log = get_logger("driftgate.sources.serial")
+
+SAME_MOMENT_NS = 1_000_000
+"""Reads closer than this (a coarse clock) are one moment: their frames continue the 1 ns steps."""
 
 _PARITY = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
 _STOPBITS = {1: serial.STOPBITS_ONE, 2: serial.STOPBITS_TWO}
@@ -169,8 +172,11 @@ class SerialSource:
         if frames:
             # Frames of one read arrived together; a device without a clock of its own gets
             # them stamped 1 ns apart, so none overwrites another in InfluxDB (same series and
-            # timestamp is one point there).
-            now = max(time.time_ns(), self._last_ns + 1)
+            # timestamp is one point there). A wall clock stepped back is followed, not
+            # papered over with 1 ns steps (agent/clock.py).
+            now = clock.wall_ns()
+            if self._last_ns - SAME_MOMENT_NS < now <= self._last_ns:
+                now = self._last_ns + 1
             readings = health.readings
             frame = handler.frame
             for raw in frames:

@@ -40,9 +40,12 @@ class SimulatedSource:
         return self.workshop.channels()
 
     async def run(self, pipeline: Pipeline) -> None:
-        """Produce readings until ``days`` of simulated time have passed (or for ever)."""
-        t = self.start
-        wall0 = time.monotonic()
+        """Produce readings until ``days`` of simulated time have passed (or for ever).
+
+        Run again after a crash, it goes on from where it was, not from the start.
+        """
+        t = self.sim_time
+        wall0 = time.monotonic() - (t - self.start) / self.speed
         ingest = pipeline.ingest
         sample = self.workshop.sample
         while self.end is None or t < self.end:

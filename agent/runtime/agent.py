@@ -18,6 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from agent import clock
+from agent.color.colorimetry import warm_up_colour
 from agent.config.models import AgentConfig, InfluxConfig, MqttSourceConfig, SerialSourceConfig
 from agent.drift.alerts import AlertEvent
 from agent.errors import DriftgateError
@@ -33,7 +35,6 @@ from agent.runtime.lag import LoopLag
 from agent.runtime.sinks import AlertPublisher, EventRecord, log_alert
 from agent.runtime.supervisor import Supervisor
 from agent.store.forwarder import Forwarder, ForwarderSettings
-from agent.store.history import HistoryError
 from agent.store.lineprotocol import encode_point
 from agent.store.spool import SpoolStats
 
@@ -151,7 +152,7 @@ class Agent:
     def self_metrics_lines(self) -> list[str]:
         """The agent's own counters as `driftgate_agent` (and per-source `driftgate_source`)
         points, stamped with the wall clock."""
-        now = time.time_ns()
+        now = clock.wall_ns()
         tags = {"site": self.cfg.site, "gateway": self.cfg.gateway}
         metrics = self.metrics
         metrics.loop_lag_max_ms, metrics.loop_lag_p99_ms = self.lag.take()
@@ -199,7 +200,8 @@ class Agent:
             log.error("cannot read the baselines file", error=str(exc))
         if self.color is not None and await asyncio.to_thread(self.color.references.reload):
             self.color.references_changed()
-        self.pipeline.check_stale(self.clock())
+        clock.wall_ns()  # a quiet agent notices a step of the clock here at the latest
+        self.pipeline.check_stale(self.stale_clock())
         if self.lots is not None and self.lots.due():
             await self.lots.save_soon()
 
@@ -209,21 +211,29 @@ class Agent:
             self.spool.extend(self.self_metrics_lines())
             flush_bursts()
 
-    def _measures_colour(self) -> bool:
-        """Whether any device source sends spectra or L*a*b* (its profile says so)."""
+    def _prepare_colour(self) -> None:
+        """Import colour-science and compute what the configured instruments' spectra need, so
+        that the first measurement does not stall the event loop (runs in a thread)."""
+        color = self.color
+        if color is None:
+            return
+        profiles = []
         for sc in self.cfg.sources:
             if isinstance(sc, SerialSourceConfig | MqttSourceConfig):
-                try:
-                    profile = load_profile(sc.profile)
-                except DriftgateError:
-                    continue
-                if profile.spectrum is not None or any(f.kind == "color" for f in profile.fields):
-                    return True
-        return False
+                with contextlib.suppress(DriftgateError):
+                    profiles.append(load_profile(sc.profile))
+        shapes = {(p.spectrum.start_nm, p.spectrum.step_nm, p.spectrum.count)
+                  for p in profiles if p.spectrum is not None}  # fmt: skip
+        if not shapes and not any(f.kind == "color" for p in profiles for f in p.fields):
+            return
+        warm_up_colour()
+        for shape in shapes:
+            color.colorimetry.prepare(*shape)
 
-    def clock(self) -> float:
-        """Now, for stale checks: the wall clock, or the newest reading's time when every
-        source is a simulation running faster than real time (the demo)."""
+    def stale_clock(self) -> float | None:
+        """Now, for stale checks: None (live: the monotonic time since each channel's last
+        reading arrived), or the newest reading's time when every source is a simulation
+        running faster than real time (the demo)."""
         simulated = [s for s in self.sources if isinstance(s, SimulatedSource)]
         if (
             simulated
@@ -231,7 +241,26 @@ class Agent:
             and all(s.speed != 1.0 for s in simulated)
         ):
             return self.pipeline.clock_ns / 1e9
-        return time.time()
+        return None
+
+    def clock_stepped(self, step: int, now_ns: int) -> None:
+        """The wall clock stepped (a listener of agent.clock.WALL): apply its policy."""
+        self.metrics.clock_steps += 1
+        self.pipeline.process()  # readings stamped before the step are judged on the old line
+        if step < 0:
+            restarted = self.engine.rewind(now_ns)
+        else:
+            restarted = []
+            self.engine.skip_ahead(step)
+        log.warning(
+            "the wall clock stepped " + ("back" if step < 0 else "forward"),
+            by_s=round(abs(step) / 1e9, 1),
+            restarted_channels=len(restarted),
+            hint="readings keep the clock's time; channels whose newest reading is now in "
+            "the future start their detector windows afresh"
+            if step < 0
+            else "readings keep the clock's time; it does not count as silence",
+        )
 
     def apply_context(self) -> None:
         """Re-tag every channel with the current production context (after a change)."""
@@ -254,6 +283,7 @@ class Agent:
                 loop.add_signal_handler(sig, self.stop_event.set)
         failure: str | None = None
         by_signal = False
+        clock.WALL.listeners.append(self.clock_stepped)
         try:
             await self._start()
             failure = await self.supervisor.wait(
@@ -262,6 +292,7 @@ class Agent:
             by_signal = self.stop_event.is_set() and failure is None
         finally:
             final = await self._shutdown(by_signal or failure is not None, drain_at_end)
+            clock.WALL.listeners.remove(self.clock_stepped)
             if handle_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
@@ -281,12 +312,7 @@ class Agent:
         )
 
     async def _start(self) -> None:
-        if self._measures_colour():
-            # colour-science takes a second to import (more on a Pi): do it now, off the
-            # event loop, rather than stall the loop at the first measurement.
-            from agent.color.colorimetry import warm_up_colour
-
-            await asyncio.to_thread(warm_up_colour)
+        await asyncio.to_thread(self._prepare_colour)
         stats = await self.spool.open()
         log.info(
             "agent starting",
@@ -336,10 +362,7 @@ class Agent:
             await self._finally(asyncio.to_thread(self.context.save), "cannot save the context")
         await sup.stop(["history"])
         if self.history is not None:
-            try:
-                await self.history.close()
-            except (HistoryError, OSError) as exc:
-                log.error("cannot write the local history", error=str(exc))
+            await self._finally(self.history.close(), "cannot write the local history")
         self.spool.extend(self.self_metrics_lines())
         await self._finally(self.spool.flush(), "spool commit failed at shutdown")
         forward = sup.task("forwarder")

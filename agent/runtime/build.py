@@ -96,6 +96,7 @@ def build(
             synchronous=cfg.spool.synchronous,
             flush_interval=cfg.spool.flush_interval,
             flush_lines=cfg.spool.flush_lines,
+            max_dead_letters=cfg.spool.max_dead_letters,
             metrics=metrics,
         )
     else:

@@ -79,13 +79,16 @@ class Supervisor:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("task crashed", task=spec.name, restarts=spec.restarts)
+                # The task's name is in the event text: identical lines are summarised per burst.
+                log.exception(f"task {spec.name} crashed", task=spec.name, restarts=spec.restarts)
             else:
                 if spec.finite:
                     spec.done = True
                     self._changed.set()
                     return
-                log.error("task ended unexpectedly", task=spec.name, restarts=spec.restarts)
+                log.error(
+                    f"task {spec.name} ended unexpectedly", task=spec.name, restarts=spec.restarts
+                )
             now = time.monotonic()
             crashes = spec.crashes
             crashes.append(now)
@@ -101,7 +104,7 @@ class Supervisor:
                 self._changed.set()
                 return
             delay = spec.retries.next_delay()
-            log.warning("task restarting", task=spec.name, in_s=round(delay, 2))
+            log.warning(f"task {spec.name} restarting", task=spec.name, in_s=round(delay, 2))
             await asyncio.sleep(delay)
             spec.restarts += 1
 

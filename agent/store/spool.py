@@ -36,6 +36,9 @@ BUSY_TIMEOUT_MS = 5000
 SCHEMA_VERSION = 1
 # While the disk refuses writes, lines wait in memory; past this many the oldest are dropped.
 MAX_BUFFERED_LINES_ON_FAILURE = 200_000
+MAX_DEAD_LETTERS = 100_000
+"""Dead letters kept for inspection (``driftgate spool``); beyond it the oldest are deleted and
+counted, so a server that rejects everything cannot fill the disk with them."""
 
 _SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 _SCHEMA = """
@@ -58,6 +61,7 @@ CREATE TABLE IF NOT EXISTS meta (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped_total', 0);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('dead_letters_dropped', 0);
 """
 
 _log = get_logger("driftgate.spool")
@@ -86,6 +90,7 @@ class SpoolStats:
     chunks: int
     dropped_total: int
     dead_letters: int
+    dead_letters_dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +157,14 @@ def _iso(ns: int) -> str:
 class _Store:
     """The SQLite side: one connection, used only from the spool's single worker thread."""
 
-    def __init__(self, path: Path, synchronous: str, max_bytes: int) -> None:
+    def __init__(
+        self, path: Path, synchronous: str, max_bytes: int, max_dead: int = MAX_DEAD_LETTERS
+    ) -> None:
         self.path = path
         self.synchronous = synchronous
         self.max_bytes = max_bytes
+        self.max_dead = max_dead
+        self.dead_letters_dropped = 0
         self.conn: sqlite3.Connection | None = None
         self.pending_lines = 0
         self.pending_bytes = 0
@@ -171,6 +180,7 @@ class _Store:
             self.chunks,
             self.dropped_total,
             self.dead_letters,
+            self.dead_letters_dropped,
         )
 
     def open(self) -> SpoolStats:
@@ -213,6 +223,9 @@ class _Store:
             ).fetchone()
             dropped = conn.execute("SELECT value FROM meta WHERE key = 'dropped_total'").fetchone()
             dead = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
+            dead_dropped = conn.execute(
+                "SELECT value FROM meta WHERE key = 'dead_letters_dropped'"
+            ).fetchone()
         except sqlite3.Error as exc:
             conn.close()
             raise SpoolError(f"cannot open the spool {self.path}: {exc}. {what_to_do}") from None
@@ -220,6 +233,7 @@ class _Store:
         self.pending_lines, self.pending_bytes, self.chunks = int(lines), int(size), int(chunks)
         self.dropped_total = int(dropped[0])
         self.dead_letters = int(dead)
+        self.dead_letters_dropped = int(dead_dropped[0])
         return self.counts()
 
     def _conn(self) -> sqlite3.Connection:
@@ -331,7 +345,7 @@ class _Store:
                     tuple(chunk_ids),
                 ).fetchone()
                 conn.execute(f"DELETE FROM chunks WHERE id IN ({marks})", tuple(chunk_ids))
-                self._insert_dead(conn, dead)
+                trimmed = self._insert_dead(conn, dead)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -343,29 +357,46 @@ class _Store:
         self.pending_lines -= int(lines)
         self.pending_bytes -= int(size)
         self.chunks -= int(chunks)
-        self.dead_letters += len(dead)
+        self._count_dead(len(dead), trimmed)
         return self.counts()
 
-    def _insert_dead(self, conn: sqlite3.Connection, dead: Sequence[DeadLetter]) -> None:
+    def _insert_dead(self, conn: sqlite3.Connection, dead: Sequence[DeadLetter]) -> int:
+        """Store dead letters, deleting the oldest beyond max_dead; how many were deleted."""
         now = time.time_ns()
         conn.executemany(
             "INSERT INTO dead_letters (at_ns, status, reason, line) VALUES (?, ?, ?, ?)",
             [(now, d.status, d.reason, d.line) for d in dead],
         )
+        excess = self.dead_letters + len(dead) - self.max_dead
+        if excess <= 0:
+            return 0
+        conn.execute(
+            "DELETE FROM dead_letters WHERE id IN "
+            "(SELECT id FROM dead_letters ORDER BY id LIMIT ?)",
+            (excess,),
+        )
+        conn.execute(
+            "UPDATE meta SET value = value + ? WHERE key = 'dead_letters_dropped'", (excess,)
+        )
+        return excess
+
+    def _count_dead(self, added: int, trimmed: int) -> None:
+        self.dead_letters += added - trimmed
+        self.dead_letters_dropped += trimmed
 
     def dead_letter(self, dead: Sequence[DeadLetter]) -> SpoolStats:
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                self._insert_dead(conn, dead)
+                trimmed = self._insert_dead(conn, dead)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot write dead letters to the spool {self.path}: {exc}") from None
-        self.dead_letters += len(dead)
+        self._count_dead(len(dead), trimmed)
         return self.counts()
 
     def dead_letter_rows(self) -> list[tuple[int, str, str]]:
@@ -394,6 +425,7 @@ class Spool:
         synchronous: Literal["normal", "full"] = "normal",
         flush_interval: float = 0.2,
         flush_lines: int = 2000,
+        max_dead_letters: int = MAX_DEAD_LETTERS,
         metrics: AgentMetrics | None = None,
     ) -> None:
         if synchronous not in _SYNCHRONOUS:
@@ -407,7 +439,8 @@ class Spool:
         self._flush_interval = flush_interval
         self._flush_lines = flush_lines
         self._chunk_lines = min(flush_lines, CHUNK_MAX_LINES)
-        self._store = _Store(self.path, _SYNCHRONOUS[synchronous], max_bytes)
+        self._store = _Store(self.path, _SYNCHRONOUS[synchronous], max_bytes, max_dead_letters)
+        self._told_dead_cap = False
         self._buffer: list[str] = []
         self._full = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
@@ -570,6 +603,16 @@ class Spool:
         self.metrics.spool_pending_lines = counts.pending_lines
         self.metrics.spool_pending_bytes = counts.pending_bytes
         self.metrics.spool_dropped = counts.dropped_total + self._lost_in_memory
+        self.metrics.dead_letters_dropped = counts.dead_letters_dropped
+        if counts.dead_letters_dropped and not self._told_dead_cap:
+            self._told_dead_cap = True
+            _log.warning(
+                "dead-letter table full: deleting the oldest dead letters",
+                path=str(self.path),
+                max_dead_letters=self._store.max_dead,
+                dropped_total=counts.dead_letters_dropped,
+                hint="InfluxDB keeps refusing lines: see `driftgate spool` for its reasons",
+            )
 
     def _after_counts(self, fut: asyncio.Future[SpoolStats]) -> None:
         if not fut.cancelled() and fut.exception() is None:
@@ -636,6 +679,9 @@ def inspect(path: Path, dead_limit: int = 10) -> tuple[SpoolStats, int | None, l
             "MIN(created_ns) FROM chunks"
         ).fetchone()
         dropped = conn.execute("SELECT value FROM meta WHERE key = 'dropped_total'").fetchone()
+        dead_dropped = conn.execute(
+            "SELECT value FROM meta WHERE key = 'dead_letters_dropped'"
+        ).fetchone()
         (dead_count,) = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
         rows = conn.execute(
             "SELECT status, reason, line FROM dead_letters ORDER BY id DESC LIMIT ?",
@@ -651,6 +697,7 @@ def inspect(path: Path, dead_limit: int = 10) -> tuple[SpoolStats, int | None, l
         chunks=int(chunks),
         dropped_total=int(dropped[0]) if dropped else 0,
         dead_letters=int(dead_count),
+        dead_letters_dropped=int(dead_dropped[0]) if dead_dropped else 0,
     )
     dead = [DeadLetter(line, int(status), reason) for status, reason, line in rows]
     return stats, oldest, dead
