@@ -29,6 +29,20 @@ from servers import (
 S = TypeVar("S", InfluxDB1Server, VictoriaMetricsServer, MosquittoServer, SerialPair)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        help="run the fault suite's long soak variants (tests/faults; minutes, not seconds)",
+    )
+
+
+@pytest.fixture
+def soak(request: pytest.FixtureRequest) -> bool:
+    """Whether the long soak variants were asked for (--soak)."""
+    return bool(request.config.getoption("--soak"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
