@@ -48,7 +48,7 @@ class ChannelRegistry:
             channel.affects = cc.affects or channel.affects
             channel.kind = cc.kind or channel.kind
         self.engine.attach(channel, cc, detectors=detectors, baseline=baseline)
-        channel.retag(self.context.for_tags(channel.tags))
+        self._retag(channel)
         self.channels[channel.name] = channel
         return channel
 
@@ -84,8 +84,13 @@ class ChannelRegistry:
     def retag_all(self) -> int:
         """Re-apply the production context to every channel (after a context change)."""
         for channel in self.channels.values():
-            channel.retag(self.context.for_tags(channel.tags))
+            self._retag(channel)
         return len(self.channels)
+
+    def _retag(self, channel: Channel) -> None:
+        context = self.context.for_tags(channel.tags)
+        channel.retag(context)
+        self.engine.context_changed(channel, context)
 
     def warn_unused_configs(self) -> None:
         """Log configured channel names no source has produced (a typo, or a device offline)."""

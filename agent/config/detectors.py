@@ -1,5 +1,6 @@
 """Detector and baseline settings of a channel, as validated models the drift engine takes as is."""
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -161,6 +162,55 @@ class InvalidRateConfig(_Timing):
     max_samples: Annotated[int, Field(le=10_000_000)] = 100_000
 
 
+class LimitBand(Section):
+    """Warn and alarm limits in the channel's units; any may be left out (one-sided bands)."""
+
+    low_alarm: float | None = None
+    low_warn: float | None = None
+    high_warn: float | None = None
+    high_alarm: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LimitBand":
+        given = [
+            (name, value)
+            for name, value in (
+                ("low_alarm", self.low_alarm),
+                ("low_warn", self.low_warn),
+                ("high_warn", self.high_warn),
+                ("high_alarm", self.high_alarm),
+            )
+            if value is not None
+        ]
+        problems: list[tuple[Loc, str]] = []
+        for (a, va), (b, vb) in itertools.pairwise(given):
+            if not va < vb:
+                problems.append(((b,), f"{b} ({vb:g}) must be above {a} ({va:g})"))
+        if not given:
+            problems.append(((), "give at least one of low_warn, low_alarm, high_warn, high_alarm"))
+        if self.high_alarm is not None and self.high_warn is None:
+            problems.append((("high_warn",), "high_alarm needs high_warn below it"))
+        if self.low_alarm is not None and self.low_warn is None:
+            problems.append((("low_warn",), "low_alarm needs low_warn above it"))
+        raise_problems(type(self).__name__, problems)
+        return self
+
+
+class LimitConfig(LimitBand, _Timing):
+    """A plain spec band: warn and alarm when a reading leaves it (e.g. 45–55 %RH), after
+    ``hold``, back to normal once inside by ``deadband``; ``by_context`` gives the approved
+    sample's own band for a SKU or lot the production context names."""
+
+    type: Literal["limit"] = "limit"
+    deadband: Annotated[float, Field(ge=0)] = Field(
+        default=0.0, description="units inside a limit a reading must come back to clear"
+    )
+    by_context: dict[str, dict[str, LimitBand]] = Field(
+        default_factory=dict,
+        description="context key → value → band, e.g. sku: {'4711': {high_warn: 54}}",
+    )
+
+
 DetectorConfig = Annotated[
     BaselineShiftConfig
     | SlopeConfig
@@ -169,7 +219,8 @@ DetectorConfig = Annotated[
     | EwmaConfig
     | StaleConfig
     | StuckConfig
-    | InvalidRateConfig,
+    | InvalidRateConfig
+    | LimitConfig,
     Field(discriminator="type"),
 ]
 DETECTOR_TYPES = (
@@ -181,6 +232,7 @@ DETECTOR_TYPES = (
     "stale",
     "stuck",
     "invalid_rate",
+    "limit",
 )
 
 

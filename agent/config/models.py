@@ -32,7 +32,7 @@ from agent.config.base import (
     raise_problems,
     reason,
 )
-from agent.config.detectors import BaselineSpecConfig, DetectorConfig
+from agent.config.detectors import BaselineSpecConfig, DetectorConfig, LimitConfig
 from agent.config.secrets import SecretFile, find_secret, inline_secret
 
 # --------------------------------------------------------------------------- the models
@@ -138,6 +138,12 @@ class ChannelConfig(Section):
     enabled: bool = True
     lot_effect: Annotated[float, Field(ge=0)] | None = Field(
         default=None, description="lot comparison: smallest mean difference (units) worth an alert"
+    )
+    limits: LimitConfig | None = Field(
+        default=None, description="a spec band (45–55 %RH), added to the channel's detectors"
+    )
+    action: str = Field(
+        default="", description="what to do when it drifts, quoted in every notice about it"
     )
 
 

@@ -10,7 +10,7 @@ tests check both give the same events.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -1077,5 +1077,187 @@ class Stale:
             rate_per_h=math.nan,
             since_ns=self.last_ns + int(self.max_gap * 1e9),
             baseline_note="",
+            message=message,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """A spec band in the channel's units (None: that limit is not set)."""
+
+    low_alarm: float | None = None
+    low_warn: float | None = None
+    high_warn: float | None = None
+    high_alarm: float | None = None
+
+    def scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(above, below): < 1 inside, >= 1 past the warn limit, >= 2 past the alarm limit.
+
+        Between the warn and alarm limits the score runs linearly from 1 to 2, so one deadband
+        in units is ``deadband / (alarm - warn)`` in score units (``spans``).
+        """
+        nan = np.full(len(x), np.nan)
+        above = nan if self.high_warn is None else _past(x - self.high_warn, self._span(True))
+        below = nan if self.low_warn is None else _past(self.low_warn - x, self._span(False))
+        return above, below
+
+    def _span(self, high: bool) -> float:
+        warn, alarm = (self.high_warn, self.high_alarm) if high else (self.low_warn, self.low_alarm)
+        if warn is None or alarm is None:
+            return 1.0
+        return abs(alarm - warn)
+
+    def spans(self) -> tuple[float, float]:
+        """Units per score unit above and below."""
+        return self._span(True), self._span(False)
+
+
+def _past(distance: np.ndarray, span: float) -> np.ndarray:
+    # Continuous through the limit (1.0 there), so a deadband inside it is a margin below 1.
+    out: np.ndarray = 1.0 + distance / span
+    return out
+
+
+class Limit:
+    """A plain spec band (45–55 %RH): warn or alarm when a reading leaves it, after ``hold``,
+    and clear once it is back inside by ``deadband``. The band can depend on the production
+    context (the approved sample's window for a SKU or lot): ``set_context`` picks it."""
+
+    name = "limit"
+
+    def __init__(
+        self,
+        channel: Channel,
+        base: ChannelBaseline,
+        band: Band,
+        by_context: dict[str, dict[str, Band]],
+        thresholds: Thresholds,
+        deadband: float,
+    ) -> None:
+        self.channel = channel
+        self.base = base
+        self.default = band
+        self.by_context = by_context
+        self.thresholds = thresholds
+        self.deadband = deadband
+        self.band = band
+        self.why = ""  # which context chose the band, for the message
+        self.high = self._state(True)
+        self.low = self._state(False)
+
+    def _state(self, high: bool) -> AlertState:
+        span = self.band.spans()[0 if high else 1]
+        th = self.thresholds
+        alarm = 2.0 if (self.band.high_alarm if high else self.band.low_alarm) is not None else None
+        return AlertState(
+            1.0, alarm, th.hold, th.clear_hold, self.deadband / span, th.repeat,
+            th.flap_count, th.flap_window,
+        )  # fmt: skip
+
+    def set_context(self, context: Mapping[str, str]) -> None:
+        """Use the band configured for this context (a SKU, a lot), else the channel's."""
+        band, why = self.default, ""
+        for key, bands in self.by_context.items():
+            value = context.get(key)
+            if value is not None and value in bands:
+                band, why = bands[value], f"{key} {value}"
+                break
+        if band != self.band:
+            self.band, self.why = band, why
+            for high, state in ((True, self.high), (False, self.low)):
+                span = band.spans()[0 if high else 1]
+                state.margin = self.deadband / span
+                limit = band.high_alarm if high else band.low_alarm
+                state.alarm = 2.0 if limit is not None else math.inf
+
+    def restart(self) -> None:
+        """The clock went back: forget holds measured on the old time line."""
+        self.high.rewind()
+        self.low.rewind()
+
+    def update_many(
+        self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
+    ) -> list[AlertEvent]:
+        """Feed a batch of readings."""
+        above, below = self.band.scores(x)
+        events: list[AlertEvent] = []
+        for high, state, scores in ((True, self.high, above), (False, self.low, below)):
+
+            def event(
+                j: int, kind: str, high: bool = high, state: AlertState = state
+            ) -> AlertEvent:
+                return self._make(int(ns[j]), kind, float(x[j]), high, state)
+
+            events += run_states(state, t, scores, 0, event)
+        if len(events) > 1:
+            events.sort(key=lambda e: e.ts_ns)
+        return events
+
+    def update_one(
+        self, t: float, x: float, ns: int, bmean: float, bstd: float
+    ) -> list[AlertEvent] | None:
+        """Feed one reading; the scalar twin of update_many."""
+        above, below = self.band.scores(np.array([x]))
+        events = []
+        for high, state, score in ((True, self.high, above[0]), (False, self.low, below[0])):
+            if math.isnan(score):
+                continue
+            kind = state.observe(t, float(score))
+            if kind is not None:
+                events.append(self._make(ns, kind, x, high, state))
+        return events or None
+
+    def _maker(
+        self, ns: np.ndarray, x: np.ndarray, high: bool, state: AlertState
+    ) -> Callable[[int, str], AlertEvent]:
+        def event(j: int, kind: str) -> AlertEvent:
+            return self._make(int(ns[j]), kind, float(x[j]), high, state)
+
+        return event
+
+    def _make(self, ts_ns: int, kind: str, x: float, high: bool, state: AlertState) -> AlertEvent:
+        ch = self.channel
+        unit = ch.unit
+        band = self.band
+        limit = band.high_warn if high else band.low_warn
+        if state.level == Level.ALARM:
+            limit = band.high_alarm if high else band.low_alarm
+        assert limit is not None
+        where = "above its upper" if high else "below its lower"
+        which = f" for {self.why}" if self.why else ""
+        since = state.since if state.since is not None else ts_ns / 1e9
+        if kind in (FLAPPING, SETTLED):
+            what = "upper" if high else "lower"
+            message = (
+                f"{ch.label}: the {what} limit alert keeps coming and going; further changes "
+                "are held back until it settles. Check the sensor and the limits."
+                if kind == FLAPPING
+                else f"{ch.label}: the {what} limit alert has settled, now {state.level.label}."
+            )
+        elif kind == CLEARED:
+            message = (
+                f"{ch.label} is back within its limits{which}: {fmt(x, unit)}; it was out since "
+                f"{when(int(since * 1e9))}."
+            )
+        else:
+            message = (
+                f"{state.level.label.upper()}: {ch.label} is {fmt(x, unit)}, {where} "
+                f"{'alarm' if state.level == Level.ALARM else 'warning'} limit "
+                f"{fmt(limit, unit)}{which}, since {when(int(since * 1e9))}."
+            )
+            if ch.affects:
+                message += f" This affects {ch.affects}."
+        return AlertEvent(
+            ts_ns=ts_ns,
+            channel=ch,
+            detector=self.name,
+            transition=kind,
+            level=state.level,
+            value=x,
+            baseline=limit,
+            delta=x - limit,
+            rate_per_h=math.nan,
+            since_ns=int(since * 1e9),
+            baseline_note=f"limit{which}",
             message=message,
         )

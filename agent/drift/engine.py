@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +23,8 @@ from agent.config.detectors import (
     DetectorConfig,
     EwmaConfig,
     InvalidRateConfig,
+    LimitBand,
+    LimitConfig,
     SlopeConfig,
     StaleConfig,
     StuckConfig,
@@ -32,11 +34,13 @@ from agent.config.models import AlertsConfig, ChannelConfig
 from agent.drift.alerts import AlertEvent
 from agent.drift.baselines import BaselineStore, ChannelBaseline
 from agent.drift.detectors import (
+    Band,
     BaselineShift,
     Cusum,
     Detector,
     Ewma,
     InvalidRate,
+    Limit,
     Slope,
     Stale,
     Stuck,
@@ -136,8 +140,8 @@ def thresholds(spec: DetectorConfig, alerts: AlertsConfig) -> Thresholds:
             warn=0.5, hold=spec.hold, clear_hold=spec.clear_hold, hysteresis=0.0,
             repeat=repeat, flap_count=flap_count, flap_window=flap_window,
         )  # fmt: skip
-    if isinstance(spec, StaleConfig):
-        raise TypeError("a stale detector has no thresholds")
+    if isinstance(spec, StaleConfig | LimitConfig):
+        raise TypeError(f"a {spec.type} detector has no warn/alarm thresholds of its own")
     units = spec.units if isinstance(spec, BaselineShiftConfig | SlopeConfig
                                       | VarianceChangeConfig) else "abs"  # fmt: skip
     direction = spec.direction if not isinstance(spec, InvalidRateConfig) else "up"
@@ -156,6 +160,10 @@ def thresholds(spec: DetectorConfig, alerts: AlertsConfig) -> Thresholds:
     )
 
 
+def _band(b: LimitBand) -> Band:
+    return Band(b.low_alarm, b.low_warn, b.high_warn, b.high_alarm)
+
+
 def build_detector(
     channel: Channel,
     base: ChannelBaseline,
@@ -166,6 +174,16 @@ def build_detector(
     """One detector for a channel from its validated settings (configured or a kind default)."""
     if isinstance(spec, StaleConfig):
         return Stale(channel, base, spec.max_gap)
+    if isinstance(spec, LimitConfig):
+        th = Thresholds(
+            warn=1.0, hold=spec.hold, clear_hold=spec.clear_hold, repeat=alerts.repeat,
+            flap_count=alerts.flap_count, flap_window=alerts.flap_window,
+        )  # fmt: skip
+        bands = {
+            key: {value: _band(b) for value, b in values.items()}
+            for key, values in spec.by_context.items()
+        }
+        return Limit(channel, base, _band(spec), bands, th, spec.deadband)
     th = thresholds(spec, alerts)
     if isinstance(spec, StuckConfig):
         return Stuck(channel, base, th, trend, span=spec.window, tolerance=spec.tolerance,
@@ -218,6 +236,8 @@ class DriftEngine:
             specs = detectors
         else:
             specs = defaults.detectors if defaults is not None else ()
+        if config is not None and config.enabled and config.limits is not None:
+            specs = [*specs, config.limits]  # a spec band adds to the channel's detectors
         spec_baseline = (
             (config.baseline if config is not None else None)
             or baseline
@@ -240,6 +260,15 @@ class DriftEngine:
         channel.watched = bool(built)
         channel.wants_invalid = bool(drift.sees_invalid)
         return drift
+
+    def context_changed(self, channel: Channel, context: Mapping[str, str]) -> None:
+        """A channel's production context changed: detectors that depend on it follow."""
+        drift = self._drifts.get(channel.name)
+        if drift is None:
+            return
+        for detector in drift.detectors:
+            if isinstance(detector, Limit):
+                detector.set_context(context)
 
     def drift(self, channel: Channel) -> ChannelDrift | None:
         """The drift state of a watched channel."""
