@@ -35,6 +35,10 @@ class AgentMetrics:
     loop_lag_p99_ms: float = 0.0
     task_restarts: int = 0  # crashed tasks the supervisor restarted
     clock_steps: int = 0  # wall-clock steps seen (NTP corrections of more than a second)
+    incidents_open: int = 0  # incidents not cleared (open or acknowledged)
+    notices: int = 0  # incident notices (opened, escalated, …, cleared)
+    deliveries: int = 0  # notices delivered to a recipient
+    delivery_failures: int = 0  # delivery attempts that failed (each is retried)
     per_channel: dict[str, int] = field(default_factory=dict)
 
     def fields(self) -> dict[str, float | int | bool]:

@@ -1,5 +1,6 @@
-"""The embedded demo on the terminal: alerts in plain words as they happen, a progress line
-with the simulated date, and a one-screen summary at the end."""
+"""The embedded demo on the terminal: incident notices in plain words as they happen (what a
+supervisor would receive), a progress line with the simulated date, and a one-screen summary
+at the end."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from agent.config import AgentConfig
-from agent.drift.alerts import CLEARED, AlertEvent, Level
+from agent.drift.alerts import AlertEvent
+from agent.incidents.model import ACKNOWLEDGED, REMINDER, Notice
 from agent.runtime.agent import Agent, RunResult
 from agent.sim.demo import DEMO_DAYS, DemoOptions, demo_config
 from agent.words import when
@@ -27,13 +29,15 @@ class Console:
         self._last_day = -1
         self._progress_shown = False
 
-    def alert(self, event: AlertEvent) -> None:
-        """Print one alert event as a supervisor would read it."""
-        mark = {Level.ALARM: "!!", Level.WARN: "! "}.get(event.level, "ok")
-        if event.transition == CLEARED:
-            mark = "ok"
+    def notice(self, notice: Notice) -> None:
+        """Print one incident notice as a supervisor would receive it."""
+        mark = {"alarm": "!!", "warn": "! "}.get(notice.severity, "ok")
+        if notice.transition in (ACKNOWLEDGED, REMINDER):
+            mark = ".."
+        zone = self.agent.incidents.manager.zone
+        moment = datetime.fromtimestamp(notice.ts_ns / 1e9, zone)
         self._clear_progress()
-        print(f"[{when(event.ts_ns)}] {mark} {event.message}", file=self.out, flush=True)
+        print(f"[{moment:%Y-%m-%d %H:%M %Z}] {mark} {notice.sentence}", file=self.out, flush=True)
 
     def _clear_progress(self) -> None:
         if self.tty and self._progress_shown:
@@ -88,13 +92,23 @@ def summary(result: RunResult, cfg: AgentConfig, out: TextIO = sys.stdout) -> No
         p(f"  {channel.name:<{width}}  {channel.readings:>9,}", file=out)
         total += channel.readings
     p(f"  {'total':<{width}}  {total:>9,}", file=out)
+    incidents = result.incidents
+    told = sum(i.seq for i in incidents)
+    p(f"incidents: {len(incidents)} ({told} notices)" if incidents else "incidents: none",
+      file=out)  # fmt: skip
+    for inc in incidents:
+        opened = datetime.fromtimestamp(inc.opened_ns / 1e9, UTC)
+        state = "still open" if inc.state != "cleared" else "cleared"
+        detectors = ", ".join(inc.seen)
+        p(f"  {inc.id}  {inc.label}: {inc.peak} from {opened:%Y-%m-%d %H:%M} UTC, {state}; "
+          f"{detectors}; {inc.seq} notices", file=out)  # fmt: skip
     kinds = Counter(e.transition for e in result.events)
     p(
-        f"alerts: {len(result.events)} events ("
+        f"alerts (detector events, the evidence in InfluxDB): {len(result.events)} events ("
         + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
         + ")"
         if result.events
-        else "alerts: none",
+        else "alerts (detector events): none",
         file=out,
     )
     per_key: dict[tuple[str, str], list[AlertEvent]] = {}
@@ -133,7 +147,7 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> RunResult:
     cfg = demo_config(opts)
     agent = Agent(cfg)
     console = Console(agent, out, opts.days)
-    agent.pipeline.sinks.append(console.alert)
+    agent.incidents.manager.listeners.append(console.notice)
     print(
         f"driftgate demo: {opts.days:g} simulated days of a leather-goods workshop "
         f"(edge-paint room, cutting room, 8 sewing machines) at {opts.speed:,.0f}x; "

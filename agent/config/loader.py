@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from agent.config.base import CONTEXT_KEY, Loading, Loc
 from agent.config.detectors import DETECTOR_TYPES
 from agent.config.models import SOURCE_TYPES, AgentConfig, duplicate_names
+from agent.config.notify import TARGET_TYPES
 from agent.errors import ConfigError
 
 # --------------------------------------------------------------------------- YAML with line numbers
@@ -176,7 +177,13 @@ def problem_text(
             return path, f"unknown key {key!r}; allowed here: {', '.join(allowed)}"
         return path, f"unknown key {key!r}"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        expected = DETECTOR_TYPES if "detectors" in path else SOURCE_TYPES
+        expected: tuple[str, ...]
+        if "detectors" in path:
+            expected = DETECTOR_TYPES
+        elif "targets" in path:
+            expected = TARGET_TYPES
+        else:
+            expected = SOURCE_TYPES
         choices = ", ".join(expected)
         if kind == "union_tag_not_found":
             return (*path, "type"), f"required key is missing; one of: {choices}"
@@ -216,7 +223,10 @@ def _problem_lines(
 
 # --------------------------------------------------------------------------- entry points
 
-_DEFAULTED_SECTIONS = ("log", "alerts", "spool", "self_metrics", "sources", "channels", "color")
+_DEFAULTED_SECTIONS = (
+    "log", "alerts", "spool", "self_metrics", "sources", "channels", "color", "incidents",
+    "notify",
+)  # fmt: skip
 
 
 def _validate(

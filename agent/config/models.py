@@ -33,6 +33,7 @@ from agent.config.base import (
     reason,
 )
 from agent.config.detectors import BaselineSpecConfig, DetectorConfig, LimitConfig
+from agent.config.notify import IncidentsConfig, NotifyConfig
 from agent.config.secrets import SecretFile, find_secret, inline_secret
 
 # --------------------------------------------------------------------------- the models
@@ -443,6 +444,19 @@ def duplicate_names(names: Mapping[str, list[Any]]) -> list[tuple[Loc, str]]:
     return problems
 
 
+def _timezone(v: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise reason(
+            f"{v!r} is not a time zone: use an IANA name such as Europe/Paris or UTC "
+            "(timedatectl list-timezones lists them)"
+        ) from None
+    return v
+
+
 class AgentConfig(Section):
     """The whole agent configuration: one gateway on one site."""
 
@@ -460,6 +474,12 @@ class AgentConfig(Section):
     color: ColorConfig = Field(default_factory=ColorConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
     lots: LotsConfig = Field(default_factory=LotsConfig)
+    timezone: Annotated[str, AfterValidator(_timezone)] | None = Field(
+        default=None,
+        description="IANA name (Europe/Paris) for times in notices; None: the gateway's own",
+    )
+    incidents: IncidentsConfig = Field(default_factory=IncidentsConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
 
     @model_validator(mode="after")
     def _check_unique_names(self) -> "AgentConfig":

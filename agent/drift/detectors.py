@@ -1225,6 +1225,7 @@ class Limit:
         assert limit is not None
         where = "above its upper" if high else "below its lower"
         which = f" for {self.why}" if self.why else ""
+        grade = "alarm" if state.level == Level.ALARM else "warning"
         since = state.since if state.since is not None else ts_ns / 1e9
         if kind in (FLAPPING, SETTLED):
             what = "upper" if high else "lower"
@@ -1241,9 +1242,8 @@ class Limit:
             )
         else:
             message = (
-                f"{state.level.label.upper()}: {ch.label} is {fmt(x, unit)}, {where} "
-                f"{'alarm' if state.level == Level.ALARM else 'warning'} limit "
-                f"{fmt(limit, unit)}{which}, since {when(int(since * 1e9))}."
+                f"{state.level.label.upper()}: {ch.label} has been {where} {grade} limit of "
+                f"{fmt(limit, unit)}{which} since {when(int(since * 1e9))} (now {fmt(x, unit)})."
             )
             if ch.affects:
                 message += f" This affects {ch.affects}."
@@ -1258,6 +1258,6 @@ class Limit:
             delta=x - limit,
             rate_per_h=math.nan,
             since_ns=int(since * 1e9),
-            baseline_note=f"limit{which}",
+            baseline_note=f"{'upper' if high else 'lower'} {grade} limit{which}",
             message=message,
         )

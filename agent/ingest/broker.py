@@ -140,6 +140,7 @@ class MqttLink:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.connected_event = asyncio.Event()
+        self.on_connect: list[Callable[[], None]] = []  # after each (re)connect and subscribe
         self.retries = Retries(MQTT)
         if context is not None:
             self.subscribe(self.context_filter, 1, self._context_message, retained=True)
@@ -262,6 +263,8 @@ class MqttLink:
                     reason=str(refused[0]),
                 )
         self._set_connected(True)
+        for callback in self.on_connect:
+            callback()
         log.info(
             "mqtt connected",
             broker=self._where(),

@@ -23,16 +23,19 @@ from agent.color.colorimetry import warm_up_colour
 from agent.config.models import AgentConfig, InfluxConfig, MqttSourceConfig, SerialSourceConfig
 from agent.drift.alerts import AlertEvent
 from agent.errors import DriftgateError
+from agent.incidents.model import Incident
 from agent.ingest.broker import MqttLink
 from agent.ingest.profiles import load_profile
 from agent.ingest.simulated import SimulatedSource
 from agent.logs import flush_bursts, get_logger
 from agent.metrics import AgentMetrics
+from agent.notify.mqtt import AlertPublisher, IncidentBoard, Publisher, ack_listener
+from agent.notify.outbox import Outbox
 from agent.pipeline import PROCESS_INTERVAL, Pipeline
 from agent.reading import Channel
-from agent.runtime.build import Source, build, build_sources
+from agent.runtime.build import Source, build, build_incidents, build_sources
 from agent.runtime.lag import LoopLag
-from agent.runtime.sinks import AlertPublisher, EventRecord, log_alert
+from agent.runtime.sinks import EventRecord, log_alert
 from agent.runtime.supervisor import Supervisor
 from agent.store.forwarder import Forwarder, ForwarderSettings
 from agent.store.lineprotocol import encode_point
@@ -66,6 +69,7 @@ class RunResult:
     dead_letters: int = 0
     stopped_by_signal: bool = False
     failure: str | None = None  # why the supervisor gave up, if it did
+    incidents: list[Incident] = field(default_factory=list)
 
 
 def forwarder_settings(influx: InfluxConfig) -> ForwarderSettings:
@@ -121,14 +125,21 @@ class Agent:
             if cfg.mqtt is not None
             else None
         )
-        self.alert_publisher: AlertPublisher | None = None
-        if self.mqtt is not None and cfg.mqtt is not None and cfg.mqtt.publish_alerts:
-            self.alert_publisher = AlertPublisher(self.mqtt, cfg.site, cfg.gateway)
-            self.pipeline.sinks.append(self.alert_publisher)
         self.sources = build_sources(core, self.mqtt)
         self.record = EventRecord(self.metrics)
         self.pipeline.sinks.append(self.record)
         self.pipeline.sinks.append(log_alert)
+        self.incidents = build_incidents(core, self.incident_clock)
+        self.publisher: Publisher | None = None
+        if self.mqtt is not None and cfg.mqtt is not None:
+            self.publisher = Publisher(self.mqtt)
+            if cfg.mqtt.publish_alerts:
+                self.pipeline.sinks.append(AlertPublisher(self.publisher, cfg.site, cfg.gateway))
+            if cfg.incidents.mqtt:
+                manager = self.incidents.manager
+                board = IncidentBoard(self.publisher, cfg.site, cfg.gateway, manager.open.values)
+                self.incidents.manager.listeners.append(board)
+            ack_listener(self.mqtt, cfg.site, cfg.gateway, self.acknowledge)
         self.pipeline.sinks.extend(sinks or [])
         self.forwarder = (
             Forwarder(self.spool, forwarder_settings(cfg.influx), self.metrics)
@@ -204,6 +215,26 @@ class Agent:
         self.pipeline.check_stale(self.stale_clock())
         if self.lots is not None and self.lots.due():
             await self.lots.save_soon()
+        for row, incident, by, note in await self.incidents.store.pending_acks():
+            self.acknowledge(incident, by, note)
+            await self.incidents.store.ack_done(row)
+        manager = self.incidents.manager
+        manager.tick()
+        self.metrics.incidents_open = len(manager.open)
+
+    def acknowledge(self, incident: str, by: str, note: str = "") -> None:
+        """Someone acknowledged an incident (CLI, MQTT, the status page)."""
+        try:
+            self.incidents.manager.acknowledge(incident, by, note)
+        except KeyError:
+            log.warning("acknowledgement of an unknown incident ignored", incident=incident, by=by)
+            return
+        log.info("incident acknowledged", incident=incident, by=by, note=note)
+
+    def incident_clock(self) -> int:
+        """Now, for incidents: the wall clock, or reading time in an accelerated simulation."""
+        now = self.stale_clock()
+        return clock.wall_ns() if now is None else int(now * 1e9)
 
     async def _self_metrics_loop(self) -> None:
         while True:
@@ -309,6 +340,7 @@ class Agent:
             dead_letters=final.dead_letters,
             stopped_by_signal=by_signal,
             failure=failure,
+            incidents=sorted(self.incidents.manager.by_id.values(), key=lambda i: i.id),
         )
 
     async def _start(self) -> None:
@@ -335,23 +367,30 @@ class Agent:
             sup.start("history", self.history.run)
         if self.mqtt is not None:
             sup.start("mqtt", self.mqtt.run)
-        if self.alert_publisher is not None:
-            sup.start("alert-publisher", self.alert_publisher.run)
+        if self.publisher is not None:
+            sup.start("mqtt-publisher", self.publisher.run)
+        incidents = self.incidents
+        incidents.manager.restore(await incidents.store.open())
+        self.metrics.incidents_open = len(incidents.manager.open)
+        sup.start("incidents", incidents.store.run)
+        sup.start("outbox", incidents.outbox.watch)
+        for name in incidents.outbox.targets:
+            sup.start(f"notify:{name}", _worker(incidents.outbox, name))
         for source in self.sources:
             sup.start(f"source:{source.name}", _runner(source, self.pipeline), finite=True)
 
     async def _shutdown(self, by_signal: bool, drain_at_end: float) -> SpoolStats:
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S
         sup = self.supervisor
-        if self.alert_publisher is not None and self.alert_publisher.queue:
-            # Give queued alert events a moment to go out before the link says goodbye.
+        if self.publisher is not None and self.publisher.queue:
+            # Give queued messages a moment to go out before the link says goodbye.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.alert_publisher.drained.wait(), 1.0)
+                await asyncio.wait_for(self.publisher.drained.wait(), 1.0)
         if self.mqtt is not None:
             await self.mqtt.stop()  # `offline` (retained), then a clean disconnect: no will
         # Stop everything that produces lines first (sources, detection, self-metrics), so
         # nothing is appended after the final flush and drain below (it would be left unsent).
-        await sup.stop([*sup.names("source:"), *PRODUCERS, "mqtt", "alert-publisher"])
+        await sup.stop([*sup.names("source:"), *PRODUCERS, "mqtt", "mqtt-publisher"])
         self.pipeline.process()
         await self._finally(self.pipeline.flush_rejected(), "cannot dead-letter rejected frames")
         if self.lots is not None:
@@ -377,6 +416,8 @@ class Agent:
             budget = 1.5 if by_signal else max(drain_at_end, 1.5)
             await self._finally(self.forwarder.drain(budget), "forwarding at shutdown failed")
         await sup.stop()
+        await self._finally(self.incidents.store.close(), "cannot save the incidents")
+        await self._finally(self.incidents.outbox.close(), "closing notice targets failed")
         final = await self.spool.stats()
         remaining = max(deadline - time.monotonic(), 0.5)
         try:
@@ -394,6 +435,13 @@ class Agent:
             await step
         except Exception:
             log.exception(what)
+
+
+def _worker(outbox: Outbox, name: str) -> Callable[[], Awaitable[None]]:
+    async def work() -> None:
+        await outbox.work(name)
+
+    return work
 
 
 def _runner(source: Source, pipeline: Pipeline) -> Callable[[], Awaitable[None]]:

@@ -12,6 +12,7 @@ they measure or replay is what runs on the gateway.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -30,11 +31,17 @@ from agent.drift.baselines import BaselineStore
 from agent.drift.engine import DriftEngine
 from agent.drift.lots import LotTracker
 from agent.errors import DriftgateError
+from agent.incidents.manager import IncidentManager
+from agent.incidents.store import IncidentStore, store_path
+from agent.incidents.words import local_zone
 from agent.ingest.broker import MqttLink
 from agent.ingest.mqtt import MqttSource
 from agent.ingest.serial import SerialSource
 from agent.ingest.simulated import SimulatedSource
 from agent.metrics import AgentMetrics
+from agent.notify.outbox import Outbox
+from agent.notify.router import Router
+from agent.notify.targets import make_target
 from agent.pipeline import Pipeline
 from agent.reading import Channel
 from agent.sim.workshop import DAY, Workshop
@@ -115,6 +122,37 @@ def build(
         pipeline.stages.append(core.lots)
         core.color = ColorStage(cfg.color, ReferenceStore(state / "references"), registry, pipeline)
     return core
+
+
+@dataclass(slots=True)
+class Incidents:
+    """Incidents and their delivery: the manager, its store, the routes and the outbox."""
+
+    store: IncidentStore
+    manager: IncidentManager
+    router: Router
+    outbox: Outbox
+
+
+def build_incidents(core: Core, clock: Callable[[], int]) -> Incidents:
+    """Wire incidents onto the data path: the manager listens to every alert event; its notices
+    go through the routes into the outbox (state_dir/incidents.sqlite)."""
+    cfg = core.cfg
+    zone = local_zone(cfg.timezone)
+    store = IncidentStore(store_path(cfg.state_dir))
+    router = Router(cfg.notify, zone, clock)
+    manager = IncidentManager(cfg, core.context, clock, zone=zone, escalations=router.escalations)
+    outbox = Outbox(
+        store,
+        router,
+        [make_target(t) for t in cfg.notify.targets],
+        core.metrics,
+        max_attempts=cfg.notify.max_attempts,
+    )
+    manager.saves.append(store.save)
+    manager.listeners.append(outbox)
+    core.pipeline.sinks.append(manager)
+    return Incidents(store, manager, router, outbox)
 
 
 def simulated_start(sc: SimulatedSourceConfig) -> float:

@@ -29,7 +29,31 @@ def demo_config(opts: DemoOptions) -> AgentConfig:
     data: dict[str, Any] = {
         "site": "demo-atelier",
         "gateway": "demo-gw",
+        "timezone": "Europe/Paris",
         "state_dir": str(opts.state_dir),
+        "channels": [
+            {
+                "name": "edge_paint.humidity",
+                "action": "check the dehumidifier in the edge paint room; hold edge-painted "
+                "parts for inspection",
+                # The window the edge paint was approved in, its daily swing included.
+                "limits": {
+                    "low_warn": 40,
+                    "high_warn": 58,
+                    "high_alarm": 62,
+                    "deadband": 1,
+                    "hold": "1h",
+                },
+            },
+        ],
+        "incidents": {
+            "actions": {
+                "climate": "check the room's climate control (dehumidifier, heating, doors left "
+                "open)",
+                "tension": "check the machine's thread tension, bobbin and needle, and what "
+                "changed (operator, thread lot); hold seams sewn since then for inspection",
+            },
+        },
         "log": {"level": opts.log_level},
         "sources": [
             {

@@ -1,0 +1,257 @@
+"""Who hears about an incident, where and when: delivery targets, routes, shifts, quiet hours."""
+
+import re
+from datetime import time
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+
+from agent.config.base import (
+    ExistingFile,
+    Loc,
+    Name,
+    NonBlank,
+    PositiveDuration,
+    Section,
+    raise_problems,
+    reason,
+)
+from agent.config.secrets import SecretFile
+
+Severity = Literal["warn", "alarm"]
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _clock(v: Any) -> time:
+    if isinstance(v, int) and not isinstance(v, bool):  # YAML reads 06:00 as 360 (sexagesimal)
+        v = f"{v // 60:02d}:{v % 60:02d}"
+    if isinstance(v, time):
+        return v
+    if not isinstance(v, str) or not re.fullmatch(r"\d{1,2}:\d{2}", v.strip()):
+        raise reason(f'{v!r} is not a time of day: write e.g. "06:00" or "22:30"')
+    hours, minutes = (int(p) for p in v.strip().split(":"))
+    if hours > 24 or minutes > 59 or (hours == 24 and minutes):
+        raise reason(f"{v!r} is not a time of day")
+    return time(0, 0) if hours == 24 else time(hours, minutes)
+
+
+def _days(v: Any) -> tuple[int, ...]:
+    """``mon-fri``, ``sat,sun``, ``daily`` → weekday numbers (Monday 0)."""
+    if isinstance(v, list):
+        v = ",".join(str(x) for x in v)
+    text = str(v).strip().lower()
+    if text in ("daily", "every day", "all"):
+        return tuple(range(7))
+    out: list[int] = []
+    for item in text.split(","):
+        part = item.strip()
+        first, _, last = part.partition("-")
+        if first[:3] not in _DAYS or (last and last[:3] not in _DAYS):
+            raise reason(f"{part!r} is not a day or a range of days: write e.g. mon-fri, sat,sun")
+        a = _DAYS.index(first[:3])
+        b = _DAYS.index(last[:3]) if last else a
+        out += [d % 7 for d in range(a, b + 1 if b >= a else b + 8)]
+    return tuple(sorted(set(out)))
+
+
+Clock = Annotated[time, BeforeValidator(_clock)]
+Days = Annotated[tuple[int, ...], BeforeValidator(_days)]
+
+
+class _Target(Section):
+    """What every delivery target has: a name routes refer to."""
+
+    name: Name
+
+
+class WebhookTarget(_Target):
+    """A plain JSON POST to any HTTP endpoint (an MES, a ticket system, a custom screen)."""
+
+    type: Literal["webhook"]
+    url: Annotated[str, AfterValidator(lambda v: _url(v, ("http", "https")))]
+    template: str | None = Field(
+        default=None,
+        description="JSON body with $placeholders (see docs/alerts.md); None: the standard body",
+    )
+    headers: dict[NonBlank, str] = Field(default_factory=dict)
+    timeout: PositiveDuration = 10.0
+
+
+class EmailTarget(_Target):
+    """E-mail through an SMTP server (STARTTLS, login); incidents close together go in one mail."""
+
+    type: Literal["email"]
+    host: NonBlank
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
+    starttls: bool = True
+    tls: bool = Field(default=False, description="implicit TLS (port 465)")
+    username: NonBlank | None = None
+    password_file: SecretFile | None = None
+    sender: NonBlank = Field(description="From: address, e.g. driftgate@atelier.example")
+    to: list[NonBlank] = Field(default_factory=list, description="default recipients")
+    batch_window: PositiveDuration = Field(
+        default=60.0, description="incidents opened within this are sent in one mail"
+    )
+    timeout: PositiveDuration = 20.0
+
+
+class AppriseTarget(_Target):
+    """Chat and push services (Teams, Slack, ntfy, Telegram, SMS gateways, …) by apprise URL."""
+
+    type: Literal["apprise"]
+    urls_file: ExistingFile = Field(
+        description="one apprise URL per line (they hold tokens: keep the file private)"
+    )
+
+
+class StacklightTarget(_Target):
+    """A tower light on the line: the worst open severity of its zone, buzzer on alarm."""
+
+    type: Literal["stacklight"]
+    zone: NonBlank | None = Field(default=None, description="None: every zone")
+    profile: NonBlank = Field(description="command profile, e.g. adafruit-tower-light")
+    port: NonBlank | None = Field(default=None, description="serial port (by-id path)")
+    baud: Annotated[int, Field(ge=50, le=4_000_000)] | None = None
+    gpio: dict[Literal["red", "amber", "green", "buzzer"], int] | None = Field(
+        default=None, description="Raspberry Pi GPIO pins instead of a serial light"
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "StacklightTarget":
+        if (self.port is None) == (self.gpio is None):
+            raise_problems(
+                "StacklightTarget", [(("port",), "give either port (serial) or gpio (pins)")]
+            )
+        return self
+
+
+Target = Annotated[
+    WebhookTarget | EmailTarget | AppriseTarget | StacklightTarget, Field(discriminator="type")
+]
+TARGET_TYPES = ("webhook", "email", "apprise", "stacklight")
+
+
+def _url(v: str, schemes: tuple[str, ...]) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(v.strip())
+    if parts.scheme not in schemes or not parts.hostname:
+        raise reason(f"{v!r} is not a URL ({' or '.join(s + '://' for s in schemes)})")
+    return v.strip()
+
+
+class ShiftConfig(Section):
+    """Who is on duty when: a shift's recipients take a route's incidents during the shift."""
+
+    name: Name
+    days: Days = Field(default=tuple(range(7)), description="mon-fri, sat,sun, daily")
+    start: Clock
+    end: Clock = Field(description="may be before start: a night shift ends the next day")
+    to: list[NonBlank] = Field(description="targets, or target:recipient (email:alice@…)")
+
+
+class QuietHours(Section):
+    """Hours when only alarms are delivered; what is held back goes out as one summary after."""
+
+    start: Clock
+    end: Clock
+    deliver: Severity = Field(default="alarm", description="severities still delivered")
+
+
+class RateLimit(Section):
+    """At most ``count`` notices per recipient per ``per``; the rest go out as one summary."""
+
+    count: Annotated[int, Field(ge=1)] = 10
+    per: PositiveDuration = 3600.0
+
+
+class RouteMatch(Section):
+    """Which incidents a route takes (every field left out matches everything)."""
+
+    zones: list[NonBlank] = Field(default_factory=list)
+    channels: list[NonBlank] = Field(default_factory=list, description="names or prefixes*")
+    kinds: list[NonBlank] = Field(default_factory=list)
+    severity: Severity = Field(default="warn", description="the lowest severity taken")
+
+
+class RouteConfig(Section):
+    """A rule: these incidents go to these targets, with shifts, quiet hours, escalation."""
+
+    name: Name
+    match: RouteMatch = Field(default_factory=RouteMatch)
+    to: list[NonBlank] = Field(
+        default_factory=list, description="targets, or target:recipient; shifts override"
+    )
+    shifts: list[ShiftConfig] = Field(default_factory=list)
+    quiet_hours: QuietHours | None = None
+    rate_limit: RateLimit | None = Field(default_factory=RateLimit)
+    escalate_after: PositiveDuration | None = Field(
+        default=None, description="not acknowledged within this: the escalate_to route too"
+    )
+    escalate_to: NonBlank | None = None
+
+    @model_validator(mode="after")
+    def _escalation(self) -> "RouteConfig":
+        problems: list[tuple[Loc, str]] = []
+        if (self.escalate_after is None) != (self.escalate_to is None):
+            problems.append((("escalate_to",), "escalate_after and escalate_to go together"))
+        if not self.to and not self.shifts:
+            problems.append((("to",), "a route needs `to:` targets or `shifts:`"))
+        raise_problems("RouteConfig", problems)
+        return self
+
+
+class NotifyConfig(Section):
+    """Delivery of incident notices: named targets and the routes that use them."""
+
+    targets: list[Target] = Field(default_factory=list)
+    routes: list[RouteConfig] = Field(default_factory=list)
+    max_attempts: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="give up a delivery after this many tries (None: never)"
+    )
+
+    @model_validator(mode="after")
+    def _references(self) -> "NotifyConfig":
+        targets = {t.name for t in self.targets}
+        routes = {r.name for r in self.routes}
+        problems: list[tuple[Loc, str]] = []
+        for i, route in enumerate(self.routes):
+            entries: list[tuple[Loc, str]] = [
+                (("routes", i, "to", j), e) for j, e in enumerate(route.to)
+            ]
+            for k, shift in enumerate(route.shifts):
+                entries += [
+                    (("routes", i, "shifts", k, "to", j), e) for j, e in enumerate(shift.to)
+                ]
+            for loc, entry in entries:
+                name = entry.split(":", 1)[0]
+                if name not in targets:
+                    known = ", ".join(sorted(targets)) or "none yet: add notify.targets"
+                    problems.append((loc, f"no target named {name!r} (targets: {known})"))
+            if route.escalate_to is not None and route.escalate_to not in routes:
+                problems.append(
+                    (("routes", i, "escalate_to"), f"no route named {route.escalate_to!r}")
+                )
+        raise_problems("NotifyConfig", problems)
+        return self
+
+
+class IncidentsConfig(Section):
+    """How detector events become incidents people are told about."""
+
+    group: Literal["channel", "zone"] = Field(
+        default="channel", description="one incident per channel, or per zone"
+    )
+    keep_cleared: PositiveDuration = Field(
+        default=7 * 86400.0, description="cleared incidents stay listed this long"
+    )
+    actions: dict[NonBlank, str] = Field(
+        default_factory=dict,
+        description="what to do, per channel kind (climate, tension, color), when a channel "
+        "has no action of its own",
+    )
+    mqtt: bool = Field(
+        default=True,
+        description="publish every open incident retained on driftgate/<site>/<gateway>/incidents",
+    )
