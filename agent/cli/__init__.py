@@ -10,11 +10,21 @@ import argparse
 import sys
 
 from agent import __version__
-from agent.cli import baseline, check, context, reference, replay, run, simulate, spool
+from agent.cli import (
+    alerts,
+    baseline,
+    check,
+    context,
+    reference,
+    replay,
+    run,
+    simulate,
+    spool,
+)
 from agent.cli.common import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED
 from agent.errors import ConfigError, DriftgateError
 
-COMMANDS = (run, check, spool, context, simulate, replay, reference, baseline)
+COMMANDS = (run, check, alerts, spool, context, simulate, replay, reference, baseline)
 """The subcommands, in the order ``driftgate --help`` lists them."""
 
 

@@ -47,6 +47,10 @@ log = get_logger("driftgate.incidents")
 
 NoticeListener = Callable[[Notice], None]
 Escalations = Callable[[Incident], list[tuple[float, str]]]
+
+RECONFIRM_S = 3600.0
+"""After a restart, an open incident no detector speaks of again within this (reading time)
+is cleared: the detectors start afresh, and one whose condition is gone never says so."""
 """For an incident: (seconds unacknowledged, route) pairs its routes escalate to."""
 
 
@@ -78,11 +82,16 @@ class IncidentManager:
     # -- loading -------------------------------------------------------------------------------
 
     def restore(self, incidents: Iterable[Incident]) -> None:
-        """Incidents saved before a restart (open ones are still open)."""
+        """Incidents saved before a restart. Open ones stay open, but the detectors start
+        afresh after a restart: one that no detector confirms within RECONFIRM_S of reading
+        time is cleared ("no longer seen since the agent restarted")."""
+        now = self.clock()
         for inc in incidents:
             self.by_id[inc.id] = inc
             if inc.state != CLOSED:
                 self.open[inc.key] = inc
+                if not inc.one_shot:
+                    inc.unconfirmed_since = now
         numbers = [int(i.id.rsplit("-", 1)[1]) for i in self.by_id.values() if "-" in i.id]
         self._seq = itertools.count(max(numbers, default=0) + 1)
 
@@ -101,6 +110,7 @@ class IncidentManager:
                 return  # a clear of something never told (e.g. before a restart): evidence only
             inc = self._open(key, event)
         before = inc.level
+        inc.unconfirmed_since = 0  # a detector speaks of it: it is current
         if alerting or transition == EV_FLAPPING:
             inc.members[event.detector] = Member(
                 detector=event.detector,
@@ -217,6 +227,15 @@ class IncidentManager:
         """Reminders of unacknowledged incidents, and escalations due (once a second)."""
         now = self.clock()
         for inc in list(self.open.values()):
+            if inc.unconfirmed_since and (now - inc.unconfirmed_since) / 1e9 >= RECONFIRM_S:
+                inc.members.clear()
+                inc.state = CLOSED
+                inc.cleared_ns = now
+                inc.level = "ok"
+                inc.unconfirmed_since = 0
+                self.open.pop(inc.key, None)
+                self._notify(inc, CLEARED, at=now, note="no detector saw it again after a restart")
+                continue
             if inc.state != OPEN:
                 continue
             if self.escalations is not None:
@@ -239,6 +258,7 @@ class IncidentManager:
         route: str = "",
         at: int | None = None,
         people: bool = True,
+        note: str = "",
     ) -> None:
         """Record a transition and tell the listeners. ``at``: the reading time that caused
         it (else the agent's clock); ``people=False``: screens only, no one is notified."""
@@ -251,7 +271,7 @@ class IncidentManager:
             transition=transition,
             seq=inc.seq,
             ts_ns=now,
-            sentence=self.sentence(inc, transition, now),
+            sentence=self.sentence(inc, transition, now) + (f" ({note}.)" if note else ""),
             details=self.details(inc),
             route=route,
             people=people,

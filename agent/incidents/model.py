@@ -67,6 +67,7 @@ class Incident:
     seq: int = 0  # notices so far: each (incident, seq, route) is delivered exactly once
     one_shot: bool = False
     seen: list[str] = field(default_factory=list)  # every detector that took part
+    unconfirmed_since: int = 0  # restored after a restart, not confirmed by a detector yet
 
     @property
     def severity(self) -> str:

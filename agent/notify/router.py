@@ -87,31 +87,43 @@ class Router:
             routes = [self.routes[notice.route]] if notice.route in self.routes else []
         else:
             routes = self.routes_for(incident)
-        now = self.clock()
-        local = datetime.fromtimestamp(now / 1e9, UTC).astimezone(self.zone)
         out: list[NewDelivery] = []
         for route in routes:
-            shift = shift_on_duty(route.shifts, local)
-            entries = shift.to if shift is not None else route.to
-            held = self._quiet(route, notice, local)
-            for entry in entries:
-                target, _, recipient = entry.partition(":")
-                due = held if held is not None else self._rate(route, f"{target}:{recipient}", now)
-                body = notice.body()
-                body.update(route=route.name, recipient=recipient,
-                            shift=shift.name if shift is not None else "",
-                            held=("quiet hours" if held is not None else
-                                  "rate limit" if due > now else ""))  # fmt: skip
-                out.append(
-                    NewDelivery(
-                        key=f"{incident['id']}:{notice.seq}:{route.name}:{entry}",
-                        incident=str(incident["id"]),
-                        target=target,
-                        recipient=recipient,
-                        due_ns=max(due, now),
-                        body=body,
-                    )
+            out += self.deliveries_for_route(route, notice)
+        return out
+
+    def deliveries_for_route(
+        self, route: RouteConfig, notice: Notice, *, hold: bool = True
+    ) -> list[NewDelivery]:
+        """The deliveries of a notice on one route: its recipients now (the shift on duty),
+        held by quiet hours or the rate limit unless ``hold`` is False (a test notice)."""
+        incident = notice.incident
+        now = self.clock()
+        local = datetime.fromtimestamp(now / 1e9, UTC).astimezone(self.zone)
+        shift = shift_on_duty(route.shifts, local)
+        entries = shift.to if shift is not None else route.to
+        held = self._quiet(route, notice, local) if hold else None
+        out: list[NewDelivery] = []
+        for entry in entries:
+            target, _, recipient = entry.partition(":")
+            due = held if held is not None else now
+            if hold and held is None:
+                due = self._rate(route, f"{target}:{recipient}", now)
+            body = notice.body()
+            body.update(route=route.name, recipient=recipient,
+                        shift=shift.name if shift is not None else "",
+                        held=("quiet hours" if held is not None else
+                              "rate limit" if due > now else ""))  # fmt: skip
+            out.append(
+                NewDelivery(
+                    key=f"{incident['id']}:{notice.seq}:{route.name}:{entry}",
+                    incident=str(incident["id"]),
+                    target=target,
+                    recipient=recipient,
+                    due_ns=max(due, now),
+                    body=body,
                 )
+            )
         return out
 
     def _quiet(self, route: RouteConfig, notice: Notice, local: datetime) -> int | None:
