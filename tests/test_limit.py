@@ -73,13 +73,15 @@ def test_the_words_name_the_limit_and_what_it_affects() -> None:
     events = reg.engine.detect(ch, [T0 * 10**9, (T0 + 60) * 10**9], [50.0, 61.2]).events
     (alarm,) = events
     assert alarm.detector == "limit"
-    assert alarm.message.startswith("ALARM: Edge paint room humidity is 61.2 %RH, above its upper")
-    assert "alarm limit 60.0 %RH" in alarm.message
+    assert alarm.message.startswith(
+        "ALARM: Edge paint room humidity has been above its upper alarm limit of 60.0 %RH since"
+    )
+    assert "(now 61.2 %RH)" in alarm.message
     assert "This affects edge paint drying." in alarm.message
     below = registry({"low_warn": 45})
     low = channel(below)
     (warn,) = below.engine.detect(low, [T0 * 10**9], [44.0]).events
-    assert "below its lower warning limit 45.0 %RH" in warn.message
+    assert "below its lower warning limit of 45.0 %RH" in warn.message
 
 
 def test_the_approved_samples_band_follows_the_context() -> None:
@@ -94,7 +96,7 @@ def test_the_approved_samples_band_follows_the_context() -> None:
     ns = [(T0 + 10 * MIN) * 10**9]
     (event,) = reg.engine.detect(ch, ns, [57.0]).events
     assert event.transition == "raised"
-    assert "upper warning limit 55.0 %RH for sku 4711" in event.message
+    assert "upper warning limit of 55.0 %RH for sku 4711" in event.message
 
 
 def test_limits_are_checked_when_the_config_is_read() -> None:

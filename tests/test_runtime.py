@@ -15,6 +15,7 @@ import pytest
 import serial
 import yaml
 from servers import InfluxDB1Server, MosquittoServer, SerialPair, require_binary
+from waiting import until
 
 from agent.backoff import Backoff
 from agent.cli import main as cli_main
@@ -235,14 +236,6 @@ def test_events_kept_in_memory_are_capped_and_counted(
 async def _stop(agent: Agent, task: asyncio.Task[Any]) -> Any:
     agent.stop_event.set()
     return await asyncio.wait_for(task, 20)
-
-
-async def until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_colour_context_and_baselines_never_stall_the_event_loop(

@@ -111,8 +111,9 @@ class IncidentManager:
             inc = self._open(key, event)
         before = inc.level
         inc.unconfirmed_since = 0  # a detector speaks of it: it is current
+        member = f"{event.channel.name}/{event.detector}"  # a zone's incident has many channels
         if alerting or transition == EV_FLAPPING:
-            inc.members[event.detector] = Member(
+            inc.members[member] = Member(
                 detector=event.detector,
                 level=event.level.label if event.level.label != "ok" else "warn",
                 since_ns=event.since_ns,
@@ -126,7 +127,7 @@ class IncidentManager:
             if event.detector not in inc.seen:
                 inc.seen.append(event.detector)
         else:
-            inc.members.pop(event.detector, None)
+            inc.members.pop(member, None)
         inc.note_context(self.context.for_tags(event.channel.tags))
         if transition in ONE_SHOT:
             inc.one_shot = True
