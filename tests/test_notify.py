@@ -405,6 +405,7 @@ async def test_alerts_list_show_and_ack_from_the_cli_reach_the_running_agent(
     state = str(tmp_path)
     try:
         await asyncio.sleep(0.2)
+        agent.core.context.set("zone", "edge_paint", {"lot": "LOT-2411-B"}, save=False)
         agent.pipeline.alert(event("raised", Level.ALARM, at("2026-11-17T10:00")))
         (inc,) = agent.incidents.manager.open.values()
         await agent.incidents.store.flush()
@@ -421,8 +422,13 @@ async def test_alerts_list_show_and_ack_from_the_cli_reach_the_running_agent(
         await agent.incidents.store.flush()
         capsys.readouterr()
         assert cli_main(["alerts", "show", inc.id, "--state-dir", state]) == 0
+        told = capsys.readouterr().out
+        assert f"{inc.id}  Edge paint room humidity: alarm, acknowledged by Marie" in told
+        assert told.rstrip().endswith("deliveries  none (no route matched)")
+        assert "    lot: LOT-2411-B\n" in told  # the lot to hold for inspection
+        assert cli_main(["alerts", "show", inc.id, "--json", "--state-dir", state]) == 0
         shown = json.loads(capsys.readouterr().out)
-        assert shown["acked_by"] == "Marie"
+        assert (shown["acked_by"], shown["context"]) == ("Marie", {"lot": ["LOT-2411-B"]})
         assert cli_main(["alerts", "ack", "19990101-0001", "--by", "x", "--state-dir",
                          state]) == 1  # fmt: skip
     finally:

@@ -6,9 +6,13 @@ import argparse
 import asyncio
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
+from typing import TYPE_CHECKING, Any
 
 from agent.cli.common import EXIT_ERROR, EXIT_OK, Subparsers, add_state_args, state_dir
+
+if TYPE_CHECKING:
+    from agent.incidents.model import Incident
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -24,6 +28,7 @@ def add_parser(sub: Subparsers) -> None:
     lst.add_argument("--all", action="store_true", help="every stored incident")
     show = verbs.add_parser("show", help="one incident: its detectors, context, deliveries")
     show.add_argument("id", help="incident id, e.g. 20261117-0002")
+    show.add_argument("--json", action="store_true", help="the whole stored record, as JSON")
     ack = verbs.add_parser(
         "ack",
         help="acknowledge an incident (reminders stop until it gets worse or clears)",
@@ -47,7 +52,14 @@ def add_parser(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch ``driftgate alerts ...``."""
-    from agent.incidents.store import read_deliveries, read_incidents, request_ack, store_path
+    from agent.incidents.store import (
+        read_deliveries,
+        read_incidents,
+        read_timezone,
+        request_ack,
+        store_path,
+    )
+    from agent.incidents.words import local_zone
 
     path = store_path(state_dir(args))
     verb = args.alerts_command
@@ -72,9 +84,13 @@ def run(args: argparse.Namespace) -> int:
         if found is None:
             print(f"driftgate: no incident {args.id!r} in {path}", file=sys.stderr)
             return EXIT_ERROR
-        out = found.to_json()
-        out["deliveries"] = read_deliveries(path, found.id)
-        print(json.dumps(out, indent=2, ensure_ascii=False))
+        deliveries = read_deliveries(path, found.id)
+        if args.json:
+            out = found.to_json()
+            out["deliveries"] = deliveries
+            print(json.dumps(out, indent=2, ensure_ascii=False))
+        else:
+            print(_told(found, deliveries, local_zone(read_timezone(path))))
         return EXIT_OK
     if not incidents:
         print(f"no incidents in {path}")
@@ -84,15 +100,58 @@ def run(args: argparse.Namespace) -> int:
     shown = [
         i for i in incidents if args.all or i.state != "cleared" or now - i.cleared_ns < recent
     ]
-    rows = [("id", "state", "severity", "opened (UTC)", "incident", "acknowledged by")]
+    zone = local_zone(read_timezone(path))
+    rows = [("id", "state", "severity", "opened", "incident", "acknowledged by")]
     for i in sorted(shown, key=lambda i: (i.state == "cleared", -i.opened_ns)):
-        opened = datetime.fromtimestamp(i.opened_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M")
+        opened = datetime.fromtimestamp(i.opened_ns / 1e9, zone).strftime("%Y-%m-%d %H:%M %Z")
         severity = i.level if i.state != "cleared" else f"was {i.peak}"
         rows.append((i.id, i.state, severity, opened, i.label, i.acked_by or "-"))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return EXIT_OK
+
+
+def _told(inc: Incident, deliveries: list[dict[str, Any]], zone: tzinfo) -> str:
+    """One incident for a person: what, since when, who took it on, which lots, where it went."""
+
+    def at(ns: int) -> str:
+        return datetime.fromtimestamp(ns / 1e9, zone).strftime("%Y-%m-%d %H:%M %Z")
+
+    if inc.state == "cleared":
+        state = f"cleared {at(inc.cleared_ns)} (was {inc.peak})"
+    elif inc.acked_by:
+        state = f"{inc.level}, acknowledged by {inc.acked_by} {at(inc.acked_ns)}"
+        state += f": {inc.acked_note}" if inc.acked_note else ""
+    else:
+        state = f"{inc.level}, open, not acknowledged"
+    lines = [
+        f"{inc.id}  {inc.label}: {state}",
+        f"  opened      {at(inc.opened_ns)}; {inc.seq} notices so far",
+        f"  affects     {inc.affects or '-'}",
+        f"  what to do  {inc.action or '-'}",
+    ]
+    if inc.escalated:
+        lines.append(f"  escalated   to {', '.join(inc.escalated)}")
+    lines.append(
+        "  context while open (the lots to hold):" if inc.context else "  context     none set"
+    )
+    lines += [f"    {key}: {', '.join(values)}" for key, values in sorted(inc.context.items())]
+    lines.append(
+        "  detectors:" if inc.members else f"  detectors   {', '.join(inc.seen)} (none now)"
+    )
+    for member in inc.members.values():
+        lines.append(
+            f"    {member.detector} {member.level} since {at(member.since_ns)}: {member.message}"
+        )
+    lines.append("  deliveries:" if deliveries else "  deliveries  none (no route matched)")
+    for d in deliveries:
+        where = d["target"] + (f":{d['recipient']}" if d["recipient"] else "")
+        error = f", last error: {d['last_error']}" if d["last_error"] else ""
+        lines.append(
+            f"    {d['transition']:<12} {where}: {d['state']} ({d['attempts']} attempts{error})"
+        )
+    return "\n".join(lines)
 
 
 async def _test(args: argparse.Namespace) -> int:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
 from typing import TextIO
 
 from agent.config import AgentConfig
 from agent.drift.alerts import AlertEvent
 from agent.incidents.model import ACKNOWLEDGED, REMINDER, Notice
+from agent.incidents.store import FILENAME
 from agent.runtime.agent import Agent, RunResult
 from agent.sim.demo import DEMO_DAYS, DemoOptions, demo_config
 from agent.words import when
@@ -72,8 +74,13 @@ class Console:
             self._progress_shown = False
 
 
-def summary(result: RunResult, cfg: AgentConfig, out: TextIO = sys.stdout) -> None:
-    """The one-screen summary: readings per channel, alerts, spool state, forwarded count."""
+STORY_MAX = 6
+"""Detector events shown per channel and detector in the summary (the rest are in the spool)."""
+
+
+def summary(result: RunResult, cfg: AgentConfig, zone: tzinfo, out: TextIO = sys.stdout) -> None:
+    """The one-screen summary: readings per channel, incidents (in the site's time), detector
+    events, spool state, forwarded count."""
     m = result.metrics
     start = datetime.fromtimestamp(result.sim_start_ns / 1e9, UTC)
     end = datetime.fromtimestamp(result.sim_end_ns / 1e9, UTC)
@@ -97,10 +104,10 @@ def summary(result: RunResult, cfg: AgentConfig, out: TextIO = sys.stdout) -> No
     p(f"incidents: {len(incidents)} ({told} notices)" if incidents else "incidents: none",
       file=out)  # fmt: skip
     for inc in incidents:
-        opened = datetime.fromtimestamp(inc.opened_ns / 1e9, UTC)
+        opened = datetime.fromtimestamp(inc.opened_ns / 1e9, zone)
         state = "still open" if inc.state != "cleared" else "cleared"
         detectors = ", ".join(inc.seen)
-        p(f"  {inc.id}  {inc.label}: {inc.peak} from {opened:%Y-%m-%d %H:%M} UTC, {state}; "
+        p(f"  {inc.id}  {inc.label}: {inc.peak} from {opened:%Y-%m-%d %H:%M %Z}, {state}; "
           f"{detectors}; {inc.seq} notices", file=out)  # fmt: skip
     kinds = Counter(e.transition for e in result.events)
     p(
@@ -115,7 +122,11 @@ def summary(result: RunResult, cfg: AgentConfig, out: TextIO = sys.stdout) -> No
     for event in result.events:
         per_key.setdefault((event.channel.name, event.detector), []).append(event)
     for (channel_name, detector), events in sorted(per_key.items()):
-        story = ", ".join(f"{e.transition} {e.level.label} {when(e.ts_ns)}" for e in events)
+        told_events = [f"{e.transition} {e.level.label} {when(e.ts_ns)}" for e in events]
+        if len(told_events) > STORY_MAX:  # a limit breached every afternoon: first and last
+            hidden = len(told_events) - STORY_MAX
+            told_events[STORY_MAX - 1 : -1] = [f"... {hidden} more ..."]
+        story = ", ".join(told_events)
         p(f"  {channel_name} / {detector}: {story}", file=out)
     quiet = [c.name for c in result.channels if not any(k[0] == c.name for k in per_key)]
     p(f"  no alerts: {', '.join(quiet)}" if quiet else "", file=out)
@@ -142,9 +153,18 @@ def summary(result: RunResult, cfg: AgentConfig, out: TextIO = sys.stdout) -> No
         )
 
 
+def forget_earlier_incidents(state_dir: Path) -> None:
+    """Every demo run simulates the same weeks again from day 1: incidents of an earlier run
+    belong to a timeline this one replaces. The spool (for a later --influx) and captured
+    baselines stay."""
+    for leftover in Path(state_dir).glob(f"{FILENAME}*"):
+        leftover.unlink()
+
+
 async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> RunResult:
     """Run the demo to the end (or Ctrl-C) and print its summary."""
     cfg = demo_config(opts)
+    forget_earlier_incidents(cfg.state_dir)
     agent = Agent(cfg)
     console = Console(agent, out, opts.days)
     agent.incidents.manager.listeners.append(console.notice)
@@ -172,5 +192,5 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> RunResult:
     console.progress()
     console.finish()
     result.wall_seconds = time.monotonic() - t0
-    summary(result, cfg, out)
+    summary(result, cfg, agent.incidents.manager.zone, out)
     return result

@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, target, due_ns);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS acks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     incident TEXT NOT NULL,
@@ -109,8 +113,9 @@ def _connect(path: Path) -> sqlite3.Connection:
 class IncidentStore:
     """The agent's side of incidents.sqlite: writes queued on the loop, done on a thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timezone: str | None = None) -> None:
         self.path = path
+        self.timezone = timezone or ""  # the site's, for `driftgate alerts list`; "" = gateway's
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._incidents: dict[str, Incident] = {}
@@ -133,6 +138,10 @@ class IncidentStore:
 
     def _load(self) -> list[str]:
         conn = self._db()
+        with conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('timezone', ?)", (self.timezone,)
+            )
         return [row[0] for row in conn.execute("SELECT body FROM incidents ORDER BY id")]
 
     async def run(self) -> None:
@@ -307,6 +316,19 @@ def read_incidents(path: Path) -> list[Incident]:
     except sqlite3.Error as exc:
         raise IncidentStoreError(f"cannot read {path}: {exc}") from None
     return [Incident.from_json(json.loads(r[0])) for r in rows]
+
+
+def read_timezone(path: Path) -> str | None:
+    """The site's time zone the agent last ran with (None: the gateway's own)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'timezone'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None  # an older file without the table, or none yet
+    return row[0] or None if row else None
 
 
 def read_deliveries(path: Path, incident: str) -> list[dict[str, Any]]:

@@ -139,7 +139,7 @@ def build_incidents(core: Core, clock: Callable[[], int]) -> Incidents:
     go through the routes into the outbox (state_dir/incidents.sqlite)."""
     cfg = core.cfg
     zone = local_zone(cfg.timezone)
-    store = IncidentStore(store_path(cfg.state_dir))
+    store = IncidentStore(store_path(cfg.state_dir), cfg.timezone)
     router = Router(cfg.notify, zone, clock)
     manager = IncidentManager(cfg, core.context, clock, zone=zone, escalations=router.escalations)
     outbox = Outbox(
