@@ -387,7 +387,22 @@ async def test_a_late_screen_sees_what_is_open_and_not_what_cleared(
         assert manager.by_id[edge_id].acked_by == "Luca"
         await asyncio.wait_for(agent.publisher.drained.wait(), 10)
         (line,) = await retained(mosquitto, f"{prefix}/+")
-        assert json.loads(line.split(" ", 1)[1])["acknowledged_by"] == "Luca"
+        acked = json.loads(line.split(" ", 1)[1])
+        assert (acked["acknowledged_by"], acked["transition"]) == ("Luca", "acknowledged")
+        # A broker that lost its retained messages (no persistence, a replaced broker): after
+        # the reconnect the agent says again what is open, in the same shape.
+        wipe = await asyncio.create_subprocess_exec(
+            "/usr/bin/mosquitto_pub", "-h", mosquitto.host, "-p", str(mosquitto.port), "-q", "1",
+            "-r", "-n", "-t", f"{prefix}/{edge_id}",
+        )  # fmt: skip
+        assert await wipe.wait() == 0
+        assert await retained(mosquitto, f"{prefix}/+") == []
+        said = agent.publisher.by_topic[f"{prefix}/{edge_id}"]
+        await asyncio.to_thread(mosquitto.restart)
+        await until(lambda: agent.mqtt is not None and agent.mqtt.health.reconnects == 1, 15)
+        await until(lambda: agent.publisher.by_topic[f"{prefix}/{edge_id}"] > said, 10)  # type: ignore[union-attr]
+        (again,) = await retained(mosquitto, f"{prefix}/+")
+        assert json.loads(again.split(" ", 1)[1]) == acked
     finally:
         agent.stop_event.set()
         await asyncio.wait_for(task, 20)

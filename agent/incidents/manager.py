@@ -266,17 +266,10 @@ class IncidentManager:
         now = self.clock() if at is None else at
         inc.seq += 1
         inc.last_notice_ns = now
+        inc.last_transition = transition
+        inc.sentence = self.sentence(inc, transition, now) + (f" ({note}.)" if note else "")
         self._save(inc)
-        notice = Notice(
-            incident=inc.to_json(),
-            transition=transition,
-            seq=inc.seq,
-            ts_ns=now,
-            sentence=self.sentence(inc, transition, now) + (f" ({note}.)" if note else ""),
-            details=self.details(inc),
-            route=route,
-            people=people,
-        )
+        notice = self.state_of(inc, route=route, people=people)
         log.info(
             "incident " + transition,
             incident=inc.id,
@@ -286,6 +279,23 @@ class IncidentManager:
         )
         for listener in self.listeners:
             listener(notice)
+
+    def open_now(self) -> list[Notice]:
+        """Every open incident as its last notice tells it."""
+        return [self.state_of(inc) for inc in self.open.values() if inc.seq]
+
+    def state_of(self, inc: Incident, *, route: str = "", people: bool = False) -> Notice:
+        """The incident's last notice as it stands now (screens reconnecting are told it)."""
+        return Notice(
+            incident=inc.to_json(),
+            transition=inc.last_transition,
+            seq=inc.seq,
+            ts_ns=inc.last_notice_ns,
+            sentence=inc.sentence,
+            details=self.details(inc),
+            route=route,
+            people=people,
+        )
 
     def _save(self, inc: Incident) -> None:
         for save in self.saves:

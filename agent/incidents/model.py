@@ -68,6 +68,8 @@ class Incident:
     one_shot: bool = False
     seen: list[str] = field(default_factory=list)  # every detector that took part
     unconfirmed_since: int = 0  # restored after a restart, not confirmed by a detector yet
+    last_transition: str = ""  # of the last notice: screens that reconnect are told it again
+    sentence: str = ""  # the last notice's sentence
 
     @property
     def severity(self) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from aiomqtt import MqttError
 
 from agent.drift.alerts import AlertEvent
-from agent.incidents.model import CLEARED, Incident, Notice
+from agent.incidents.model import CLEARED, Notice
 from agent.ingest.broker import MqttLink
 from agent.logs import get_logger
 
@@ -117,11 +117,11 @@ class IncidentBoard:
         publisher: Publisher,
         site: str,
         gateway: str,
-        open_incidents: Callable[[], Iterable[Incident]],
+        open_now: Callable[[], Iterable[Notice]],
     ) -> None:
         self.publisher = publisher
         self.prefix = f"driftgate/{site}/{gateway}/incidents"
-        self.open_incidents = open_incidents
+        self.open_now = open_now
         publisher.on_connect.append(self.republish)
 
     def topic(self, incident_id: str) -> str:
@@ -139,11 +139,12 @@ class IncidentBoard:
         self.publisher.put(Message(f"{self.prefix}/events", body))
 
     def republish(self) -> None:
-        """Queue every open incident's state again (after a reconnect)."""
-        for inc in self.open_incidents():
-            state = {**inc.to_json(), "republished": True}
-            payload = json.dumps(state, ensure_ascii=False).encode()
-            self.publisher.put(Message(self.topic(inc.id), payload, retain=True))
+        """Queue every open incident's state again (after a reconnect), as its last notice."""
+        for notice in self.open_now():
+            payload = json.dumps(notice.body(), ensure_ascii=False).encode()
+            self.publisher.put(
+                Message(self.topic(str(notice.incident["id"])), payload, retain=True)
+            )
 
 
 AckHandler = Callable[[str, str, str], None]

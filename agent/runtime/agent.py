@@ -137,7 +137,7 @@ class Agent:
                 self.pipeline.sinks.append(AlertPublisher(self.publisher, cfg.site, cfg.gateway))
             if cfg.incidents.mqtt:
                 manager = self.incidents.manager
-                board = IncidentBoard(self.publisher, cfg.site, cfg.gateway, manager.open.values)
+                board = IncidentBoard(self.publisher, cfg.site, cfg.gateway, manager.open_now)
                 self.incidents.manager.listeners.append(board)
             ack_listener(self.mqtt, cfg.site, cfg.gateway, self.acknowledge)
         self.pipeline.sinks.extend(sinks or [])
