@@ -162,7 +162,8 @@ def test_grouping_by_zone_and_the_lots_to_hold(tmp_path: Path) -> None:
     m(event(m01, "cusum", "raised", Level.WARN, T0 + MIN))
     assert len(m.by_id) == 1
     (inc,) = m.by_id.values()
-    assert inc.key == "zone:sewing"
+    assert (inc.key, inc.label) == ("zone:sewing", "Sewing zone")
+    assert set(inc.members) == {"sewing.m05.tension/cusum", "sewing.m01.tension/cusum"}
     assert inc.context["lot"] == ["LOT-A", "LOT-B"]
     m(event(M05, "cusum", "cleared", Level.OK, T0 + H))
     assert inc.state == "open"  # M01 is still out

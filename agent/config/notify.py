@@ -152,7 +152,7 @@ class ShiftConfig(Section):
 
 
 class QuietHours(Section):
-    """Hours when only alarms are delivered; what is held back goes out as one summary after."""
+    """Hours when only alarms are delivered; warnings wait in the outbox until the hours end."""
 
     start: Clock
     end: Clock
@@ -160,7 +160,8 @@ class QuietHours(Section):
 
 
 class RateLimit(Section):
-    """At most ``count`` notices per recipient per ``per``; the rest go out as one summary."""
+    """At most ``count`` notices per recipient per ``per``; the rest wait in the outbox until
+    the window lets them go."""
 
     count: Annotated[int, Field(ge=1)] = 10
     per: PositiveDuration = 3600.0

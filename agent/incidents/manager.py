@@ -171,7 +171,7 @@ class IncidentManager:
             key=key,
             channel=ch.name,
             zone=ch.tags.get("zone", ""),
-            label=ch.label if not key.startswith("zone:") else f"{ch.tags.get('zone')} zone",
+            label=ch.label if not key.startswith("zone:") else _zone_words(ch.tags["zone"]),
             kind=ch.kind,
             unit=ch.unit,
             affects=ch.affects,
@@ -345,3 +345,8 @@ def _lots(inc: Incident) -> str:
     if not lots:
         return ""
     return f" Lots made meanwhile: {', '.join(lots)}."
+
+
+def _zone_words(zone: str) -> str:
+    """A zone's name as people say it: edge_paint → 'Edge paint zone'."""
+    return f"{zone.replace('_', ' ').replace('-', ' ').capitalize()} zone"
