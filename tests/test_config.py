@@ -81,6 +81,11 @@ def test_example_loads_with_a_password_file(tmp_path: Path) -> None:
     assert edge.label == "Edge paint room humidity"
     assert edge.unit == "%RH"
     assert edge.affects == "edge paint drying"
+    assert edge.action.startswith("check the dehumidifier")
+    assert edge.limits is not None
+    assert (edge.limits.low_warn, edge.limits.high_warn, edge.limits.high_alarm) == (45, 55, 60)
+    assert config.timezone == "Europe/Paris"
+    assert set(config.incidents.actions) == {"climate", "tension"}
     assert edge.detectors is not None
     baseline, slope = edge.detectors
     assert isinstance(baseline, BaselineShiftConfig)
@@ -106,6 +111,23 @@ def test_example_loads_with_a_password_file(tmp_path: Path) -> None:
     assert config.spool.max_bytes == 1024**3
     assert config.spool.flush_interval == pytest.approx(0.2)
     assert config.self_metrics.interval == 10.0
+
+
+def test_the_examples_commented_notify_section_is_valid_once_uncommented(tmp_path: Path) -> None:
+    lines = example_text(None).splitlines()
+    start = lines.index("# notify:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        block.append(line[2:])
+    assert len(block) > 15, block
+    text = "\n".join(lines[:start] + block + lines[start + len(block) :])
+    config = load_config(write(tmp_path, text), env={"DRIFTGATE_INFLUX_PASSWORD": SECRET})
+    floor, manager = config.notify.routes
+    assert (floor.escalate_to, manager.name) == ("manager", "manager")
+    assert [s.name for s in floor.shifts] == ["early", "late"]
+    assert [t.type for t in config.notify.targets] == ["webhook", "webhook"]
 
 
 def test_example_loads_with_systemd_credentials_directory(tmp_path: Path) -> None:
