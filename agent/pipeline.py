@@ -21,7 +21,9 @@ from agent.store.spool import Spool
 AlertSink = Callable[[AlertEvent], None]
 
 BATCH_MAX = 4096  # readings of one channel before detection runs without waiting for process()
-PROCESS_INTERVAL = 0.05  # seconds between the agent's calls to process()
+PROCESS_INTERVAL = 0.05  # the longest a reading waits for detection under load, seconds
+PROCESS_SOON = 0.005  # the wait when readings trickle in: a burst completes, an alert is prompt
+BUSY_BATCH = 256  # readings in the last process() above which the agent waits PROCESS_INTERVAL
 
 
 class BatchStage(Protocol):
@@ -53,6 +55,8 @@ class Pipeline:
         self.clock_ns = 0  # time of the newest reading seen (simulated time in the demo)
         self._dirty: list[Channel] = []
         self.rejected: list[tuple[str, str]] = []
+        self.on_waiting: Callable[[], None] | None = None  # told when work starts waiting
+        self.last_batch = 0  # readings the last process() judged
 
     def ingest(self, channel: Channel, ts_ns: int, value: float, prefix: str | None = None) -> None:
         """Accept one reading: spool it, queue it for its channel's detectors.
@@ -71,6 +75,8 @@ class Pipeline:
         if channel.watched:
             pending = channel.pending_ns
             if not pending:
+                if not self._dirty and self.on_waiting is not None:
+                    self.on_waiting()
                 self._dirty.append(channel)
             pending.append(ts_ns)
             channel.pending_x.append(value)
@@ -80,17 +86,22 @@ class Pipeline:
     def process(self) -> None:
         """Run the detectors over every reading received since the last call.
 
-        Detection runs in micro-batches (NumPy over each channel's new readings): sources call
-        this after each burst and the agent every PROCESS_INTERVAL seconds, so an alert is at
-        most that late in wall time; its timestamp is the reading's own.
+        Detection runs in micro-batches (NumPy over each channel's new readings): the agent
+        calls this PROCESS_SOON after readings start waiting, or PROCESS_INTERVAL after when
+        the last batch was large (under load, larger batches cost less per reading), so an
+        alert is at most that late in wall time; its timestamp is the reading's own.
         """
         dirty = self._dirty
         if not dirty:
+            self.last_batch = 0
             return
         self._dirty = []
+        judged = 0
         for channel in dirty:
             if channel.pending_ns:
+                judged += len(channel.pending_ns)
                 self._detect(channel)
+        self.last_batch = judged
 
     def _detect(self, channel: Channel) -> None:
         ns, xs = channel.pending_ns, channel.pending_x
@@ -118,6 +129,8 @@ class Pipeline:
         text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
         self.rejected.append((text, reason))
         self.metrics.invalid_readings += 1
+        if self.on_waiting is not None:
+            self.on_waiting()
         if channel is not None and ts_ns is not None and channel.wants_invalid:
             pending = channel.pending_ns
             if not pending:

@@ -31,7 +31,7 @@ from agent.logs import flush_bursts, get_logger
 from agent.metrics import AgentMetrics
 from agent.notify.mqtt import AlertPublisher, IncidentBoard, Publisher, ack_listener
 from agent.notify.outbox import Outbox
-from agent.pipeline import PROCESS_INTERVAL, Pipeline
+from agent.pipeline import BUSY_BATCH, PROCESS_INTERVAL, PROCESS_SOON, Pipeline
 from agent.reading import Channel
 from agent.runtime.build import Source, build, build_incidents, build_sources
 from agent.runtime.lag import LoopLag
@@ -179,10 +179,18 @@ class Agent:
     # -- the long-running tasks (each owned by the supervisor) --------------------------------
 
     async def _detect_loop(self) -> None:
-        while True:
-            await asyncio.sleep(PROCESS_INTERVAL)
-            self.pipeline.process()
-            await self.pipeline.flush_rejected()
+        waiting = asyncio.Event()
+        self.pipeline.on_waiting = waiting.set
+        try:
+            while True:
+                await waiting.wait()
+                busy = self.pipeline.last_batch > BUSY_BATCH
+                await asyncio.sleep(PROCESS_INTERVAL if busy else PROCESS_SOON)
+                waiting.clear()
+                self.pipeline.process()
+                await self.pipeline.flush_rejected()
+        finally:
+            self.pipeline.on_waiting = None
 
     async def _maintenance_loop(self) -> None:
         # The CLI changes files in the state dir (context, baselines, references): pick the
