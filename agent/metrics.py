@@ -35,6 +35,11 @@ class AgentMetrics:
     loop_lag_p99_ms: float = 0.0
     task_restarts: int = 0  # crashed tasks the supervisor restarted
     clock_steps: int = 0  # wall-clock steps seen (NTP corrections of more than a second)
+    channels: int = 0  # gauge: channels the registry holds (at most limits.max_channels)
+    channels_refused: int = 0  # readings dropped: their new channel was past the cap
+    mqtt_oversized: int = 0  # MQTT messages over mqtt.max_payload, dropped undecoded
+    context_refused: int = 0  # context updates refused (malformed, over a cap, unsafe as tags)
+    device_time_refused: int = 0  # readings beyond limits.max_ahead/max_behind, dead-lettered
     per_channel: dict[str, int] = field(default_factory=dict)
 
     def fields(self) -> dict[str, float | int | bool]:

@@ -22,6 +22,10 @@ AlertSink = Callable[[AlertEvent], None]
 
 BATCH_MAX = 4096  # readings of one channel before detection runs without waiting for process()
 PROCESS_INTERVAL = 0.05  # seconds between the agent's calls to process()
+DEVICE_AHEAD_NS = 86_400 * 10**9
+"""Default of ``limits.max_ahead``: a device clock further ahead of the gateway's is refused."""
+DEVICE_BEHIND_NS = 365 * 86_400 * 10**9
+"""Default of ``limits.max_behind``: a device clock further behind the gateway's is refused."""
 
 
 class BatchStage(Protocol):
@@ -42,12 +46,18 @@ class Pipeline:
         site: str,
         gateway: str,
         engine: DriftEngine,
+        *,
+        device_ahead_ns: int = DEVICE_AHEAD_NS,
+        device_behind_ns: int = DEVICE_BEHIND_NS,
     ) -> None:
         self.spool = spool
         self.metrics = metrics
         self.site = site
         self.gateway = gateway
         self.engine = engine
+        # How far a device's own clock may be from the gateway's (docs/architecture.md, "Time").
+        self.device_ahead_ns = device_ahead_ns
+        self.device_behind_ns = device_behind_ns
         self.sinks: list[AlertSink] = []
         self.stages: list[BatchStage] = []
         self.clock_ns = 0  # time of the newest reading seen (simulated time in the demo)
@@ -115,8 +125,7 @@ class Pipeline:
 
         With its channel, an invalid_rate detector counts it (as a NaN among the readings).
         """
-        text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
-        self.rejected.append((text, reason))
+        self.dead_letter(raw, reason)
         self.metrics.invalid_readings += 1
         if channel is not None and ts_ns is not None and channel.wants_invalid:
             pending = channel.pending_ns
@@ -124,6 +133,11 @@ class Pipeline:
                 self._dirty.append(channel)
             pending.append(ts_ns)
             channel.pending_x.append(math.nan)
+
+    def dead_letter(self, raw: bytes | str, reason: str) -> None:
+        """Queue a frame for the dead-letter table (the caller counts what it held)."""
+        text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+        self.rejected.append((text, reason))
 
     async def flush_rejected(self) -> None:
         """Write queued rejects to the spool's dead-letter table."""
