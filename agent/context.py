@@ -162,7 +162,9 @@ def clean(raw: Any) -> tuple[dict[str, dict[str, str]], list[str]]:
                     raise ContextError(f"the value of {_shown(key)} is not text")
                 check_tag(key, value)
                 if len(kept) >= LIMITS.tags_per_scope:
-                    raise ContextError(f"more than {LIMITS.tags_per_scope} tags")
+                    raise ContextError(
+                        f"{_shown(key)} is past the cap of {LIMITS.tags_per_scope} tags"
+                    )
             except ContextError as exc:
                 dropped.append(f"{_shown(where)}: {exc}")
                 continue

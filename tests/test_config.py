@@ -827,3 +827,18 @@ influx:
         ("TLS certificates are not verified",
          f"{path}:{line_of(path, 'verify_tls')}: influx.verify_tls"),
     ]  # fmt: skip
+
+
+def test_configure_md_lists_every_bound() -> None:
+    """docs/configure.md's table of bounds says what agent/config/bounds.py enforces."""
+    from agent.config.bounds import BOUNDS, seconds_words
+
+    text = (EXAMPLE.parent.parent / "docs" / "configure.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(" `"): line for line in text.splitlines()
+            if line.startswith("| `") and line.count("|") == 5}  # fmt: skip
+    for key, bound in BOUNDS.items():
+        assert key in rows, f"{key} is not in docs/configure.md's table of bounds"
+        cells = [c.strip() for c in rows[key].split("|")[2:5]]
+        if bound.unit == "s":
+            assert cells[:2] == [seconds_words(bound.low), seconds_words(bound.high)], key
+        assert cells[2] == bound.why, key
