@@ -17,7 +17,7 @@ from typing import Any
 import aiomqtt
 import pytest
 from servers import MosquittoServer
-from spoolfile import LineSink
+from spoolfile import LineSink, committed_lines
 
 from agent.config import AgentConfig, config_from_dict
 from agent.ingest.decode import Decoder
@@ -188,6 +188,42 @@ async def test_long_made_up_topics_are_routed_but_never_remembered(
         assert [len(topic) for topic in agent.mqtt._routes] == [len("seq/short")]
     assert agent.metrics.decode_errors == 30  # a 60 KB topic level is no sensor tag
     assert agent.metrics.readings_in == 1
+
+
+TAGGED_PROFILE = """\
+name: tagged-json
+description: a test device that names itself in the payload
+framing: {type: message}
+format: {type: json}
+topic: "tagged/x"
+tags: {sensor: id}
+fields:
+  - {source: seq, measurement: seqtest, field: seq, kind: climate, range: [0, 1000000000]}
+"""
+
+
+async def test_a_lone_surrogate_in_a_json_tag_is_a_decode_error(
+    tmp_path: Path, mosquitto: MosquittoServer
+) -> None:
+    """Before: `{"id": "\\ud800"}` became a tag no UTF-8 can carry: every spool commit failed
+    from then on and the agent gave up after five crashes of its spool task."""
+    profile = tmp_path / "tagged-json.yaml"
+    profile.write_text(TAGGED_PROFILE)
+    cfg = config_from_dict(
+        {"site": SITE, "gateway": "gw1", "state_dir": str(tmp_path / "state"),
+         "mqtt": {"host": mosquitto.host, "port": mosquitto.port, "watch_dropped": False},
+         "sources": [{"type": "mqtt", "name": "t", "profile": str(profile)}],
+         "spool": {"flush_interval": "50ms"}},
+        env={},
+    )  # fmt: skip
+    async with running(cfg) as agent, publisher(mosquitto) as client:
+        await client.publish("tagged/x", b'{"seq": 1, "id": "\\ud800"}', qos=1)
+        await client.publish("tagged/x", b'{"seq": 2, "id": "probe-1"}', qos=1)
+        await until(lambda: agent.metrics.spool_committed >= 1)
+    assert agent.metrics.decode_errors == 1
+    assert agent.metrics.readings_in == 1
+    assert agent.metrics.task_restarts == 0
+    assert committed_lines(tmp_path / "state", "seqtest") != []
 
 
 # -- device clocks ---------------------------------------------------------------------------

@@ -49,7 +49,9 @@ _NUMBER = re.compile(
 )
 _INTEGER = re.compile(r"[+-]?\d{1,20}", re.ASCII)
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-_BAD_TAG = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters, and lone surrogates (a JSON "\ud800" escape): no UTF-8 can carry those,
+# and one in a tag made every spool commit fail until the agent gave up.
+_BAD_TAG = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _MAX_TAG = 256
 # Device clocks outside this window were never set (an RTC at 1970 or 2000 after a reset).
 _EARLIEST_NS: Final = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp()) * 10**9
