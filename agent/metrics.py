@@ -39,6 +39,11 @@ class AgentMetrics:
     notices: int = 0  # incident notices (opened, escalated, …, cleared)
     deliveries: int = 0  # notices delivered to a recipient
     delivery_failures: int = 0  # delivery attempts that failed (each is retried)
+    channels: int = 0  # gauge: channels the registry holds (at most input_limits.max_channels)
+    channels_refused: int = 0  # readings dropped: their new channel was past the cap
+    mqtt_oversized: int = 0  # MQTT messages over mqtt.max_payload, dropped undecoded
+    context_refused: int = 0  # context updates refused (malformed, over a cap, unsafe as tags)
+    device_time_refused: int = 0  # readings beyond input_limits.max_ahead/max_behind, dead-lettered
     per_channel: dict[str, int] = field(default_factory=dict)
 
     def fields(self) -> dict[str, float | int | bool]:

@@ -24,6 +24,11 @@ BATCH_MAX = 4096  # readings of one channel before detection runs without waitin
 PROCESS_INTERVAL = 0.05  # the longest a reading waits for detection under load, seconds
 PROCESS_SOON = 0.005  # the wait when readings trickle in: a burst completes, an alert is prompt
 BUSY_BATCH = 256  # readings in the last process() above which the agent waits PROCESS_INTERVAL
+PROCESS_INTERVAL = 0.05  # seconds between the agent's calls to process()
+DEVICE_AHEAD_NS = 86_400 * 10**9
+"""Default of ``input_limits.max_ahead``: a device clock further ahead is refused."""
+DEVICE_BEHIND_NS = 365 * 86_400 * 10**9
+"""Default of ``input_limits.max_behind``: a device clock further behind is refused."""
 
 
 class BatchStage(Protocol):
@@ -44,12 +49,18 @@ class Pipeline:
         site: str,
         gateway: str,
         engine: DriftEngine,
+        *,
+        device_ahead_ns: int = DEVICE_AHEAD_NS,
+        device_behind_ns: int = DEVICE_BEHIND_NS,
     ) -> None:
         self.spool = spool
         self.metrics = metrics
         self.site = site
         self.gateway = gateway
         self.engine = engine
+        # How far a device's own clock may be from the gateway's (docs/architecture.md, "Time").
+        self.device_ahead_ns = device_ahead_ns
+        self.device_behind_ns = device_behind_ns
         self.sinks: list[AlertSink] = []
         self.stages: list[BatchStage] = []
         self.clock_ns = 0  # time of the newest reading seen (simulated time in the demo)
@@ -126,8 +137,7 @@ class Pipeline:
 
         With its channel, an invalid_rate detector counts it (as a NaN among the readings).
         """
-        text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
-        self.rejected.append((text, reason))
+        self.dead_letter(raw, reason)
         self.metrics.invalid_readings += 1
         if self.on_waiting is not None:
             self.on_waiting()
@@ -137,6 +147,11 @@ class Pipeline:
                 self._dirty.append(channel)
             pending.append(ts_ns)
             channel.pending_x.append(math.nan)
+
+    def dead_letter(self, raw: bytes | str, reason: str) -> None:
+        """Queue a frame for the dead-letter table (the caller counts what it held)."""
+        text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+        self.rejected.append((text, reason))
 
     async def flush_rejected(self) -> None:
         """Write queued rejects to the spool's dead-letter table."""

@@ -462,6 +462,45 @@ BENCHES: dict[str, Bench] = {
             ),
         ),
     ),
+    "hostile_mqtt": Bench(
+        quick="3,000 made-up ids instead of 8,000",
+        title="Hostile MQTT input: RSS while made-up sensor ids arrive",
+        measures="A private Mosquitto, the real `Agent` (MQTT link → Tasmota source → "
+        "pipeline → detectors → spool) and a paho publisher (QoS 1, 2,000 messages/s) sending "
+        "one message (two channels) for each of N distinct made-up sensor ids. Each variant "
+        "runs in a fresh process; its RSS is sampled as the messages arrive. *capped*: the "
+        "default `input_limits.max_channels` (2,000); *uncapped*: the cap at its maximum "
+        "(100,000), "
+        "what the agent did before there was one.",
+        target="RSS flat once the cap is reached (≤ 5 MiB growth after it)",
+        verdict=lambda r: r.get("meets_target"),
+        headline=lambda r: (
+            f"capped: RSS {r['capped']['rss_start_mib']:.0f} → {r['capped']['rss_end_mib']:.0f} "
+            f"MiB, {r['capped']['growth_after_cap_mib']} MiB after the cap, "
+            f"{r['capped']['channels_refused']:,} readings refused and counted; uncapped: "
+            f"{r['uncapped']['rss_start_mib']:.0f} → {r['uncapped']['rss_end_mib']:.0f} MiB "
+            f"with {r['uncapped']['channels']:,} channels"
+        ),
+        tables=tuple(
+            Table(
+                lambda r, v=variant: [
+                    (str(i), {"ids": p[0], "channels": p[1], "rss": p[2]})
+                    for i, p in enumerate(r[v]["curve"])
+                ],
+                (
+                    Col("ids received", "ids", num()),
+                    Col("channels", "channels", num()),
+                    Col("RSS MiB", "rss", num(1)),
+                ),
+                caption=f"{variant.capitalize()}:",
+            )
+            for variant in ("capped", "uncapped")
+        ),
+        notes=(
+            "What still grows after the cap is the MQTT link's route cache (the handlers of up "
+            "to 10,000 recent topics, then emptied): bounded, a few MiB at most.",
+        ),
+    ),
     "serial_ingest": Bench(
         quick="5 s at full speed and a 10 s floor load, instead of 10 s and 30 s",
         title="Serial ingest: frames/s through pty pairs, CPU at a floor load",

@@ -23,7 +23,7 @@ import yaml
 from servers import InfluxDB1Server, VictoriaMetricsServer, free_port
 from spoolfile import committed_lines
 
-from agent.config import config_from_dict
+from agent.config import SelfMetricsConfig, config_from_dict
 from agent.metrics import AgentMetrics
 from agent.runtime.agent import Agent
 from agent.sim.workshop import DAY, Workshop
@@ -147,7 +147,7 @@ def agent_config(
         "gateway": gateway,
         "state_dir": str(state_dir),
         "log": {"level": "warning"},
-        "self_metrics": {"interval": 0.5},
+        "self_metrics": {"interval": 1},
         "sources": [] if source is None else [{"type": "simulated", "name": "workshop", **source}],
     }
     if influx is not None:
@@ -246,8 +246,11 @@ async def test_clean_end_leaves_nothing_behind(
         influx={"url": server.url, "api": "v1", "database": db, "batch_size": 500},
         source={"speed": 2e6, "start": START, "days": 1, "seed": 4, "interval": 60},
     )
-    data["self_metrics"] = {"interval": 0.01}
-    result = await Agent(config_from_dict(data, env={})).run(drain_at_end=10, handle_signals=False)
+    # 10 ms is far below what the config accepts (at least 1 s): set past validation, as a
+    # stress that keeps the race between self-metrics and the final drain wide open.
+    cfg = config_from_dict(data, env={})
+    cfg = cfg.model_copy(update={"self_metrics": SelfMetricsConfig.model_construct(interval=0.01)})
+    result = await Agent(cfg).run(drain_at_end=10, handle_signals=False)
     assert result.pending_lines == 0
     assert spool_lines(state) == []
     assert result.metrics.forwarded == result.metrics.spool_appended

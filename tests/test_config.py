@@ -500,7 +500,8 @@ def test_check_config_ok_prints_summary_without_secrets(
     path = write(tmp_path, example_text(None))
     assert cli_main(["check-config", "-c", str(path)]) == 0
     captured = capsys.readouterr()
-    assert captured.out == "OK: 1 source, 3 channels, influx v1 → http://influxdb.local:8086\n"
+    # The shipped example sends its password over https://, so it prints no warning.
+    assert captured.out == "OK: 1 source, 3 channels, influx v1 → https://influxdb.local:8086\n"
     assert SECRET not in captured.out + captured.err
 
 
@@ -611,3 +612,255 @@ def test_missing_ca_file_is_named(tmp_path: Path) -> None:
         f"{path}:{line_of(path, 'ca_file')}: influx.ca_file: "
         f"file {tmp_path / 'ca.pem'} does not exist or is not a regular file"
     ]
+
+
+# --------------------------------------------------------------------------- values that hurt
+
+
+def test_absurd_durations_are_refused_with_the_range_and_the_reason(tmp_path: Path) -> None:
+    """Before: `self_metrics.interval: 1e-9` was accepted and wrote 30 MB in 6 s."""
+    path = write(
+        tmp_path,
+        MINIMAL
+        + """\
+  timeout: 0
+  max_backoff: 30d
+self_metrics:
+  interval: 1e-9
+spool:
+  flush_interval: 1h
+alerts:
+  repeat: 1ms
+channels:
+  - name: edge_paint.humidity
+    detectors:
+      - type: stale
+        max_gap: 100ms
+""",
+    )
+    assert problems_of(path) == [
+        f"{path}:{line_of(path, 'timeout')}: influx.timeout: 0 s is too short: at least "
+        "500 ms (shorter fails healthy writes; longer hides a dead server)",
+        f"{path}:{line_of(path, 'max_backoff')}: influx.max_backoff: 2.592e+06 s is too long: "
+        "at most 1 h (shorter hammers a failing server; longer leaves data waiting after it "
+        "is back)",
+        f"{path}:{line_of(path, 'interval')}: self_metrics.interval: 1e-09 s is too short: "
+        "at least 1 s (each interval writes a point to the spool and to InfluxDB)",
+        f"{path}:{line_of(path, 'flush_interval')}: spool.flush_interval: 3600 s is too long: "
+        "at most 10 s (shorter keeps the disk busy; longer widens what a crash can lose)",
+        f"{path}:{line_of(path, 'repeat')}: alerts.repeat: 0.001 s is too short: at least "
+        "1 min (a reminder more often than every minute is noise)",
+        f"{path}:{line_of(path, 'max_gap')}: channels[0].detectors[0].max_gap: 0.1 s is too "
+        "short: at least 1 s (silence longer than this is not noticed)",
+    ]
+
+
+def test_the_fast_settings_of_tests_and_the_demo_stay_legal() -> None:
+    config = config_from_dict(
+        {
+            "site": "s",
+            "gateway": "g",
+            "spool": {"flush_interval": "50ms"},
+            "self_metrics": {"interval": 1},
+            "influx": {"url": "http://127.0.0.1:8086", "database": "d", "flush_interval": 0.1,
+                       "max_backoff": 0.2, "timeout": 2},
+            "sources": [{"type": "simulated", "name": "w", "speed": 2e6, "interval": 60}],
+        },
+        env={},
+    )  # fmt: skip
+    assert config.spool.flush_interval == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key"),
+    [
+        ("sources:\n  - {type: simulated, name: w, speed: .nan}\n", "sources[0].speed"),
+        ("sources:\n  - {type: simulated, name: w, days: .inf}\n", "sources[0].days"),
+        ("history:\n  days: .inf\n", "history.days"),
+        ("lots:\n  alpha: .nan\n", "lots.alpha"),
+        ("lots:\n  effect: {climate: .inf}\n", "lots.effect.climate"),
+        ("color:\n  metamerism: .nan\n", "color.metamerism"),
+        ("channels:\n  - {name: a.b, lot_effect: -.inf}\n", "channels[0].lot_effect"),
+        (
+            "channels:\n  - {name: a.b, detectors: [{type: slope, window: 1h, warn: .nan}]}\n",
+            "channels[0].detectors[0].warn",
+        ),
+        ("channels:\n  - {name: a.b, baseline: {value: .nan}}\n", "channels[0].baseline.value"),
+        ("spool:\n  flush_interval: .inf\n", "spool.flush_interval"),
+    ],
+)
+def test_nan_and_infinity_are_refused_wherever_a_number_is_read(
+    tmp_path: Path, yaml_text: str, key: str
+) -> None:
+    """Before: `speed: .nan` was accepted (NaN passes every `> 0` check)."""
+    path = write(tmp_path, MINIMAL + yaml_text)
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:")
+    assert f": {key}: " in problem
+    assert re.search(r"(nan|inf)\b.*(not a number|not a duration)", problem), problem
+
+
+def _bounded_durations(model: type, path: str = "") -> list[tuple[str, bool]]:
+    """``(key path, bounded)`` of every duration field under ``model``, recursively."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    from agent.config.base import _to_duration
+
+    found: list[tuple[str, bool]] = []
+    for name, info in model.model_fields.items():  # type: ignore[attr-defined]
+        key = f"{path}.{name}" if path else name
+        checks = [getattr(m, "func", None) for m in info.metadata]
+        if any(c is _to_duration for c in checks):
+            bounded = any(getattr(c, "__qualname__", "").startswith("within.") for c in checks)
+            found.append((key, bounded))
+        stack = [info.annotation]
+        while stack:
+            kind = stack.pop()
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                found += _bounded_durations(kind, key)
+            else:
+                stack.extend(get_args(kind))
+    return found
+
+
+def test_every_duration_in_the_config_has_bounds() -> None:
+    found = dict(_bounded_durations(AgentConfig))
+    assert "self_metrics.interval" in found
+    assert "channels.detectors.window" in found
+    assert "input_limits.max_ahead" in found
+    assert [key for key, bounded in found.items() if not bounded] == []
+
+
+def _secure_env(tmp_path: Path) -> tuple[Path, Path]:
+    secret = tmp_path / "influx-password"
+    secret.write_text(SECRET)
+    mqtt_secret = tmp_path / "mqtt-password"
+    mqtt_secret.write_text(SECRET)
+    return secret, mqtt_secret
+
+
+EXPOSED = """\
+site: s
+gateway: g
+influx:
+  url: {url}
+  database: d
+  username: gw
+  password_file: {secret}
+  verify_tls: {verify}
+mqtt:
+  host: {broker}
+  username: gw
+  password_file: {mqtt_secret}
+"""
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_settings_that_expose_the_gateway_are_warned_by_check_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a secret file readable by everyone, a password over plain http:// to another
+    host and verify_tls: false were accepted without a word."""
+    secret, mqtt_secret = _secure_env(tmp_path)
+    secret.chmod(0o644)
+    mqtt_secret.chmod(0o600)
+    path = write(
+        tmp_path,
+        EXPOSED.format(
+            url="http://influx.plant.example:8086", secret=secret, verify="false",
+            broker="broker.plant.example", mqtt_secret=mqtt_secret,
+        ),
+    )  # fmt: skip
+    assert cli_main(["check-config", "-c", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"{path}:{line_of(path, 'url:')}: influx.url: warning: password sent over plain "
+        "http:// to another host: the InfluxDB password goes unencrypted to "
+        "influx.plant.example: anyone on the network path can read it; use https:// (with "
+        "ca_file for a private CA)",
+        f"{path}:{line_of(path, 'password_file: ' + str(secret))}: influx.password_file: "
+        f"warning: secret file readable by every user: {secret} has mode -rw-r--r--: every "
+        f"account on the gateway can read the secret; chmod 600 {secret} (owner driftgate), "
+        "or 640 with group driftgate",
+        f"{path}:{line_of(path, 'verify_tls')}: influx.verify_tls: warning: TLS certificates "
+        "are not verified: verify_tls: false accepts any server that answers: a machine in "
+        "between can read the credentials and change the data; give the server's CA in "
+        "ca_file instead",
+        f"{path}:{line_of(path, 'host:')}: mqtt.host: warning: password sent over plain MQTT "
+        "to another host: the MQTT password goes unencrypted to broker.plant.example: anyone "
+        "on the network path can read it; set tls: true (port 8883, ca_file for a private CA)",
+        "OK: 0 sources, 0 channels, influx v1 → http://influx.plant.example:8086",
+    ]
+    assert SECRET not in "\n".join(lines)
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_private_secrets_loopback_and_tls_give_no_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret, mqtt_secret = _secure_env(tmp_path)
+    secret.chmod(0o640)  # group driftgate may read it: fine
+    mqtt_secret.chmod(0o600)
+    for url, broker in (("http://127.0.0.1:8086", "localhost"), ("https://influx:8086", "::1")):
+        path = write(
+            tmp_path,
+            EXPOSED.format(url=url, secret=secret, verify="true", broker=broker,
+                           mqtt_secret=mqtt_secret),
+        )  # fmt: skip
+        assert cli_main(["check-config", "-c", str(path)]) == 0
+        assert capsys.readouterr().out.startswith("OK: ")
+
+
+async def test_settings_that_expose_the_gateway_are_logged_at_start(tmp_path: Path) -> None:
+    import io
+    import json
+
+    from agent.logs import configure_logging
+    from agent.runtime.agent import Agent
+
+    secret, _ = _secure_env(tmp_path)
+    secret.chmod(0o604)
+    path = write(
+        tmp_path,
+        f"""\
+site: s
+gateway: g
+state_dir: {tmp_path / "state"}
+influx:
+  url: https://127.0.0.1:1
+  database: d
+  username: gw
+  password_file: {secret}
+  verify_tls: false
+""",
+    )
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    agent = Agent(load_config(path, env={}))
+    agent.stop_event.set()  # start, then stop at once
+    await agent.run(handle_signals=False)
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    warned = [e for e in events if e["level"] == "warning" and "where" in e]
+    assert [(e["event"], e["where"]) for e in warned] == [
+        ("secret file readable by every user",
+         f"{path}:{line_of(path, 'password_file')}: influx.password_file"),
+        ("TLS certificates are not verified",
+         f"{path}:{line_of(path, 'verify_tls')}: influx.verify_tls"),
+    ]  # fmt: skip
+
+
+def test_configure_md_lists_every_bound() -> None:
+    """docs/configure.md's table of bounds says what agent/config/bounds.py enforces."""
+    from agent.config.bounds import BOUNDS, seconds_words
+
+    text = (EXAMPLE.parent.parent / "docs" / "configure.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(" `"): line for line in text.splitlines()
+            if line.startswith("| `") and line.count("|") == 5}  # fmt: skip
+    for key, bound in BOUNDS.items():
+        assert key in rows, f"{key} is not in docs/configure.md's table of bounds"
+        cells = [c.strip() for c in rows[key].split("|")[2:5]]
+        if bound.unit == "s":
+            assert cells[:2] == [seconds_words(bound.low), seconds_words(bound.high)], key
+        assert cells[2] == bound.why, key

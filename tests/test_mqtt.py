@@ -469,7 +469,7 @@ async def test_context_over_mqtt_reaches_influxdb_and_survives_restart(
         await pub(mosquitto, context_topic, json.dumps({"lot": "LOT-2411-B", "operator": "op17"}))
         await pub(mosquitto, context_topic, '{"shift": "B"}')
         await pub(mosquitto, context_topic, "lot LOT-2411-C")  # garbage: counted, ignored
-        await until(lambda: agent.metrics.decode_errors == 1)
+        await until(lambda: agent.metrics.context_refused == 1)
         assert agent.context.scopes == {
             "line:L2": {"lot": "LOT-2411-B", "operator": "op17", "shift": "B"}
         }

@@ -231,9 +231,57 @@ def test_line_garbage_over_max_length_is_discarded_and_counted() -> None:
     good = DeviceEmulator("sht4x-serial").frames(1709280000.0)[0].data
     assert decoder.feed(b"\x55" * 300) == []
     assert decoder.overflows == 1
-    assert decoder.feed(b"\xaa" * 100 + b"$partial tail\r\n") == []  # rest of the long line
+    # The rest of the long line: the framer resynchronises at its `$` (a valid frame there is
+    # kept, see test_a_valid_frame_after_an_overlong_run_is_kept); this tail is no frame and
+    # fails its checksum, a counted decode error.
+    assert decoder.feed(b"\xaa" * 100 + b"$partial tail\r\n") == [b"$partial tail"]
+    with pytest.raises(DecodeError, match="checksum"):
+        decoder.decode(b"$partial tail", received_ns=1)
     assert decoder.feed(good) == [good.rstrip(b"\r\n")]
     assert decoder.discarded_bytes >= 300 + 100
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-read", "garbage-then-frame"])
+def test_a_valid_frame_after_an_overlong_run_is_kept(split: bool) -> None:
+    """Before: 300 unterminated bytes in one read, the frame in the next: the framer skipped
+    to the next terminator and took the frame with it (2 of 5 frames lost)."""
+    decoder = Decoder(load_profile("sht4x-serial"))  # max_length 256, start "$"
+    frames = [f.data for f in emitted_frames("sht4x-serial", 5)]
+    got: list[bytes] = []
+    for n, good in enumerate(frames):
+        garbage = bytes([0x41 + n]) * (257 + 40 * n)  # no terminator, no "$"
+        if split:
+            got += decoder.feed(garbage)
+            got += decoder.feed(good)
+        else:
+            got += decoder.feed(garbage + good)
+    assert got == [f.rstrip(b"\r\n") for f in frames]
+    assert decoder.discarded_bytes == sum(257 + 40 * n for n in range(5))
+    # A frame cut by an over-long run is still found by its start: garbage, then "$id…".
+    partial = frames[0][:10]
+    assert decoder.feed(b"z" * 300 + partial) == []
+    assert decoder.feed(frames[0][10:]) == [frames[0].rstrip(b"\r\n")]
+
+
+def test_without_a_start_marker_the_next_terminator_resynchronises() -> None:
+    """A profile without ``start`` (spectro-31) cannot tell a frame inside an over-long line:
+    the line is dropped up to its terminator and the next line is a frame again."""
+    decoder = Decoder(load_profile("spectro-31"))  # max_length 1024, no start
+    good = emitted_frames("spectro-31", 1)[0].data
+    assert decoder.feed(b"x" * 1100) == []
+    assert decoder.feed(b"tail of the long line\r\n" + good) == [good.rstrip(b"\r\n")]
+    assert decoder.discarded_bytes == 1100 + len(b"tail of the long line")
+
+
+def emitted_frames(name: str, n: int) -> list[Any]:
+    """The first ``n`` frames an emulated device sends (one per interval from a fixed day)."""
+    emulator = DeviceEmulator(name)
+    out: list[Any] = []
+    t = 1709280000.0
+    while len(out) < n:
+        out += emulator.frames(t)
+        t += emulator.interval
+    return out[:n]
 
 
 def test_wrong_baud_rate_noise_never_yields_a_decodable_frame() -> None:

@@ -38,7 +38,7 @@ def demo_cfg(state: Path, *, days: float = 2.0, speed: float = 2e6, **extra: Any
         "site": "rt",
         "gateway": "gw1",
         "state_dir": str(state),
-        "self_metrics": {"interval": 0.1},
+        "self_metrics": {"interval": 1},  # the shortest the config allows: ~6 runs per test
         "sources": [
             {"type": "simulated", "name": "workshop", "speed": speed, "start": START,
              "days": days, "interval": 60},
@@ -251,7 +251,7 @@ async def test_colour_context_and_baselines_never_stall_the_event_loop(
             "site": "rt",
             "gateway": "gw1",
             "state_dir": str(state),
-            "self_metrics": {"interval": 0.5},
+            "self_metrics": {"interval": 1},
             "mqtt": {"host": mosquitto.host, "port": mosquitto.port},
             "channels": [  # a baseline that locks 30 simulated minutes (0.5 s) into the run
                 {"name": "sewing.m05.tension", "baseline": {"window": "1h", "learn": "30m"}},

@@ -171,7 +171,9 @@ async def test_unplug_and_replug_resumes_and_never_misparses_a_cut_frame(
     agent = agents.start(cfg)
     source = serial_source(agent)
     await wait_until(lambda: source.health.connected, 15, "the port to open")
-    frames = emitted(DeviceEmulator("hx711-tension", device="m05"), 60)
+    # The device's own clock near the gateway's: further than input_limits.max_behind (1 year) from
+    # it, a frame is refused (docs/architecture.md, "Time").
+    frames = emitted(DeviceEmulator("hx711-tension", device="m05"), 60, start=time.time() - 600)
     sent: list[DeviceFrame] = []
 
     async def stream(port: serial.Serial, batch: list[DeviceFrame]) -> None:

@@ -454,7 +454,7 @@ class ColorStage:
         known = name in self.registry.channels
         channel = self.registry.get_or_create(
             name, measurement="color", field=field_name, unit="ΔE00", kind="color", tags=tags,
-            detectors=detectors,
+            detectors=detectors, capped=False,  # one per approved reference: people make those
         )  # fmt: skip
         if not known:
             channel.label = f"{what}, SKU {sku} {part}"

@@ -37,6 +37,18 @@ class Loading:
     fields: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigWarning:
+    """A setting that is accepted but exposes the gateway, located like a problem."""
+
+    where: str  # "file:line: key.path"
+    event: str  # a fixed text, e.g. "TLS certificates are not verified"
+    detail: str  # what exactly, and what to do
+
+    def __str__(self) -> str:
+        return f"{self.where}: warning: {self.event}: {self.detail}"
+
+
 CONTEXT_KEY = "driftgate"
 _SECRET_FIELDS = frozenset({"password", "token"})
 
@@ -76,12 +88,6 @@ def _to_size(v: Any) -> int:
         return parse_size(v)
     except ValueError as exc:
         raise reason(str(exc)) from None
-
-
-def _positive_duration(v: float) -> float:
-    if v <= 0:
-        raise reason("must be longer than zero")
-    return v
 
 
 def positive(v: float) -> float:
@@ -134,9 +140,6 @@ def _existing_file(v: Path, info: ValidationInfo) -> Path:
 
 
 Duration = Annotated[float, BeforeValidator(_to_duration)]
-PositiveDuration = Annotated[
-    float, BeforeValidator(_to_duration), AfterValidator(_positive_duration)
-]
 Size = Annotated[int, BeforeValidator(_to_size)]
 NonBlank = Annotated[str, AfterValidator(_non_blank)]
 Name = Annotated[str, AfterValidator(_name)]
@@ -148,7 +151,8 @@ Direction = Literal["up", "down", "both"]
 class Section(BaseModel):
     """Base of every config model: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are never a setting: `speed: .nan` once passed every "> 0" check.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

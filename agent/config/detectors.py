@@ -10,25 +10,27 @@ from agent.config.base import (
     Direction,
     Duration,
     Loc,
-    PositiveDuration,
     Section,
     positive,
     raise_problems,
     reason,
 )
+from agent.config.bounds import within
 
 
 class _Timing(Section):
     """How long a condition must hold before an alert, and before it clears."""
 
-    hold: Duration = 0.0
-    clear_hold: Duration | None = Field(default=None, description="None: same as hold")
+    hold: Annotated[Duration, within("detectors.hold")] = 0.0
+    clear_hold: Annotated[Duration, within("detectors.hold")] | None = Field(
+        default=None, description="None: same as hold"
+    )
 
 
 class _ThresholdDetector(_Timing):
     """Settings shared by detectors that compare a drift figure against warn/alarm thresholds."""
 
-    window: PositiveDuration
+    window: Annotated[Duration, within("detectors.window")]
     warn: Annotated[float, AfterValidator(positive)]
     alarm: float | None = None
     units: Literal["abs", "sigma"] = Field(
@@ -136,14 +138,14 @@ class StaleConfig(Section):
     """Alert when no reading arrived for max_gap (sensor or link down)."""
 
     type: Literal["stale"]
-    max_gap: PositiveDuration
+    max_gap: Annotated[Duration, within("detectors.max_gap")]
 
 
 class StuckConfig(_Timing):
     """Alert when the readings do not change at all over a window (a frozen sensor)."""
 
     type: Literal["stuck"]
-    window: PositiveDuration
+    window: Annotated[Duration, within("detectors.window")]
     tolerance: Annotated[float, Field(ge=0)] = Field(
         default=0.0, description="a spread (std) at or below this counts as flat"
     )
@@ -155,7 +157,7 @@ class InvalidRateConfig(_Timing):
     """Alert when the share of out-of-range readings over a window exceeds warn/alarm (0..1)."""
 
     type: Literal["invalid_rate"]
-    window: PositiveDuration
+    window: Annotated[Duration, within("detectors.window")]
     warn: Annotated[float, Field(gt=0, le=1)] = 0.05
     alarm: Annotated[float, Field(gt=0, le=1)] | None = 0.2
     min_samples: Annotated[int, Field(ge=1)] = 20
@@ -257,8 +259,8 @@ class BaselineSpecConfig(Section):
 
     value: Annotated[float | None, BeforeValidator(_baseline_value)] = None
     std: Annotated[float, Field(gt=0)] | None = None
-    window: PositiveDuration = 7 * 86400.0
-    learn: PositiveDuration | None = Field(
+    window: Annotated[Duration, within("baseline.window")] = 7 * 86400.0
+    learn: Annotated[Duration, within("baseline.learn")] | None = Field(
         default=None, description="lock a learned baseline after this much data (None: never)"
     )
     min_samples: Annotated[int, Field(ge=2)] = 30

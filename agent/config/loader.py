@@ -13,10 +13,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from agent.config.base import CONTEXT_KEY, Loading, Loc
+from agent.config.base import CONTEXT_KEY, ConfigWarning, Loading, Loc
 from agent.config.detectors import DETECTOR_TYPES
 from agent.config.models import SOURCE_TYPES, AgentConfig, duplicate_names
 from agent.config.notify import TARGET_TYPES
+from agent.config.risks import risks
 from agent.errors import ConfigError
 
 # --------------------------------------------------------------------------- YAML with line numbers
@@ -190,6 +191,8 @@ def problem_text(
         return (*path, "type"), f"unknown type {ctx.get('tag')!r}; one of: {choices}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return path, f"should be a mapping of keys, got {describe_value(value)}"
+    if kind == "finite_number":
+        return path, f"{describe_value(value)} is not a number: give a finite value"
     if kind == "list_type":
         return path, f"should be a list (items starting with '- '), got {describe_value(value)}"
     message = _PARSE_DETAIL.sub("", str(error["msg"]).removeprefix("Value error, "))
@@ -225,7 +228,7 @@ def _problem_lines(
 
 _DEFAULTED_SECTIONS = (
     "log", "alerts", "spool", "self_metrics", "sources", "channels", "color", "incidents",
-    "notify",
+    "notify", "input_limits",
 )  # fmt: skip
 
 
@@ -270,6 +273,10 @@ def _validate(
     if found:
         found.sort(key=lambda item: item[0])
         raise ConfigError(list(dict.fromkeys(text for _, text in found)))
+    located = sorted(((line_of(r.loc, lines), r) for r in risks(config)), key=lambda x: x[0])
+    for line, risk in located:
+        where = f"{_where(source, line, lines)} {format_path(risk.loc)}"
+        config.warnings.append(ConfigWarning(where, risk.event, risk.detail))
     return config
 
 

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationInfo,
     field_validator,
@@ -18,11 +19,12 @@ from pydantic import (
 
 from agent.config.base import (
     ConfigPath,
+    ConfigWarning,
+    Duration,
     ExistingFile,
     Loc,
     Name,
     NonBlank,
-    PositiveDuration,
     Section,
     Size,
     at_least_one_mib,
@@ -32,6 +34,7 @@ from agent.config.base import (
     raise_problems,
     reason,
 )
+from agent.config.bounds import within
 from agent.config.detectors import BaselineSpecConfig, DetectorConfig, LimitConfig
 from agent.config.notify import IncidentsConfig, NotifyConfig
 from agent.config.secrets import SecretFile, find_secret, inline_secret
@@ -52,15 +55,15 @@ class SimulatedSourceConfig(Section):
     type: Literal["simulated"]
     name: Name
     scenario: Literal["workshop"] = "workshop"
-    speed: Annotated[float, AfterValidator(positive)] = Field(
+    speed: Annotated[float, within("sources.speed")] = Field(
         default=1.0, description="simulated seconds per wall-clock second"
     )
     start: Annotated[datetime, AfterValidator(aware)] | None = None
-    days: Annotated[float, AfterValidator(positive)] | None = Field(
+    days: Annotated[float, within("sources.days")] | None = Field(
         default=None, description="stop after this much simulated time"
     )
     seed: int = 1
-    interval: PositiveDuration = Field(
+    interval: Annotated[Duration, within("sources.interval")] = Field(
         default=60.0, description="simulated seconds between samples"
     )
 
@@ -102,7 +105,9 @@ class SerialSourceConfig(_DeviceSource):
     bytesize: Literal[5, 6, 7, 8] = 8
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
-    reconnect_max: PositiveDuration = Field(default=5.0, description="longest reconnect wait")
+    reconnect_max: Annotated[Duration, within("sources.reconnect_max")] = Field(
+        default=5.0, description="longest reconnect wait"
+    )
 
 
 class MqttSourceConfig(_DeviceSource):
@@ -152,11 +157,11 @@ class AlertsConfig(Section):
     """How alert events reach people: console sentences, repeats, flapping suppression."""
 
     console: bool = True
-    repeat: PositiveDuration | None = None
+    repeat: Annotated[Duration, within("alerts.repeat")] | None = None
     flap_count: Annotated[int, Field(ge=2)] = Field(
         default=6, description="changes within flap_window that make an alert key flap"
     )
-    flap_window: PositiveDuration = 6 * 3600.0
+    flap_window: Annotated[Duration, within("alerts.flap_window")] = 6 * 3600.0
 
 
 def _http_url(v: str) -> str:
@@ -187,11 +192,11 @@ class InfluxConfig(Section):
     token_file: SecretFile | None = None
     gzip: bool = True
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
-    flush_interval: PositiveDuration = 1.0
-    timeout: PositiveDuration = 10.0
+    flush_interval: Annotated[Duration, within("influx.flush_interval")] = 1.0
+    timeout: Annotated[Duration, within("influx.timeout")] = 10.0
     verify_tls: bool = True
     ca_file: ExistingFile | None = None
-    max_backoff: PositiveDuration = 60.0
+    max_backoff: Annotated[Duration, within("influx.max_backoff")] = 60.0
     password: SecretStr | None = None
     token: SecretStr | None = None
 
@@ -271,7 +276,7 @@ class MqttConfig(Section):
     cert_file: ExistingFile | None = None
     key_file: ExistingFile | None = None
     keepalive: Annotated[int, Field(ge=1, le=65535)] = 60
-    session_expiry: PositiveDuration = Field(
+    session_expiry: Annotated[Duration, within("mqtt.session_expiry")] = Field(
         default=86400.0, description="how long the broker keeps our queue while we are away"
     )
     context_topic: NonBlank | None = Field(
@@ -283,6 +288,10 @@ class MqttConfig(Section):
     )
     watch_dropped: bool = Field(
         default=True, description="read $SYS/broker/publish/messages/dropped into self-metrics"
+    )
+    max_payload: Annotated[Size, Field(ge=1024, le=16 * 1024**2)] = Field(
+        default=256 * 1024,
+        description="larger messages are counted and dropped without being decoded",
     )
     password: SecretStr | None = None
 
@@ -311,7 +320,7 @@ class SpoolConfig(Section):
 
     max_bytes: Annotated[Size, AfterValidator(at_least_one_mib)] = 1024**3
     synchronous: Literal["normal", "full"] = "normal"
-    flush_interval: PositiveDuration = 0.2
+    flush_interval: Annotated[Duration, within("spool.flush_interval")] = 0.2
     flush_lines: Annotated[int, Field(ge=1)] = 2000
     max_dead_letters: Annotated[int, Field(ge=100, le=10_000_000)] = Field(
         default=100_000, description="dead letters kept; beyond, the oldest are deleted, counted"
@@ -321,7 +330,7 @@ class SpoolConfig(Section):
 class HistoryConfig(Section):
     """The local history of per-minute aggregates that `driftgate baseline capture` reads."""
 
-    days: Annotated[float, Field(gt=0)] = Field(
+    days: Annotated[float, within("history.days")] = Field(
         default=30.0, description="keep this many days back from the newest reading"
     )
 
@@ -341,10 +350,26 @@ class LotsConfig(Section):
     )
 
 
+class InputLimitsConfig(Section):
+    """Caps that keep careless or hostile input from growing the agent without bound."""
+
+    max_channels: Annotated[int, Field(ge=10, le=100_000)] = Field(
+        default=2000,
+        description="channels a gateway keeps; readings of further new channels are dropped",
+    )
+    max_ahead: Annotated[Duration, within("input_limits.max_ahead")] = Field(
+        default=86400.0, description="a device clock further ahead of the gateway's is refused"
+    )
+    max_behind: Annotated[Duration, within("input_limits.max_behind")] = Field(
+        default=365 * 86400.0,
+        description="a device clock further behind the gateway's is refused",
+    )
+
+
 class SelfMetricsConfig(Section):
     """How often the agent writes its own health figures (driftgate_agent measurement)."""
 
-    interval: PositiveDuration = 10.0
+    interval: Annotated[Duration, within("self_metrics.interval")] = 10.0
 
 
 # Illuminant names colour-science knows (its SDS_ILLUMINANTS keys), plus the names people use.
@@ -480,6 +505,13 @@ class AgentConfig(Section):
     )
     incidents: IncidentsConfig = Field(default_factory=IncidentsConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    input_limits: InputLimitsConfig = Field(default_factory=InputLimitsConfig)
+    _warnings: list[ConfigWarning] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[ConfigWarning]:
+        """Accepted settings that expose the gateway (filled by the loader, see config.risks)."""
+        return self._warnings
 
     @model_validator(mode="after")
     def _check_unique_names(self) -> "AgentConfig":

@@ -7,15 +7,16 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from agent.config.base import (
+    Duration,
     ExistingFile,
     Loc,
     Name,
     NonBlank,
-    PositiveDuration,
     Section,
     raise_problems,
     reason,
 )
+from agent.config.bounds import within
 from agent.config.secrets import SecretFile
 
 Severity = Literal["warn", "alarm"]
@@ -75,7 +76,7 @@ class WebhookTarget(_Target):
         description="JSON body with $placeholders (see docs/alerts.md); None: the standard body",
     )
     headers: dict[NonBlank, str] = Field(default_factory=dict)
-    timeout: PositiveDuration = 10.0
+    timeout: Annotated[Duration, within("notify.timeout")] = 10.0
 
 
 class EmailTarget(_Target):
@@ -90,10 +91,10 @@ class EmailTarget(_Target):
     password_file: SecretFile | None = None
     sender: NonBlank = Field(description="From: address, e.g. driftgate@atelier.example")
     to: list[NonBlank] = Field(default_factory=list, description="default recipients")
-    batch_window: PositiveDuration = Field(
+    batch_window: Annotated[Duration, within("notify.batch_window")] = Field(
         default=60.0, description="incidents opened within this are sent in one mail"
     )
-    timeout: PositiveDuration = 20.0
+    timeout: Annotated[Duration, within("notify.timeout")] = 20.0
 
 
 class AppriseTarget(_Target):
@@ -164,7 +165,7 @@ class RateLimit(Section):
     the window lets them go."""
 
     count: Annotated[int, Field(ge=1)] = 10
-    per: PositiveDuration = 3600.0
+    per: Annotated[Duration, within("notify.rate_limit.per")] = 3600.0
 
 
 class RouteMatch(Section):
@@ -187,7 +188,7 @@ class RouteConfig(Section):
     shifts: list[ShiftConfig] = Field(default_factory=list)
     quiet_hours: QuietHours | None = None
     rate_limit: RateLimit | None = Field(default_factory=RateLimit)
-    escalate_after: PositiveDuration | None = Field(
+    escalate_after: Annotated[Duration, within("notify.escalate_after")] | None = Field(
         default=None, description="not acknowledged within this: the escalate_to route too"
     )
     escalate_to: NonBlank | None = None
@@ -244,7 +245,7 @@ class IncidentsConfig(Section):
     group: Literal["channel", "zone"] = Field(
         default="channel", description="one incident per channel, or per zone"
     )
-    keep_cleared: PositiveDuration = Field(
+    keep_cleared: Annotated[Duration, within("incidents.keep_cleared")] = Field(
         default=7 * 86400.0, description="cleared incidents stay listed this long"
     )
     actions: dict[NonBlank, str] = Field(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -55,6 +56,7 @@ DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 ONLINE, OFFLINE = b"online", b"offline"
 _SESSION_EXPIRY_MAX = 0xFFFFFFFF
 _ROUTE_CACHE_MAX = 10_000  # distinct topics remembered with their handlers
+_ROUTE_CACHE_TOPIC = 512  # longer topics (MQTT allows 64 KiB) are routed, never remembered
 # CONNACK reason codes that retrying will not fix (MQTT v5 and v3 numbering): say so.
 AUTH_FAILURES = frozenset({4, 5, 134, 135, 138, 140})
 
@@ -89,10 +91,14 @@ def parse_context(topic: str, payload: bytes) -> tuple[str, str, dict[str, str |
     for key, value in doc.items():
         if value is None or isinstance(value, str):
             tags[key] = value
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ContextError(f"the value of {key[:40]!r} is {value}: give a number or text")
         elif isinstance(value, int | float) and not isinstance(value, bool):
             tags[key] = str(value)
         else:
-            raise ContextError(f"the value of {key!r} should be text, got {type(value).__name__}")
+            raise ContextError(
+                f"the value of {key[:40]!r} should be text, got {type(value).__name__}"
+            )
     return scope, name, tags
 
 
@@ -346,6 +352,18 @@ class MqttLink:
             health.unrouted += 1
             return
         payload = message.payload
+        if len(payload) > self.cfg.max_payload:
+            # Neither the broker (up to MQTT's 256 MB) nor paho limits a payload: no decoding
+            # of a 5 MB message, only a count and one line per burst.
+            self.metrics.mqtt_oversized += 1
+            log.warning(
+                "mqtt message too large: dropped without decoding",
+                topic=topic[:200],
+                bytes=len(payload),
+                limit=self.cfg.max_payload,
+                hint="raise mqtt.max_payload if the sender is right, or fix the sender",
+            )
+            return
         for handler in handlers:
             try:
                 handler(topic, payload, received_ns)
@@ -360,6 +378,8 @@ class MqttLink:
             if topic.matches(topic_filter)
             for handler in sub.handlers
         )
+        if len(topic.value) > _ROUTE_CACHE_TOPIC:
+            return found  # 10,000 made-up 64 KiB topics would otherwise hold 640 MB here
         if len(self._routes) >= _ROUTE_CACHE_MAX:
             self._routes.clear()
         self._routes[topic.value] = found
@@ -372,8 +392,10 @@ class MqttLink:
             scope, name, tags = parse_context(topic, payload)
             changed = self._context.set(scope, name, tags, save=False)
         except ContextError as exc:
-            self.metrics.decode_errors += 1
-            log.warning("bad production context message ignored", topic=topic, reason=str(exc))
+            self.metrics.context_refused += 1
+            log.warning(
+                "bad production context message ignored", topic=topic[:200], reason=str(exc)
+            )
             return
         if changed:
             log.info("production context set over mqtt", scope=scope, name=name, tags=tags)
@@ -391,7 +413,8 @@ def _no_delay(client: Client) -> None:
     """Send each MQTT packet at once (TCP_NODELAY), as the broker should: with Nagle's
     algorithm a small publish waits for the ACK of the previous one, which the receiver
     delays by up to 40 ms. paho leaves it on; alerts and incident notices are small."""
-    sock = client._client.socket()  # paho's socket: aiomqtt has no option for it
+    paho = getattr(client, "_client", None)  # aiomqtt has no option for it
+    sock = paho.socket() if paho is not None else None
     if isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -49,7 +49,9 @@ _NUMBER = re.compile(
 )
 _INTEGER = re.compile(r"[+-]?\d{1,20}", re.ASCII)
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-_BAD_TAG = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters, and lone surrogates (a JSON "\ud800" escape): no UTF-8 can carry those,
+# and one in a tag made every spool commit fail until the agent gave up.
+_BAD_TAG = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _MAX_TAG = 256
 # Device clocks outside this window were never set (an RTC at 1970 or 2000 after a reset).
 _EARLIEST_NS: Final = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp()) * 10**9
@@ -215,12 +217,17 @@ class _Framer:
 
 
 class _LineFramer(_Framer):
+    """Lines up to ``max_length``. Past it, the buffer is garbage, never a frame: it is dropped
+    and the framer resynchronises at the next start marker (``start``, e.g. ``$``) or, without
+    one, after the next terminator. So a valid frame right after an over-long run of
+    unterminated bytes is kept whether it arrives in the same read or the next one."""
+
     def __init__(self, spec: LineFraming) -> None:
         super().__init__()
         self.sep = spec.terminator[-1].encode()
         self.start = spec.start
         self.max = spec.max_length
-        self.skipping = False  # inside an over-long line: drop up to its end
+        self.skipping = False  # inside an over-long line: drop up to its end (or a start)
 
     def reset(self) -> None:
         super().reset()
@@ -236,8 +243,9 @@ class _LineFramer(_Framer):
             pos = end + 1
             if self.skipping:
                 self.skipping = False
-                self.discarded_bytes += len(frame)
-                continue
+                if self.start is None:  # nothing but the terminator marks where a frame begins
+                    self.discarded_bytes += len(frame)
+                    continue
             if self.start is not None and frame:
                 at = frame.rfind(self.start)
                 if at < 0:
@@ -251,10 +259,20 @@ class _LineFramer(_Framer):
                 out.append(frame)
         del buf[:pos]
         if len(buf) > self.max:
-            self._overflow(len(buf))
-            buf.clear()
-            self.skipping = True
+            self._cut(buf)
         return out
+
+    def _cut(self, buf: bytearray) -> None:
+        """Drop an over-long unterminated run, keeping a frame that starts inside it."""
+        at = buf.rfind(self.start) if self.start is not None else -1
+        if at > 0 and len(buf) - at <= self.max:
+            self._overflow(at)
+            del buf[:at]
+            self.skipping = False
+            return
+        self._overflow(len(buf))
+        buf.clear()
+        self.skipping = True
 
 
 class _StxEtxFramer(_Framer):

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent import clock
-from agent.channels import ChannelRegistry
+from agent.channels import ChannelLimitError, ChannelRegistry
+from agent.config.bounds import seconds_words
 from agent.context import PER_READING_TAGS
 from agent.errors import DecodeError
 from agent.ingest.decode import DecodedValue, Decoder, DecodeResult, Spectrum
@@ -15,6 +16,7 @@ from agent.logs import get_logger
 from agent.pipeline import Pipeline
 from agent.reading import Channel
 from agent.store.lineprotocol import encode_point
+from agent.words import duration_words, iso
 
 log = get_logger("driftgate.sources")
 
@@ -81,7 +83,11 @@ class FrameHandler:
 
     Nothing a device sends can raise out of here: a malformed frame is counted and logged
     (identical errors are summarised per burst by the logging setup), an out-of-range value is
-    counted, kept out of the data and the detectors, and its raw frame dead-lettered.
+    counted, kept out of the data and the detectors, and its raw frame dead-lettered. A frame
+    stamped by the device's own clock further from the gateway's clock than
+    ``input_limits.max_ahead``/``max_behind`` is dead-lettered whole and its readings counted
+    (``device_time_refused``); a reading whose new channel would pass ``input_limits.max_channels``
+    is dropped and counted (``channels_refused``).
 
     A channel is one stream: tags that change from reading to reading (a sample id, a lot the
     device itself reports, see ``PER_READING_TAGS``) go on that reading's point only and never
@@ -111,6 +117,8 @@ class FrameHandler:
         self._channels: dict[tuple[str, tuple[tuple[str, str], ...]], Channel] = {}
         self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
         self._context_version = -1
+        timestamp = decoder.profile.timestamp
+        self._device_clock = timestamp.source == "device" and timestamp.field is not None
 
     def frame(self, raw: bytes, topic: str | None = None, received_ns: int | None = None) -> None:
         """Decode one frame (or MQTT payload) and ingest what it holds."""
@@ -126,7 +134,7 @@ class FrameHandler:
             log.warning(
                 "cannot decode frame",
                 source=self.source,
-                topic=topic,
+                topic=topic if topic is None else topic[:_RAW_PREVIEW],
                 reason=exc.reason,
                 frame=preview(raw),
             )
@@ -134,16 +142,30 @@ class FrameHandler:
             if sink is not None and self.decoder.profile.spectrum is not None:
                 sink.bad_frame(self, raw, exc.reason)  # a lost measurement: dead-letter it
             return
-        self.ingest(result, raw)
+        self.ingest(result, raw, now)
 
-    def ingest(self, result: DecodeResult, raw: bytes = b"") -> None:
-        """Hand decoded values to the pipeline; dead-letter the invalid ones."""
+    def ingest(
+        self, result: DecodeResult, raw: bytes = b"", received_ns: int | None = None
+    ) -> None:
+        """Hand decoded values to the pipeline; dead-letter the invalid ones.
+
+        ``received_ns``: when the frame arrived (now if None), which a device's own clock is
+        checked against.
+        """
         pipeline = self.pipeline
+        if self._device_clock and not self._device_time_ok(result, raw, received_ns):
+            return
         ingest = pipeline.ingest
+        taken = 0
         for value in result.values:
-            channel, own = self._route(value)
+            try:
+                channel, own = self._route(value)
+            except ChannelLimitError as exc:
+                self._channel_refused(exc)
+                continue
             ingest(channel, value.ts_ns, value.value, self._prefix(channel, own) if own else None)
-        self.health.readings += len(result.values)
+            taken += 1
+        self.health.readings += taken
         for bad in result.invalid:
             self.health.invalid += 1
             known = self._channel_named(bad.name)
@@ -167,6 +189,51 @@ class FrameHandler:
                 sink.spectrum(self, spectrum, raw)
             elif result.values and result.values[0].kind == "color":
                 sink.lab_values(self, result.values, raw)
+
+    def _device_time_ok(self, result: DecodeResult, raw: bytes, received_ns: int | None) -> bool:
+        """Whether the device's clock is close enough to the gateway's; if not, dead-letter
+        the frame whole (its readings counted) and say so once per burst."""
+        stamps = [v.ts_ns for v in result.values]
+        if result.spectrum is not None:
+            stamps.append(result.spectrum.ts_ns)
+        if not stamps:
+            return True
+        pipeline = self.pipeline
+        now = clock.wall_ns() if received_ns is None else received_ns
+        first, last = min(stamps), max(stamps)
+        if last - now > pipeline.device_ahead_ns:
+            off, limit, key, side = last - now, pipeline.device_ahead_ns, "max_ahead", "ahead of"
+        elif now - first > pipeline.device_behind_ns:
+            off, limit, key, side = now - first, pipeline.device_behind_ns, "max_behind", "behind"
+        else:
+            return True
+        held = len(stamps) + len(result.invalid)
+        pipeline.metrics.device_time_refused += held
+        device = iso(last if side == "ahead of" else first)
+        pipeline.dead_letter(
+            raw,
+            f"{self.source}: device time {device} is {duration_words(off / 1e9)} {side} the "
+            f"gateway's clock ({iso(now)}); input_limits.{key} is {seconds_words(limit / 1e9)}",
+        )
+        log.warning(
+            "device clock out of bounds: frame refused",
+            source=self.source,
+            device_time=device,
+            gateway_time=iso(now),
+            readings=held,
+            hint=f"set the device's clock (NTP), or raise input_limits.{key}",
+        )
+        return False
+
+    def _channel_refused(self, exc: ChannelLimitError) -> None:
+        self.pipeline.metrics.channels_refused += 1
+        log.warning(
+            "channel limit reached: readings of new channels are dropped",
+            source=self.source,
+            reason=str(exc),
+            hint="raise input_limits.max_channels, or find the sender making up sensor ids "
+            "or topics",
+        )
 
     def _channel_named(self, name: str) -> Channel | None:
         """The channel an out-of-range value would have gone to (frame tags unknown: first)."""

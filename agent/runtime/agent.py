@@ -168,6 +168,7 @@ class Agent:
         metrics = self.metrics
         metrics.loop_lag_max_ms, metrics.loop_lag_p99_ms = self.lag.take()
         metrics.task_restarts = self.supervisor.restarts
+        metrics.channels = len(self.registry.channels)
         lines = [encode_point("driftgate_agent", tags, metrics.fields(), now)]
         for source in self.sources:
             health = getattr(source, "health", None)
@@ -219,6 +220,7 @@ class Agent:
             log.error("cannot read the baselines file", error=str(exc))
         if self.color is not None and await asyncio.to_thread(self.color.references.reload):
             self.color.references_changed()
+        self.registry.new_channels.flush()  # the summary of a burst of new channels
         clock.wall_ns()  # a quiet agent notices a step of the clock here at the latest
         self.pipeline.check_stale(self.stale_clock())
         if self.lots is not None and self.lots.due():
@@ -307,7 +309,10 @@ class Agent:
         count = self.registry.retag_all()
         if self.lots is not None:
             self.lots.context_changed()  # new lots start their samples with the next readings
-        log.info("production context changed", channels=count, context=self.context.scopes)
+        scopes = self.context.scopes
+        # The whole context while it reads at a glance; past that, how much of it there is.
+        shown: object = scopes if len(scopes) <= 8 else f"{len(scopes)} lines and zones"
+        log.info("production context changed", channels=count, context=shown)
 
     # -- run and stop ----------------------------------------------------------------------
 
@@ -354,6 +359,8 @@ class Agent:
     async def _start(self) -> None:
         await asyncio.to_thread(self._prepare_colour)
         stats = await self.spool.open()
+        for warning in self.cfg.warnings:
+            log.warning(warning.event, where=warning.where, detail=warning.detail)
         log.info(
             "agent starting",
             site=self.cfg.site,
@@ -432,6 +439,7 @@ class Agent:
             await asyncio.wait_for(self.spool.close(), remaining)
         except TimeoutError:
             log.error("spool did not close in time; SQLite's WAL keeps what was committed")
+        self.registry.new_channels.flush(force=True)
         flush_bursts(force=True)
         log.info("agent stopped", readings=self.metrics.readings_in, alerts=self.metrics.alerts)
         return final

@@ -91,7 +91,9 @@ def build(
     """Wire the data path for ``cfg``.
 
     ``persistent=False`` (replay, benchmarks) keeps baselines and context in memory and leaves
-    out the local history, lot tracking and the colour stage, which exist to keep state.
+    out the local history, lot tracking and the colour stage, which exist to keep state; nor
+    does it cap the channels (``input_limits.max_channels`` guards a gateway against its senders, a
+    replayed file has exactly the series it has).
     ``spool`` replaces the state dir's spool (a replay discards lines).
     """
     state = cfg.state_dir if persistent else None
@@ -112,8 +114,21 @@ def build(
         baselines = BaselineStore(state / "baselines.json" if state is not None else None)
     context = ContextStore(state / "context.json" if state is not None else None)
     engine = DriftEngine(baselines, cfg.alerts)
-    registry = ChannelRegistry(cfg.channels, engine, context)
-    pipeline = Pipeline(spool, metrics, cfg.site, cfg.gateway, engine)
+    registry = ChannelRegistry(
+        cfg.channels,
+        engine,
+        context,
+        max_channels=cfg.input_limits.max_channels if persistent else None,
+    )
+    pipeline = Pipeline(
+        spool,
+        metrics,
+        cfg.site,
+        cfg.gateway,
+        engine,
+        device_ahead_ns=round(cfg.input_limits.max_ahead * 1e9),
+        device_behind_ns=round(cfg.input_limits.max_behind * 1e9),
+    )
     core = Core(cfg, metrics, spool, baselines, context, engine, registry, pipeline)
     if state is not None:
         core.history = History(history_path(state), days=cfg.history.days)
