@@ -424,12 +424,15 @@ class Agent:
             log.error("spool did not close in time; SQLite's WAL keeps what was committed")
         flush_bursts(force=True)
         lost = self.spool.lost_lines
-        (log.error if lost else log.info)(
+        # error: lines were lost just now; warning: earlier in the run, while the disk was full
+        level = log.error if self.spool.lost_at_close else log.warning if lost else log.info
+        level(
             "agent stopped",
             readings=self.metrics.readings_in,
             alerts=self.metrics.alerts,
             spooled=self.metrics.spool_appended - lost,
             lost_lines=lost,
+            lost_at_stop=self.spool.lost_at_close,
         )
         return final
 

@@ -666,6 +666,8 @@ class Spool:
         """Called when an outage begins, and again when it ends (``outage.ended`` set)."""
         self.lost_lines = 0
         """Lines appended but never written (dropped from memory, or left at close), this run."""
+        self.lost_at_close = 0
+        """Of those, the lines still in memory when the spool closed."""
         self._flush_interval = flush_interval
         self._flush_lines = flush_lines
         self._chunk_lines = min(flush_lines, CHUNK_MAX_LINES)
@@ -684,21 +686,25 @@ class Spool:
     # -- hot path ----------------------------------------------------------------------------
     def append(self, line: str) -> None:
         """Queue one line for the next commit (never blocks)."""
-        self._buffer.append(line)
+        buffer = self._buffer
+        buffer.append(line)
         self.metrics.spool_appended += 1
-        if len(self._buffer) >= self._flush_lines:
+        if len(buffer) >= self._flush_lines:
             self._full.set()
-            if self.outage is not None:
+            # Trimmed a flush's worth at a time while writes fail: dropping one line per
+            # append would move the whole buffer in memory for every reading.
+            if self.outage is not None and len(buffer) > self.max_buffered + self._flush_lines:
                 self._trim()
 
     def extend(self, lines: Iterable[str]) -> None:
         """Queue several lines for the next commit (never blocks)."""
-        before = len(self._buffer)
-        self._buffer.extend(lines)
-        self.metrics.spool_appended += len(self._buffer) - before
-        if len(self._buffer) >= self._flush_lines:
+        buffer = self._buffer
+        before = len(buffer)
+        buffer.extend(lines)
+        self.metrics.spool_appended += len(buffer) - before
+        if len(buffer) >= self._flush_lines:
             self._full.set()
-            if self.outage is not None:
+            if self.outage is not None and len(buffer) > self.max_buffered + self._flush_lines:
                 self._trim()
 
     @property
@@ -825,6 +831,7 @@ class Spool:
             if self._buffer:
                 lost, self._buffer = len(self._buffer), []
                 self._count_lost(lost)
+                self.lost_at_close = lost
                 outage = self.outage
                 _log.error(
                     "spool closed: lines that could not be written are lost",

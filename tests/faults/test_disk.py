@@ -296,6 +296,10 @@ async def test_disk_full_is_named_alerted_survived_and_counted_exactly(
     # Nothing was lost after space returned: every drop happened while the disk was full.
     assert m.spool_dropped_unwritable == dropped_while_full
     assert m.spool_dropped == m.spool_dropped_unwritable  # the cap dropped nothing
+    stopped = [e for e in logs if e["event"] == "agent stopped"]
+    assert stopped[0]["level"] == "warning"  # lines were lost during the run, none at the stop
+    assert stopped[0]["lost_lines"] == m.spool_dropped_unwritable
+    assert stopped[0]["lost_at_stop"] == 0
 
     arrived = await asyncio.to_thread(influx_lines, server, db)
     # The alert events made it too, the raised one spooled once space returned.
@@ -386,7 +390,7 @@ def test_sigterm_while_the_disk_is_full_exits_0_and_says_what_was_lost(
     assert len(stopped) == 1
     assert stopped[0]["level"] == "error"
     lost = stopped[0]["lost_lines"]
-    assert lost == closed[0]["lines"] > 0  # nothing was dropped earlier: all lost at the end
+    assert lost == stopped[0]["lost_at_stop"] == closed[0]["lines"] > 0  # none dropped earlier
     appended = stopped[0]["spooled"] + lost
     kept = len(spool_lines(state))  # committed before the disk filled, not yet forwarded
     assert kept > 0
