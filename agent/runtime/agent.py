@@ -211,10 +211,7 @@ class Agent:
         clock.wall_ns()  # a quiet agent notices a step of the clock here at the latest
         self.pipeline.check_stale(self.stale_clock())
         if self.lots is not None and self.lots.due():
-            try:
-                await self.lots.save_soon()
-            except OSError as exc:
-                self._unsaved("the lot samples", self.state_dir / "lots.json", exc)
+            await self.lots.save_soon()  # logs its own write errors
 
     async def _save(self, save: Callable[[], None], what: str) -> None:
         """Write a state file from a thread; a full disk is logged (once per burst), not a crash
@@ -222,10 +219,10 @@ class Agent:
         try:
             await asyncio.to_thread(save)
         except OSError as exc:
-            self._unsaved(what, self.state_dir, exc)
+            self._log_unsaved(what, self.state_dir, exc)
 
     @staticmethod
-    def _unsaved(what: str, where: Path, exc: OSError) -> None:
+    def _log_unsaved(what: str, where: Path, exc: OSError) -> None:
         if is_disk_full(exc, where):
             log.error(
                 f"disk full: cannot save {what}",

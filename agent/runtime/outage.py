@@ -42,7 +42,7 @@ class OutageAlert:
 OUTAGE_ALERTS: dict[bool, OutageAlert] = {
     True: OutageAlert(
         "disk_full",
-        "The gateway's disk is full: driftgate cannot store readings in {path} ({disk}). "
+        "ALARM: The gateway's disk is full: driftgate cannot store readings in {path} ({disk}). "
         "It keeps up to {max_buffered:,} lines in memory and drops the oldest beyond that; "
         "free space on that disk now.",
         "The gateway's disk takes writes again after {down}: {written:,} lines that waited "
@@ -50,7 +50,7 @@ OUTAGE_ALERTS: dict[bool, OutageAlert] = {
     ),
     False: OutageAlert(
         "spool_unwritable",
-        "driftgate cannot write to its spool {path} ({error}). It keeps up to "
+        "ALARM: driftgate cannot write to its spool {path} ({error}). It keeps up to "
         "{max_buffered:,} lines in memory and drops the oldest beyond that; check the disk "
         "under the state directory.",
         "driftgate writes to its spool again after {down}: {written:,} lines that waited in "

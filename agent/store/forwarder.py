@@ -111,7 +111,10 @@ _HINT_OTHER = "InfluxDB at {url} answered HTTP {status}: data is kept and retrie
 
 STATUS_INTERVAL_S = 60.0
 """While InfluxDB is unreachable, a status line this often (backlog, oldest line's age, retries
-so far); while the backlog drains after it came back, a progress line (lines/s, time to empty)."""
+so far), counted from the start of the outage."""
+PROGRESS_INTERVAL_S = 15.0
+"""While the backlog of an outage drains, a progress line this often (lines/s, time to empty):
+shorter than the status interval, since a drain often takes less than a minute."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,10 +404,13 @@ class Forwarder:
         *,
         writer_factory: Callable[[ForwarderSettings], Writer] = make_writer,
         status_interval: float = STATUS_INTERVAL_S,
+        progress_interval: float = PROGRESS_INTERVAL_S,
     ) -> None:
         self._spool = spool
         self.status_interval = status_interval
-        """Seconds between status lines during an outage and progress lines while draining."""
+        """Seconds between status lines while InfluxDB does not take writes."""
+        self.progress_interval = progress_interval
+        """Seconds between progress lines while the backlog of an outage drains."""
         self._settings = settings
         self.metrics = metrics if metrics is not None else spool.metrics
         self._stopping = asyncio.Event()
@@ -418,6 +424,7 @@ class Forwarder:
         self._down_retries = 0
         self._problem: tuple[int, Action] | None = None
         self._backlog: _Backlog | None = None
+        self._told_down = 0.0  # monotonic time of the last status line of this outage
         self._ack_failing = False
         self.backoff = FORWARDER.with_cap(settings.max_backoff)
 
@@ -678,13 +685,17 @@ class Forwarder:
     # -- status lines during an outage and while its backlog drains -----------------------------
     async def _status_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.status_interval)
+            # Wake often enough to keep both intervals within a quarter of their length.
+            await asyncio.sleep(min(self.status_interval, self.progress_interval) / 4)
             self.status()
 
     def status(self) -> None:
-        """Log where an outage or the drain of its backlog stands (the status loop calls it)."""
+        """Log where an outage or the drain of its backlog stands, when a line is due."""
         now = time.monotonic()
         if self._down_since is not None:
+            if now - max(self._down_since, self._told_down) < self.status_interval:
+                return
+            self._told_down = now
             oldest = self._spool.oldest_ns
             _log.info(
                 "InfluxDB still not taking writes: readings wait in the spool",
@@ -699,7 +710,7 @@ class Forwarder:
             )
             return
         b = self._backlog
-        if b is None:
+        if b is None or now - b.at < self.progress_interval:
             return
         lines = self.metrics.spool_pending_lines
         forwarded = self.metrics.forwarded

@@ -319,7 +319,10 @@ class _Store:
                     f"{version}, this one knows {SCHEMA_VERSION}): upgrade driftgate, or move "
                     "the file aside to start an empty spool."
                 )
-            conn.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            if version < SCHEMA_VERSION:  # an existing spool opens without a write (full disk)
+                conn.executescript(
+                    f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                )
             self.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
             # The WAL is truncated to one slice when it restarts, and checkpointed whenever it
             # passes half a slice: it is part of the disk max_bytes bounds (SQLite's default,

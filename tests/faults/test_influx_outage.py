@@ -2,8 +2,9 @@
 every interval while it lasts, progress lines with an ETA while the backlog drains), and every
 line the agent took in arrives exactly once.
 
-The real InfluxDB 1.6 is stopped and started on the same port; the status interval is
-shortened here (the policy's 60 s with --soak, over a three-minute outage).
+The real InfluxDB 1.6 is stopped and started on the same port; the status and progress
+intervals are shortened here (the policy's 60 s and 15 s with --soak, over a three-minute
+outage).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from test_agent_e2e import START, agent_config, influx_count, influx_reading_cou
 from agent.config import config_from_dict
 from agent.logs import configure_logging
 from agent.runtime.agent import Agent
-from agent.store.forwarder import STATUS_INTERVAL_S
+from agent.store.forwarder import PROGRESS_INTERVAL_S, STATUS_INTERVAL_S
 
 GATEWAY = "e2e-gw"
 
@@ -60,7 +61,9 @@ async def test_influxdb_down_then_back_is_never_silent_and_loses_nothing(
     server = influxdb_private
     db = "outage"
     server.create_database(db)
-    down_for, interval = (180.0, STATUS_INTERVAL_S) if soak else (20.0, 1.0)
+    down_for, interval, progress = (
+        (180.0, STATUS_INTERVAL_S, PROGRESS_INTERVAL_S) if soak else (20.0, 1.0, 0.5)
+    )
     batch = 100  # small batches: the backlog takes several status intervals to drain
     influx = {"url": server.url, "api": "v1", "database": db, "timeout": 2, "batch_size": batch}
     source = {"speed": 20_000, "start": START, "seed": 4, "interval": 60}
@@ -70,6 +73,7 @@ async def test_influxdb_down_then_back_is_never_silent_and_loses_nothing(
     agent = Agent(cfg)
     assert agent.forwarder is not None
     agent.forwarder.status_interval = interval
+    agent.forwarder.progress_interval = progress
     m = agent.metrics
     run = asyncio.create_task(agent.run(drain_at_end=120, handle_signals=False))
     try:
