@@ -258,6 +258,7 @@ async def test_cli_spool_reports_pending_dropped_and_dead_letters(tmp_path: Path
     await spool.close()
     assert code == 0
     assert "waiting: 1,234 lines" in out
+    assert " MB (the files spool.max_bytes caps)" in out
     assert "dead letters (refused by InfluxDB or out of range): 1" in out
     assert "[HTTP 400] partial write: field type conflict" in out
     code, _, err = await cli(tmp_path / "none")
