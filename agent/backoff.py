@@ -27,6 +27,7 @@ __all__ = [
     "SERIAL",
     "SERIAL_RECONNECT_MAX_S",
     "SERIAL_RESUME_HEADROOM_S",
+    "SPOOL_WRITE",
     "TASK_RESTART",
     "Backoff",
     "Draw",
@@ -152,3 +153,8 @@ SERIAL = serial_policy(SERIAL_RECONNECT_MAX_S)
 TASK_RESTART = Backoff(base=1.0, factor=2.0, cap=30.0, jitter=0.5, stable_after=600.0)
 """A crashed task of the agent (agent/runtime/supervisor.py): 1 s doubling up to 30 s; a task
 that ran ten minutes before it crashed starts over at 1 s."""
+
+SPOOL_WRITE = Backoff(base=0.25, factor=2.0, cap=5.0, jitter=0.2)
+"""A spool write that failed (disk full, I/O error): the next commit of the lines held in
+memory, and the forwarder's next try to delete a batch InfluxDB took. 0.25 s doubling to 5 s:
+never a tight loop of failing commits, and writing again within 5 s of space returning."""

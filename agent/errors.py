@@ -27,3 +27,7 @@ class DecodeError(DriftgateError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class DiskFullError(SpoolError):
+    """The disk under the state dir is full (SQLITE_FULL, ENOSPC): free space there."""

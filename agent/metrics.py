@@ -19,6 +19,12 @@ class AgentMetrics:
     spool_pending_lines: int = 0
     spool_pending_bytes: int = 0
     spool_dropped: int = 0
+    spool_dropped_unwritable: int = 0  # of spool_dropped: lost because the disk refused writes
+    spool_buffered: int = 0  # lines in memory waiting for a commit (grows while unwritable)
+    spool_disk_bytes: int = 0  # the spool's files on disk (what spool.max_bytes bounds)
+    spool_oldest_age_s: float = 0.0  # age of the oldest line waiting in the spool
+    spool_healthy: bool = True  # False while the spool cannot commit
+    disk_full: bool = False  # the spool cannot commit because its disk is full
     forwarded: int = 0
     forward_batches: int = 0
     forward_errors: int = 0

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from agent.drift.alerts import AlertEvent
 from agent.drift.engine import DriftEngine
+from agent.errors import SpoolError
 from agent.metrics import AgentMetrics
 from agent.reading import Channel
 from agent.store.spool import Spool
@@ -29,6 +30,9 @@ DEVICE_AHEAD_NS = 86_400 * 10**9
 """Default of ``input_limits.max_ahead``: a device clock further ahead is refused."""
 DEVICE_BEHIND_NS = 365 * 86_400 * 10**9
 """Default of ``input_limits.max_behind``: a device clock further behind is refused."""
+MAX_PENDING_REJECTS = 10_000
+"""Rejected frames kept in memory while the spool cannot write them to its dead-letter table;
+beyond, the oldest are dropped and counted in ``dead_letters_dropped``."""
 
 
 class BatchStage(Protocol):
@@ -154,15 +158,32 @@ class Pipeline:
         self.rejected.append((text, reason))
 
     async def flush_rejected(self) -> None:
-        """Write queued rejects to the spool's dead-letter table."""
+        """Write queued rejects to the spool's dead-letter table (kept for later while the
+        spool cannot write; beyond MAX_PENDING_REJECTS the oldest are dropped and counted)."""
         if not self.rejected:
+            return
+        if not self.spool.healthy:
+            self._bound_rejected()
             return
         batch, self.rejected = self.rejected, []
         by_reason: dict[str, list[str]] = {}
         for text, reason in batch:
             by_reason.setdefault(reason, []).append(text)
-        for reason, texts in by_reason.items():
-            await self.spool.dead_letter(texts, 0, reason)
+        groups = list(by_reason.items())
+        for i, (reason, texts) in enumerate(groups):
+            try:
+                await self.spool.dead_letter(texts, 0, reason)
+            except SpoolError:
+                # the spool logs its outage; these wait for the next round with the rest
+                self.rejected[:0] = [(t, r) for r, ts in groups[i:] for t in ts]
+                self._bound_rejected()
+                return
+
+    def _bound_rejected(self) -> None:
+        excess = len(self.rejected) - MAX_PENDING_REJECTS
+        if excess > 0:
+            del self.rejected[:excess]
+            self.spool.count_dead_dropped(excess)
 
     def check_stale(self, now_s: float | None = None) -> None:
         """Raise stale alerts for channels that have gone quiet (see DriftEngine.check_stale)."""
@@ -170,9 +191,14 @@ class Pipeline:
         for event in self.engine.check_stale(now_s):
             self.alert(event)
 
-    def alert(self, event: AlertEvent) -> None:
-        """Record an alert event in the spool and hand it to every sink (console, log, ...)."""
+    def alert(self, event: AlertEvent, *, spool: bool = True) -> None:
+        """Record an alert event in the spool and hand it to every sink (console, log, ...).
+
+        ``spool=False``: the caller spools the event's line itself, later (the spool's own
+        outage, whose line would wait in a buffer that may be dropping its oldest lines).
+        """
         self.metrics.alerts += 1
-        self.spool.append(event.line(self.site, self.gateway))
+        if spool:
+            self.spool.append(event.line(self.site, self.gateway))
         for sink in self.sinks:
             sink(event)

@@ -5,13 +5,22 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from agent.errors import SpoolError
 from agent.metrics import AgentMetrics
-from agent.store.spool import CHUNK_MAX_LINES, DeadLetter, Spool, split_body, spool_path
+from agent.store.spool import (
+    CHUNK_MAX_LINES,
+    MIN_MAX_BYTES,
+    DeadLetter,
+    Spool,
+    disk_usage,
+    split_body,
+    spool_path,
+)
 
 TS = 1_700_000_000_000_000_000
 
@@ -93,8 +102,8 @@ async def test_close_flushes_and_is_idempotent(tmp_path: Path) -> None:
 
 async def test_restart_resumes_data_and_counters(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "dir" / "spool.sqlite"
-    async with Spool(path, max_bytes=20_000) as spool:
-        for i in range(0, 1000, 100):
+    async with Spool(path, max_bytes=MIN_MAX_BYTES) as spool:
+        for i in range(0, 5000, 100):
             spool.extend(lines(100, start=i))
             await spool.flush()
         first = await spool.stats()
@@ -106,9 +115,11 @@ async def test_restart_resumes_data_and_counters(tmp_path: Path) -> None:
         before = await spool.stats()
 
     metrics = AgentMetrics()
-    async with Spool(path, max_bytes=20_000, metrics=metrics) as again:
+    async with Spool(path, max_bytes=MIN_MAX_BYTES, metrics=metrics) as again:
         after = await again.stats()
-        assert after == before
+        # the same lines and counters (the files shrank: closing checkpointed the WAL)
+        assert replace(after, disk_bytes=0) == replace(before, disk_bytes=0)
+        assert after.disk_bytes <= MIN_MAX_BYTES
         assert after.dead_letters == 1
         assert metrics.spool_dropped == before.dropped_total
         assert metrics.spool_pending_lines == before.pending_lines
@@ -116,27 +127,32 @@ async def test_restart_resumes_data_and_counters(tmp_path: Path) -> None:
         batch = await again.read_batch(10**6)
         assert batch is not None
         # the newest lines survived, in order
-        assert batch.lines == lines(1000)[-before.pending_lines :]
+        assert batch.lines == lines(5000)[-before.pending_lines :]
 
 
-async def test_byte_cap_drops_oldest_counts_and_logs(
+async def test_byte_cap_bounds_the_files_on_disk_drops_oldest_counts_and_logs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     metrics = AgentMetrics()
-    all_lines = lines(2000)
-    line_bytes = len(all_lines[0]) + 1
-    async with Spool(tmp_path / "s.sqlite", max_bytes=300 * line_bytes, metrics=metrics) as spool:
-        for i in range(0, 2000, 100):  # 20 commits of one 100-line chunk each
-            spool.extend(all_lines[i : i + 100])
+    all_lines = lines(20_000)
+    path = tmp_path / "s.sqlite"
+    cap = MIN_MAX_BYTES
+    peak = 0
+    async with Spool(path, max_bytes=cap, metrics=metrics) as spool:
+        for i in range(0, 20_000, 500):  # 40 commits, ~1.1 MB of lines in all
+            spool.extend(all_lines[i : i + 500])
             await spool.flush()
+            peak = max(peak, disk_usage(path))
         stats = await spool.stats()
         batch = await spool.read_batch(10**6)
-    assert stats.pending_bytes <= 300 * line_bytes
-    assert stats.pending_lines == 200  # whole chunks: 3 would be a byte over the cap
-    assert stats.dropped_total == 1800 == metrics.spool_dropped
-    assert metrics.spool_pending_lines == 200
+    # What is on disk (database, WAL, WAL index) stays within the cap after every commit.
+    assert peak <= cap
+    assert stats.disk_bytes == metrics.spool_disk_bytes <= cap
+    assert stats.pending_lines + stats.dropped_total == 20_000
+    assert stats.dropped_total == metrics.spool_dropped > 0
+    assert metrics.spool_pending_lines == stats.pending_lines > 0
     assert batch is not None
-    assert batch.lines == all_lines[-200:]
+    assert batch.lines == all_lines[-stats.pending_lines :]  # the newest survived, in order
     out = capsys.readouterr().out
     assert "spool full: dropped oldest lines" in out
     assert "spooled_from=" in out
@@ -242,6 +258,7 @@ async def test_cli_spool_reports_pending_dropped_and_dead_letters(tmp_path: Path
     await spool.close()
     assert code == 0
     assert "waiting: 1,234 lines" in out
+    assert " MB (the files spool.max_bytes caps)" in out
     assert "dead letters (refused by InfluxDB or out of range): 1" in out
     assert "[HTTP 400] partial write: field type conflict" in out
     code, _, err = await cli(tmp_path / "none")
@@ -273,3 +290,62 @@ async def test_dead_letters_are_capped_oldest_first_counted_and_logged_once(
     assert out.count("dead-letter table full") == 1
     async with Spool(path, max_dead_letters=150) as again:  # the count survives a restart
         assert (await again.stats()).dead_letters_dropped == 250
+
+
+async def test_the_cap_spares_chunks_in_flight_so_nothing_is_counted_twice(
+    tmp_path: Path,
+) -> None:
+    """A chunk the forwarder is sending, deleted at the cap and counted as dropped, still
+    arrives: it was counted twice (the fault suite's ledger was 312 lines over)."""
+    metrics = AgentMetrics()
+    all_lines = lines(30_000)
+    async with Spool(tmp_path / "s.sqlite", max_bytes=MIN_MAX_BYTES, metrics=metrics) as spool:
+        spool.extend(all_lines[:2000])
+        await spool.flush()
+        sending = await spool.read_batch(500)  # the oldest chunk, on the wire
+        assert sending is not None
+        for i in range(2000, 30_000, 500):  # the cap deletes many times over
+            spool.extend(all_lines[i : i + 500])
+            await spool.flush()
+        stats = await spool.stats()
+        assert stats.dropped_total > 2000
+        await spool.ack(sending)
+        after = await spool.stats()
+        rest = await spool.read_batch(10**6)
+    assert rest is not None
+    # The chunk in flight survived the cap; the next oldest went instead.
+    assert sending.lines == all_lines[:500]
+    assert after.pending_lines == stats.pending_lines - 500
+    assert after.dropped_total == stats.dropped_total == metrics.spool_dropped
+    assert rest.lines == all_lines[-after.pending_lines :]
+    # Every line is in exactly one place: delivered, dropped, or still waiting.
+    assert 500 + after.dropped_total + after.pending_lines == 30_000
+
+
+async def test_chunks_in_flight_the_cap_had_to_delete_come_off_the_dropped_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """When what is in flight is more than the cap holds, it goes too (the cap is the cap);
+    the ack that finds it gone takes it off the dropped count: it arrived."""
+    metrics = AgentMetrics()
+    all_lines = lines(16_000)
+    async with Spool(tmp_path / "s.sqlite", max_bytes=MIN_MAX_BYTES, metrics=metrics) as spool:
+        for i in range(0, 8000, 500):
+            spool.extend(all_lines[i : i + 500])
+            await spool.flush()
+        sending = await spool.read_batch(10**6)  # everything the spool holds
+        assert sending is not None
+        for i in range(8000, 16_000, 500):
+            spool.extend(all_lines[i : i + 500])
+            await spool.flush()
+        gone = await spool.stats()
+        await spool.ack(sending)
+        after = await spool.stats()
+        rest = await spool.read_batch(10**6)
+    assert disk_usage(tmp_path / "s.sqlite") <= MIN_MAX_BYTES
+    assert after.dropped_total < gone.dropped_total  # some in flight was deleted, then arrived
+    assert rest is not None
+    assert rest.lines == all_lines[-after.pending_lines :]
+    assert after.dropped_total == metrics.spool_dropped
+    assert len(sending.lines) + after.dropped_total + after.pending_lines == 16_000
+    assert "lines dropped at the cap while being sent arrived after all" in capsys.readouterr().out

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         f"  waiting: {stats.pending_lines:,} lines ({stats.pending_bytes / 1e6:.1f} MB) in "
         f"{stats.chunks:,} chunks{age}"
     )
+    print(f"  on disk: {stats.disk_bytes / 1e6:.1f} MB (the files spool.max_bytes caps)")
     print(f"  dropped at the byte cap, ever: {stats.dropped_total:,} lines")
     print(f"  dead letters (refused by InfluxDB or out of range): {stats.dead_letters:,}")
     if stats.dead_letters_dropped:

@@ -123,14 +123,19 @@ class BaselineStore:
             self._write()
 
     def _write(self) -> None:
+        unsaved = set(self._unsaved)
         self._unsaved.clear()
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        payload = {k: asdict(v) for k, v in sorted(self._data.items())}
-        tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            payload = {k: asdict(v) for k, v in sorted(self._data.items())}
+            tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError:
+            self._unsaved |= unsaved  # a full disk: saved at a later tick instead
+            raise
         self._mtime = self.path.stat().st_mtime
 
     def items(self) -> list[tuple[str, Baseline]]:

@@ -10,6 +10,7 @@ each notice reaches each recipient of each route exactly once, across crashes an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -19,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agent.backoff import SPOOL_WRITE, Retries
 from agent.errors import DriftgateError
 from agent.incidents.model import CLOSED, Incident
 from agent.logs import get_logger
+from agent.store.disk import disk_full_hint, disk_words, error_name, is_disk_full, transaction
 
 log = get_logger("driftgate.incidents")
 
@@ -120,6 +123,12 @@ class IncidentStore:
         self._executor: ThreadPoolExecutor | None = None
         self._incidents: dict[str, Incident] = {}
         self._deliveries: list[NewDelivery] = []
+        # Marks of deliveries and CLI acknowledgements the file would not take (a full disk):
+        # applied with the next write that succeeds, hidden from due() and pending_acks() so
+        # nothing is sent or applied twice meanwhile.
+        self._marks: dict[int, tuple[int, str, int, str, int]] = {}
+        self._acks_done: set[int] = set()
+        self.failing_since: float | None = None  # monotonic time of the first failed write
         self.wake = asyncio.Event()  # set when writes wait
         self.written = asyncio.Event()  # set after every write that added deliveries
 
@@ -138,35 +147,81 @@ class IncidentStore:
 
     def _load(self) -> list[str]:
         conn = self._db()
-        with conn:
+        with contextlib.suppress(sqlite3.Error), transaction(conn):  # only for `alerts list`
             conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('timezone', ?)", (self.timezone,)
             )
         return [row[0] for row in conn.execute("SELECT body FROM incidents ORDER BY id")]
 
     async def run(self) -> None:
-        """Write what was queued as soon as it is queued (a notice should leave at once)."""
+        """Write what was queued as soon as it is queued (a notice should leave at once). A
+        write the disk refuses is kept in memory and tried again on the SPOOL_WRITE backoff."""
         await self.open()
+        retries = Retries(SPOOL_WRITE)
         while True:
             await self.wake.wait()
             self.wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except sqlite3.Error as exc:
+                self._failed(exc)
+                await asyncio.sleep(retries.next_delay())
+                self.wake.set()
+                continue
+            retries.attempt = 0
+            self._recovered()
 
     async def flush(self) -> None:
-        """Write the queued incident states and deliveries in one transaction."""
+        """Write the queued incident states, deliveries and marks in one transaction."""
         incidents, self._incidents = self._incidents, {}
         deliveries, self._deliveries = self._deliveries, []
-        if not incidents and not deliveries:
+        marks, acks = dict(self._marks), set(self._acks_done)
+        if not incidents and not deliveries and not marks and not acks:
             return
         try:
-            await self._call(self._write, list(incidents.values()), deliveries)
+            await self._call(self._write, list(incidents.values()), deliveries, marks, acks)
         except BaseException:
             # Keep them for the next round; newer states of the same incidents win.
             self._incidents = {**incidents, **self._incidents}
             self._deliveries[:0] = deliveries
             raise
+        for row, mark in marks.items():
+            if self._marks.get(row) == mark:
+                del self._marks[row]
+        self._acks_done -= acks
         if deliveries:
             self.written.set()
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        if is_disk_full(exc, self.path.parent):
+            log.error(
+                "disk full: cannot write incidents and notices; they wait in memory",
+                path=str(self.path),
+                error=error_name(exc),
+                disk=disk_words(self.path.parent),
+                hint=disk_full_hint(self.path.parent),
+            )
+        else:
+            log.error("cannot write incidents and notices; they wait in memory",
+                      path=str(self.path), error=str(exc))  # fmt: skip
+
+    def _recovered(self) -> None:
+        if self.failing_since is not None:
+            down = time.monotonic() - self.failing_since
+            self.failing_since = None
+            log.info("incidents file writable again", path=str(self.path), down_s=round(down, 1))
+
+    async def _write_or_keep(self, fn: Callable[..., None], *args: object) -> bool:
+        """A small write; False when the file refused it (the caller keeps it in memory)."""
+        try:
+            await self._call(fn, *args)
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            self.wake.set()  # run() retries with the next flush
+            return False
+        return True
 
     async def close(self) -> None:
         """Write what is queued and close the file."""
@@ -198,21 +253,27 @@ class IncidentStore:
 
     async def due(self, target: str, now_ns: int, limit: int = 100) -> list[Delivery]:
         """Pending deliveries of a target whose time has come, oldest first."""
-        return await self._call(self._due, target, now_ns, limit)
+        rows = await self._call(self._due, target, now_ns, limit + len(self._marks))
+        return [d for d in rows if d.id not in self._marks][:limit]
 
     async def done(self, delivery: Delivery) -> None:
         """It went out."""
-        await self._call(self._mark, delivery.id, "sent", 0, "", 0)
+        await self._mark_soon((delivery.id, "sent", 0, "", 0))
 
     async def retry(
         self, delivery: Delivery, due_ns: int, error: str, *, tried: bool = True
     ) -> None:
         """It failed (or was not tried): try again at ``due_ns``."""
-        await self._call(self._mark, delivery.id, "pending", due_ns, error[:500], int(tried))
+        await self._mark_soon((delivery.id, "pending", due_ns, error[:500], int(tried)))
 
     async def give_up(self, delivery: Delivery, error: str) -> None:
         """It failed for good (notify.max_attempts): kept, marked failed, with the reason."""
-        await self._call(self._mark, delivery.id, "failed", 0, error[:500], 1)
+        await self._mark_soon((delivery.id, "failed", 0, error[:500], 1))
+
+    async def _mark_soon(self, mark: tuple[int, str, int, str, int]) -> None:
+        if self._marks or not await self._write_or_keep(self._mark, *mark):
+            self._marks[mark[0]] = mark  # in order: after the ones still waiting
+            self.wake.set()
 
     async def next_due(self, target: str) -> int | None:
         """When the target's next pending delivery falls due (ns), if any."""
@@ -220,11 +281,12 @@ class IncidentStore:
 
     async def pending_acks(self) -> list[tuple[int, str, str, str]]:
         """Acknowledgements the CLI asked for: (row id, incident, by, note)."""
-        return await self._call(self._acks)
+        return [a for a in await self._call(self._acks) if a[0] not in self._acks_done]
 
     async def ack_done(self, row: int) -> None:
         """An acknowledgement from the CLI was applied."""
-        await self._call(self._ack_done, row)
+        if self._acks_done or not await self._write_or_keep(self._ack_done, row):
+            self._acks_done.add(row)
 
     # -- on the thread -------------------------------------------------------------------------
 
@@ -233,11 +295,16 @@ class IncidentStore:
             raise IncidentStoreError(f"{self.path} is closed")
         return self._conn
 
-    def _write(self, incidents: Sequence[Incident], deliveries: Sequence[NewDelivery]) -> None:
+    def _write(
+        self,
+        incidents: Sequence[Incident],
+        deliveries: Sequence[NewDelivery],
+        marks: dict[int, tuple[int, str, int, str, int]],
+        acks: set[int],
+    ) -> None:
         conn = self._db()
         now = time.time_ns()
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
+        with transaction(conn):
             conn.executemany(
                 "INSERT INTO incidents (id, key, state, updated_ns, body) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET state = excluded.state, "
@@ -253,6 +320,9 @@ class IncidentStore:
                     for d in deliveries
                 ],
             )
+            for mark in marks.values():
+                self._update(conn, *mark)
+            conn.executemany("UPDATE acks SET done = 1 WHERE id = ?", [(r,) for r in acks])
 
     def _due(self, target: str, now_ns: int, limit: int) -> list[Delivery]:
         rows = self._db().execute(
@@ -275,12 +345,18 @@ class IncidentStore:
 
     def _mark(self, row: int, state: str, due_ns: int, error: str, tried: int) -> None:
         conn = self._db()
-        with conn:
-            conn.execute(
-                "UPDATE deliveries SET state = ?, due_ns = CASE WHEN ? > 0 THEN ? ELSE due_ns "
-                "END, last_error = ?, attempts = attempts + ? WHERE id = ?",
-                (state, due_ns, due_ns, error, tried, row),
-            )
+        with transaction(conn):
+            self._update(conn, row, state, due_ns, error, tried)
+
+    @staticmethod
+    def _update(
+        conn: sqlite3.Connection, row: int, state: str, due_ns: int, error: str, tried: int
+    ) -> None:
+        conn.execute(
+            "UPDATE deliveries SET state = ?, due_ns = CASE WHEN ? > 0 THEN ? ELSE due_ns "
+            "END, last_error = ?, attempts = attempts + ? WHERE id = ?",
+            (state, due_ns, due_ns, error, tried, row),
+        )
 
     def _acks(self) -> list[tuple[int, str, str, str]]:
         rows = self._db().execute(
@@ -290,7 +366,7 @@ class IncidentStore:
 
     def _ack_done(self, row: int) -> None:
         conn = self._db()
-        with conn:
+        with transaction(conn):
             conn.execute("UPDATE acks SET done = 1 WHERE id = ?", (row,))
 
     async def _call(self, fn: Callable[..., _T], *args: object) -> _T:

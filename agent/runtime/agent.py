@@ -17,12 +17,13 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from agent import clock
 from agent.color.colorimetry import warm_up_colour
 from agent.config.models import AgentConfig, InfluxConfig, MqttSourceConfig, SerialSourceConfig
 from agent.drift.alerts import AlertEvent
-from agent.errors import DriftgateError
+from agent.errors import DriftgateError, SpoolError
 from agent.incidents.model import Incident
 from agent.ingest.broker import MqttLink
 from agent.ingest.profiles import load_profile
@@ -35,8 +36,10 @@ from agent.pipeline import BUSY_BATCH, PROCESS_INTERVAL, PROCESS_SOON, Pipeline
 from agent.reading import Channel
 from agent.runtime.build import Source, build, build_incidents, build_sources
 from agent.runtime.lag import LoopLag
+from agent.runtime.outage import OutageAlerts
 from agent.runtime.sinks import EventRecord, log_alert
 from agent.runtime.supervisor import Supervisor
+from agent.store.disk import disk_full_hint, disk_words, error_name, is_disk_full
 from agent.store.forwarder import Forwarder, ForwarderSettings
 from agent.store.lineprotocol import encode_point
 from agent.store.spool import SpoolStats
@@ -146,6 +149,8 @@ class Agent:
             if cfg.influx is not None
             else None
         )
+        self.outage_alerts = OutageAlerts(self.pipeline)
+        self.spool.listeners.append(self.outage_alerts)
         self.supervisor = Supervisor()
         self.lag = LoopLag()
         self.stop_event = asyncio.Event()
@@ -169,6 +174,9 @@ class Agent:
         metrics.loop_lag_max_ms, metrics.loop_lag_p99_ms = self.lag.take()
         metrics.task_restarts = self.supervisor.restarts
         metrics.channels = len(self.registry.channels)
+        metrics.spool_buffered = self.spool.buffered
+        oldest = self.spool.oldest_ns
+        metrics.spool_oldest_age_s = round(max(now - oldest, 0) / 1e9, 1) if oldest else 0.0
         lines = [encode_point("driftgate_agent", tags, metrics.fields(), now)]
         for source in self.sources:
             health = getattr(source, "health", None)
@@ -203,14 +211,14 @@ class Agent:
     async def maintain(self) -> None:
         """One maintenance tick: save and reload the state dir's files, check staleness."""
         if self.context.dirty:
-            await asyncio.to_thread(self.context.save)
+            await self._save(self.context.save, "the production context")
         try:
             if await asyncio.to_thread(self.context.reload):
                 self.apply_context()
         except DriftgateError as exc:
             log.error("cannot read the production context", error=str(exc))
         if self.baselines.unsaved:
-            await asyncio.to_thread(self.baselines.save)
+            await self._save(self.baselines.save, "the baselines")
         try:
             if await asyncio.to_thread(self.baselines.reload):
                 for drift in self.engine:
@@ -224,7 +232,7 @@ class Agent:
         clock.wall_ns()  # a quiet agent notices a step of the clock here at the latest
         self.pipeline.check_stale(self.stale_clock())
         if self.lots is not None and self.lots.due():
-            await self.lots.save_soon()
+            await self.lots.save_soon()  # logs its own write errors
         for row, incident, by, note in await self.incidents.store.pending_acks():
             self.acknowledge(incident, by, note)
             await self.incidents.store.ack_done(row)
@@ -245,6 +253,27 @@ class Agent:
         """Now, for incidents: the wall clock, or reading time in an accelerated simulation."""
         now = self.stale_clock()
         return clock.wall_ns() if now is None else int(now * 1e9)
+
+    async def _save(self, save: Callable[[], None], what: str) -> None:
+        """Write a state file from a thread; a full disk is logged (once per burst), not a crash
+        of the maintenance task: the state stays in memory and the save is tried again."""
+        try:
+            await asyncio.to_thread(save)
+        except OSError as exc:
+            self._log_unsaved(what, self.state_dir, exc)
+
+    @staticmethod
+    def _log_unsaved(what: str, where: Path, exc: OSError) -> None:
+        if is_disk_full(exc, where):
+            log.error(
+                f"disk full: cannot save {what}",
+                path=exc.filename or str(where),
+                error=error_name(exc),
+                disk=disk_words(Path(exc.filename or where)),
+                hint=disk_full_hint(Path(exc.filename or where)),
+            )
+        else:
+            log.error(f"cannot save {what}", path=exc.filename or str(where), error=str(exc))
 
     async def _self_metrics_loop(self) -> None:
         while True:
@@ -417,12 +446,19 @@ class Agent:
         await sup.stop(["history"])
         if self.history is not None:
             await self._finally(self.history.close(), "cannot write the local history")
+        self.outage_alerts.spool_held()
         self.spool.extend(self.self_metrics_lines())
-        await self._finally(self.spool.flush(), "spool commit failed at shutdown")
+        try:
+            await self.spool.flush()
+        except SpoolError:
+            pass  # the spool has logged its outage; its close says what that cost
+        except Exception:
+            log.exception("spool commit failed at shutdown")
         forward = sup.task("forwarder")
         if forward is not None and self.forwarder is not None:
             # Let the batch in flight finish rather than cancel it: a cancelled write may have
             # reached the server and would be sent again by the drain.
+            sup.may_end("forwarder")  # else its return is "ended unexpectedly" and restarted
             self.forwarder.stop()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(forward), 1.0)
@@ -441,14 +477,27 @@ class Agent:
             log.error("spool did not close in time; SQLite's WAL keeps what was committed")
         self.registry.new_channels.flush(force=True)
         flush_bursts(force=True)
-        log.info("agent stopped", readings=self.metrics.readings_in, alerts=self.metrics.alerts)
+        lost = self.spool.lost_lines
+        # error: lines were lost just now; warning: earlier in the run, while the disk was full
+        level = log.error if self.spool.lost_at_close else log.warning if lost else log.info
+        level(
+            "agent stopped",
+            readings=self.metrics.readings_in,
+            alerts=self.metrics.alerts,
+            spooled=self.metrics.spool_appended - lost,
+            lost_lines=lost,
+            lost_at_stop=self.spool.lost_at_close,
+        )
         return final
 
     @staticmethod
     async def _finally(step: Awaitable[object], what: str) -> None:
-        """Run one shutdown step; a failure is logged with its traceback and the next step runs."""
+        """Run one shutdown step; a failure is logged (an unexpected one with its traceback) and
+        the next step runs."""
         try:
             await step
+        except DriftgateError as exc:  # says what happened and what to do: no traceback needed
+            log.error(what, error=str(exc))
         except Exception:
             log.exception(what)
 

@@ -129,6 +129,13 @@ class Supervisor:
                     waiter.cancel()
                 await asyncio.gather(stopper, changed, return_exceptions=True)
 
+    def may_end(self, name: str) -> None:
+        """From now on the task may return on its own (asked to stop gracefully): its end is
+        neither a fault nor a reason to start it again."""
+        spec = self.tasks.get(name)
+        if spec is not None:
+            spec.finite = True
+
     def task(self, name: str) -> asyncio.Task[None] | None:
         """The running asyncio task of a supervised name (None once stopped)."""
         spec = self.tasks.get(name)

@@ -30,8 +30,8 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
-from agent.backoff import FORWARDER, Retries
-from agent.errors import ForwardError
+from agent.backoff import FORWARDER, SPOOL_WRITE, Retries
+from agent.errors import ForwardError, SpoolError
 from agent.logs import get_logger
 from agent.metrics import AgentMetrics
 from agent.store.spool import DeadLetter, Spool, SpoolBatch
@@ -108,6 +108,13 @@ _HINTS_V2: dict[int, str] = {
 _HINT_NO_ANSWER = "cannot reach InfluxDB at {url}: readings stay in the spool and are retried"
 _HINT_RETRY = "InfluxDB at {url} is busy or failing (HTTP {status}): retrying with backoff"
 _HINT_OTHER = "InfluxDB at {url} answered HTTP {status}: data is kept and retried"
+
+STATUS_INTERVAL_S = 60.0
+"""While InfluxDB is unreachable, a status line this often (backlog, oldest line's age, retries
+so far), counted from the start of the outage."""
+PROGRESS_INTERVAL_S = 15.0
+"""While the backlog of an outage drains, a progress line this often (lines/s, time to empty):
+shorter than the status interval, since a drain often takes less than a minute."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +381,18 @@ async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+@dataclass(slots=True)
+class _Backlog:
+    """The backlog left by an outage, watched while it drains: for the progress lines."""
+
+    started: float  # monotonic, when InfluxDB took writes again
+    lines: int  # waiting then
+    forwarded: int  # metrics.forwarded then
+    at: float  # the last progress line: when, ...
+    at_lines: int  # ... the backlog then ...
+    at_forwarded: int  # ... and metrics.forwarded then
+
+
 class Forwarder:
     """Moves spooled lines to InfluxDB in batches; at-least-once, oldest first."""
 
@@ -384,8 +403,14 @@ class Forwarder:
         metrics: AgentMetrics | None = None,
         *,
         writer_factory: Callable[[ForwarderSettings], Writer] = make_writer,
+        status_interval: float = STATUS_INTERVAL_S,
+        progress_interval: float = PROGRESS_INTERVAL_S,
     ) -> None:
         self._spool = spool
+        self.status_interval = status_interval
+        """Seconds between status lines while InfluxDB does not take writes."""
+        self.progress_interval = progress_interval
+        """Seconds between progress lines while the backlog of an outage drains."""
         self._settings = settings
         self.metrics = metrics if metrics is not None else spool.metrics
         self._stopping = asyncio.Event()
@@ -398,6 +423,9 @@ class Forwarder:
         self._down_since: float | None = None
         self._down_retries = 0
         self._problem: tuple[int, Action] | None = None
+        self._backlog: _Backlog | None = None
+        self._told_down = 0.0  # monotonic time of the last status line of this outage
+        self._ack_failing = False
         self.backoff = FORWARDER.with_cap(settings.max_backoff)
 
     async def run(self) -> None:
@@ -408,8 +436,13 @@ class Forwarder:
         path. At most one batch is in flight, so a failing batch holds the ones behind it.
         """
         self._stopping.clear()
-        async with self._writer() as writer:
-            await self._pump(writer, until_empty=False)
+        status = asyncio.create_task(self._status_loop(), name="forwarder-status")
+        try:
+            async with self._writer() as writer:
+                await self._pump(writer, until_empty=False)
+        finally:
+            status.cancel()
+            await asyncio.gather(status, return_exceptions=True)
 
     async def _pump(self, writer: Writer, *, until_empty: bool) -> None:
         size = self._settings.batch_size
@@ -458,7 +491,9 @@ class Forwarder:
         """Flush the spool and forward until it is empty; False if that took over timeout."""
         try:
             async with asyncio.timeout(timeout):
-                await self._spool.flush()
+                # A spool that cannot write (disk full) has said so; what it holds still goes.
+                with contextlib.suppress(SpoolError):
+                    await self._spool.flush()
                 self._stopping.clear()
                 async with self._writer() as writer:
                     await self._pump(writer, until_empty=True)
@@ -493,7 +528,8 @@ class Forwarder:
             for start in range(0, len(batch.lines), size):
                 accepted += await self._deliver(writer, batch.lines[start : start + size], dead)
         try:
-            await self._spool.ack(batch, dead)
+            if not await self._ack(batch, dead):
+                return
         except asyncio.CancelledError:
             # Spool.ack is shielded: the chunks are deleted even though this task was
             # cancelled (shutdown), so these lines must still count as forwarded.
@@ -503,6 +539,8 @@ class Forwarder:
             raise
         self.metrics.forwarded += accepted
         self.metrics.forward_batches += 1
+        if self._backlog is not None and self.metrics.spool_pending_lines <= size:
+            self._backlog_done()
         if dead:
             self.metrics.dead_letters += len(dead)
             _log.warning(
@@ -513,6 +551,33 @@ class Forwarder:
                 first_line=dead[0].line[:200],
                 target=self._target,
             )
+
+    async def _ack(self, batch: SpoolBatch, dead: list[DeadLetter]) -> bool:
+        """Delete a batch InfluxDB took; while the spool cannot write (disk full) try again on
+        the SPOOL_WRITE backoff, without sending it again. False if stopped first: the chunks
+        stay and go out again later (InfluxDB keeps one copy of a point)."""
+        retries = Retries(SPOOL_WRITE)
+        while True:
+            try:
+                await self._spool.ack(batch, dead)
+            except SpoolError as exc:
+                if not self._ack_failing:
+                    self._ack_failing = True
+                    _log.error(
+                        "InfluxDB took a batch but the spool cannot delete it: trying again",
+                        error=str(exc),
+                        lines=len(batch.lines),
+                        hint="nothing is lost; the forwarder waits for the spool before it "
+                        "sends more, and a batch not deleted by shutdown is sent again later",
+                    )
+                if self._stopping.is_set():
+                    return False
+                await asyncio.sleep(retries.next_delay())
+                continue
+            if self._ack_failing:
+                self._ack_failing = False
+                _log.info("the spool deletes forwarded batches again", retries=retries.attempt)
+            return True
 
     async def _deliver(
         self,
@@ -586,6 +651,7 @@ class Forwarder:
         if self._down_since is None:
             self._down_since = time.monotonic()
             self._down_retries = 0
+            self._backlog = None
         problem = (result.status, action)
         if problem == self._problem:
             return
@@ -600,12 +666,78 @@ class Forwarder:
     def _note_answer(self) -> None:
         if self._down_since is None:
             return
+        now = time.monotonic()
+        backlog = self.metrics.spool_pending_lines
         _log.info(
             "InfluxDB is taking writes again",
-            down_s=round(time.monotonic() - self._down_since, 1),
+            down_s=round(now - self._down_since, 1),
             retries=self._down_retries,
+            backlog_lines=backlog,
             target=self._target,
         )
         self._down_since = None
         self._down_retries = 0
         self._problem = None
+        if backlog > self._settings.batch_size:
+            forwarded = self.metrics.forwarded
+            self._backlog = _Backlog(now, backlog, forwarded, now, backlog, forwarded)
+
+    # -- status lines during an outage and while its backlog drains -----------------------------
+    async def _status_loop(self) -> None:
+        while True:
+            # Wake often enough to keep both intervals within a quarter of their length.
+            await asyncio.sleep(min(self.status_interval, self.progress_interval) / 4)
+            self.status()
+
+    def status(self) -> None:
+        """Log where an outage or the drain of its backlog stands, when a line is due."""
+        now = time.monotonic()
+        if self._down_since is not None:
+            if now - max(self._down_since, self._told_down) < self.status_interval:
+                return
+            self._told_down = now
+            oldest = self._spool.oldest_ns
+            _log.info(
+                "InfluxDB still not taking writes: readings wait in the spool",
+                down_s=round(now - self._down_since, 1),
+                status=self._problem[0] if self._problem is not None else None,
+                backlog_lines=self.metrics.spool_pending_lines + self._spool.buffered,
+                oldest_age_s=round(max(time.time_ns() - oldest, 0) / 1e9, 1) if oldest else 0.0,
+                retries=self._down_retries,
+                spool_disk_bytes=self.metrics.spool_disk_bytes,
+                max_bytes=self._spool.max_bytes,
+                target=self._target,
+            )
+            return
+        b = self._backlog
+        if b is None or now - b.at < self.progress_interval:
+            return
+        lines = self.metrics.spool_pending_lines
+        forwarded = self.metrics.forwarded
+        dt = max(now - b.at, 1e-9)
+        sent_per_s = (forwarded - b.at_forwarded) / dt
+        shrink_per_s = (b.at_lines - lines) / dt  # new lines keep arriving meanwhile
+        _log.info(
+            "forwarding the backlog",
+            backlog_lines=lines,
+            lines_per_s=round(sent_per_s),
+            eta_s=round(lines / shrink_per_s) if shrink_per_s > 0 else None,
+            forwarded_since_back=forwarded - b.forwarded,
+            target=self._target,
+        )
+        b.at, b.at_lines, b.at_forwarded = now, lines, forwarded
+
+    def _backlog_done(self) -> None:
+        b = self._backlog
+        if b is None:
+            return
+        self._backlog = None
+        took = time.monotonic() - b.started
+        forwarded = self.metrics.forwarded - b.forwarded
+        _log.info(
+            "backlog forwarded",
+            lines=forwarded,
+            took_s=round(took, 1),
+            lines_per_s=round(forwarded / took) if took > 0 else None,
+            target=self._target,
+        )

@@ -25,6 +25,7 @@ import numpy as np
 from agent.errors import DriftgateError
 from agent.logs import get_logger
 from agent.reading import Channel
+from agent.store.disk import disk_full_hint, disk_words, error_name, is_disk_full, transaction
 
 log = get_logger("driftgate.history")
 
@@ -248,16 +249,17 @@ class History:
         if conn is None:
             raise HistoryError(f"the local history {self.path} is closed")
         try:
-            conn.execute("BEGIN")
-            try:
+            with transaction(conn, "BEGIN"):
                 conn.executemany(_UPSERT, rows)
                 if prune_before is not None:
                     conn.execute("DELETE FROM minutes WHERE minute < ?", (prune_before,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
+            if is_disk_full(exc, self.path):
+                raise HistoryError(
+                    f"disk full: cannot write the local history {self.path}: {error_name(exc)}; "
+                    f"{disk_words(self.path)}. The minutes are kept in memory and written when "
+                    f"space returns: {disk_full_hint(self.path)}"
+                ) from None
             raise HistoryError(f"cannot write the local history {self.path}: {exc}") from None
 
     def _close(self) -> None:
