@@ -365,6 +365,31 @@ async def test_blink_unacknowledged_blinks_until_acknowledged(
         light.unplug()
 
 
+async def test_a_notice_that_comes_while_a_state_is_sent_is_not_lost(
+    tmp_path: Path, serial_pair: SerialPair, running: Running
+) -> None:
+    """A light that needs a pause between commands: the escalation comes while the warning is
+    still being sent, and is shown right after it (not at the next refresh, a minute on)."""
+    slow = (PROFILE_DIR / "adafruit-tower-light.yaml").read_text(encoding="utf-8")
+    slow = slow.replace("name: adafruit-tower-light", "name: slow-light") + "gap: 200ms\n"
+    profile = tmp_path / "slow-light.yaml"
+    profile.write_text(slow, encoding="utf-8")
+    light = AdafruitTowerLight(serial_pair.emulator)
+    target = {**light_target("tower", serial_pair.device), "profile": str(profile)}
+    agent = running.start(agent_config(tmp_path / "state", [target]))
+    tower = light_of(agent, "tower")
+    cutting = channel("cutting")
+    try:
+        await shows(light, GREEN, "nothing open")
+        sent = tower.sent
+        agent.pipeline.alert(event(cutting, "raised", Level.WARN))
+        await wait_until(lambda: len(light.received) >= 4 * (sent + 1) - 2, 10, "the warning sent")
+        agent.pipeline.alert(event(cutting, "escalated", Level.ALARM))  # in the middle of it
+        await shows(light, RED_BUZZING, "the alarm right after the warning")
+    finally:
+        light.unplug()
+
+
 # -- GPIO, through gpiozero's mock pins --------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import re
 import string
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -333,6 +334,7 @@ class StackLight:
         self.health = SourceHealth()  # connected and reconnects, as for a source
         self.shown: Signal | None = None  # what was sent last (None: unknown, send all)
         self.sent = 0  # how many times a state was sent
+        self._logged: Signal | None = None  # a refresh or a reconnect is not news for the log
         self._changed = asyncio.Event()
 
     def __call__(self, notice: Notice) -> None:
@@ -347,8 +349,8 @@ class StackLight:
 
     async def _until_changed(self, *others: asyncio.Future[Any]) -> bool:
         """Wait for a notice, one of ``others`` or the refresh period; True when it was the
-        refresh (then everything is sent again)."""
-        self._changed.clear()
+        refresh (then everything is sent again). The loops clear the flag before they look
+        at the incidents, so a notice that comes while a state is being sent is not lost."""
         changed = asyncio.ensure_future(self._changed.wait())
         try:
             done, _ = await asyncio.wait(
@@ -360,8 +362,9 @@ class StackLight:
         return not done
 
     def _showing(self, signal: Signal) -> None:
-        if signal != self.shown:
+        if signal != self._logged:
             log.info(f"{self.what} shows {signal.words()}", target=self.name, zone=self.zone)
+            self._logged = signal
         self.shown = signal
         self.sent += 1
 
@@ -440,6 +443,7 @@ class SerialStackLight(StackLight):
         self.shown = None
         try:
             while not lost.done():
+                self._changed.clear()
                 signal = self.signal()
                 if signal != self.shown:
                     await self._send(signal)
@@ -494,12 +498,15 @@ class GpioStackLight(StackLight):
         super().__init__(cfg, open_incidents)
         self.outputs: dict[str, Any] = _gpio_outputs(cfg, pin_factory)
         self._modes: dict[str, Mode] = {}
+        # The last _apply may still run in its thread when a cancel makes run() go dark.
+        self._lock = threading.Lock()
 
     async def run(self) -> None:
         """Set the pins on every change (and every ``refresh``) until cancelled."""
         self.health.connected = True
         try:
             while True:
+                self._changed.clear()
                 signal = self.signal()
                 if signal != self.shown:
                     await asyncio.to_thread(self._apply, signal)
@@ -515,6 +522,10 @@ class GpioStackLight(StackLight):
             self.shown = DARK
 
     def _apply(self, signal: Signal) -> None:
+        with self._lock:
+            self._set_pins(signal)
+
+    def _set_pins(self, signal: Signal) -> None:
         for lamp in LAMPS:
             mode: Mode = getattr(signal, lamp)
             if self._modes.get(lamp) == mode:
