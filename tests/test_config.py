@@ -5,6 +5,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from examples import EXAMPLE, uncomment_notify
 
 from agent.cli import main as cli_main
 from agent.config import (
@@ -18,7 +19,6 @@ from agent.config import (
 )
 from agent.errors import ConfigError
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "agent.example.yaml"
 EXAMPLE_PASSWORD_FILE = "/etc/driftgate/influx-password"
 SECRET = "s3cret-Hunter2"
 
@@ -114,20 +114,12 @@ def test_example_loads_with_a_password_file(tmp_path: Path) -> None:
 
 
 def test_the_examples_commented_notify_section_is_valid_once_uncommented(tmp_path: Path) -> None:
-    lines = example_text(None).splitlines()
-    start = lines.index("# notify:")
-    block = []
-    for line in lines[start:]:
-        if not line.startswith("#"):
-            break
-        block.append(line[2:])
-    assert len(block) > 15, block
-    text = "\n".join(lines[:start] + block + lines[start + len(block) :])
+    text = uncomment_notify(example_text(None))
     config = load_config(write(tmp_path, text), env={"DRIFTGATE_INFLUX_PASSWORD": SECRET})
     floor, manager = config.notify.routes
     assert (floor.escalate_to, manager.name) == ("manager", "manager")
     assert [s.name for s in floor.shifts] == ["early", "late"]
-    assert [t.type for t in config.notify.targets] == ["webhook", "webhook"]
+    assert [t.type for t in config.notify.targets] == ["stacklight", "webhook", "webhook"]
 
 
 def test_example_loads_with_systemd_credentials_directory(tmp_path: Path) -> None:

@@ -76,6 +76,9 @@ BOUNDS: Final[dict[str, Bound]] = {
     "notify.batch_window": Bound(
         1.0, HOUR, "incidents opened within it share one mail; longer delays the first one"
     ),
+    "notify.refresh": Bound(
+        0.1, DAY, "a tower light is sent its whole state again this often"
+    ),
     "notify.rate_limit.per": Bound(MINUTE, DAY, "the window a recipient's notices are counted in"),
     "notify.escalate_after": Bound(
         MINUTE, 30 * DAY, "an escalation sooner than a minute leaves nobody time to acknowledge"

@@ -106,24 +106,82 @@ class AppriseTarget(_Target):
     )
 
 
+GpioPin = Annotated[int, Field(ge=0, le=27, description="BCM number (GPIO17 is 17)")]
+
+
+class StacklightPins(Section):
+    """The Raspberry Pi GPIO pins of a tower light's lamps (BCM numbers), through relays or
+    transistors."""
+
+    red: GpioPin
+    amber: GpioPin
+    green: GpioPin
+    buzzer: GpioPin | None = None
+    active_high: bool = Field(
+        default=True, description="false for relay boards that switch on a low pin"
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "StacklightPins":
+        seen: dict[int, str] = {}
+        problems: list[tuple[Loc, str]] = []
+        for lamp in ("red", "amber", "green", "buzzer"):
+            pin = getattr(self, lamp)
+            if pin is None:
+                continue
+            if pin in seen:
+                problems.append(((lamp,), f"GPIO{pin} is already the {seen[pin]} pin"))
+            seen.setdefault(pin, lamp)
+        raise_problems("StacklightPins", problems)
+        return self
+
+
 class StacklightTarget(_Target):
-    """A tower light on the line: the worst open severity of its zone, buzzer on alarm."""
+    """A tower light on the line: the worst open severity of its zone, buzzer on alarm.
+
+    Not routed: it shows the current state of its zone's incidents, whatever the routes say.
+    """
 
     type: Literal["stacklight"]
     zone: NonBlank | None = Field(default=None, description="None: every zone")
-    profile: NonBlank = Field(description="command profile, e.g. adafruit-tower-light")
+    profile: NonBlank | None = Field(
+        default=None,
+        description="command profile of a serial light: a shipped name (adafruit-tower-light) "
+        "or a path to a profile YAML",
+    )
     port: NonBlank | None = Field(default=None, description="serial port (by-id path)")
-    baud: Annotated[int, Field(ge=50, le=4_000_000)] | None = None
-    gpio: dict[Literal["red", "amber", "green", "buzzer"], int] | None = Field(
+    baud: Annotated[int, Field(ge=50, le=4_000_000)] | None = Field(
+        default=None, description="None: the profile's"
+    )
+    gpio: StacklightPins | None = Field(
         default=None, description="Raspberry Pi GPIO pins instead of a serial light"
+    )
+    refresh: Annotated[Duration, within("notify.refresh")] = Field(
+        default=60.0, description="send the state again this often (a light that lost power)"
+    )
+    reconnect_max: Annotated[Duration, within("sources.reconnect_max")] = Field(
+        default=5.0, description="after an unplug, show the state within this of the replug"
+    )
+    blink_unacknowledged: bool = Field(
+        default=False, description="the lit lamp blinks while its incidents are unacknowledged"
     )
 
     @model_validator(mode="after")
     def _one_way(self) -> "StacklightTarget":
+        problems: list[tuple[Loc, str]] = []
         if (self.port is None) == (self.gpio is None):
-            raise_problems(
-                "StacklightTarget", [(("port",), "give either port (serial) or gpio (pins)")]
+            problems.append((("port",), "give either port (serial) or gpio (pins)"))
+        elif self.port is not None and self.profile is None:
+            problems.append(
+                (("profile",), "a serial light needs one: adafruit-tower-light, lcus-relay, a path")
             )
+        elif self.gpio is not None:
+            problems += [
+                ((key,), f"{key} is for serial lights (port:); a GPIO light has only its pins")
+                for key in ("profile", "baud")
+                if getattr(self, key) is not None
+            ]
+        raise_problems("StacklightTarget", problems)
         return self
 
 
@@ -216,8 +274,19 @@ class NotifyConfig(Section):
     @model_validator(mode="after")
     def _references(self) -> "NotifyConfig":
         targets = {t.name for t in self.targets}
+        lights = {t.name for t in self.targets if isinstance(t, StacklightTarget)}
         routes = {r.name for r in self.routes}
         problems: list[tuple[Loc, str]] = []
+        first: dict[str, int] = {}
+        for i, target in enumerate(self.targets):
+            if target.name in first:
+                problems.append(
+                    (
+                        ("targets", i, "name"),
+                        f"{target.name!r} is already the name of targets[{first[target.name]}]",
+                    )
+                )
+            first.setdefault(target.name, i)
         for i, route in enumerate(self.routes):
             entries: list[tuple[Loc, str]] = [
                 (("routes", i, "to", j), e) for j, e in enumerate(route.to)
@@ -228,8 +297,16 @@ class NotifyConfig(Section):
                 ]
             for loc, entry in entries:
                 name = entry.split(":", 1)[0]
-                if name not in targets:
-                    known = ", ".join(sorted(targets)) or "none yet: add notify.targets"
+                if name in lights:
+                    problems.append(
+                        (
+                            loc,
+                            f"{name!r} is a stack light: it shows the state of its zone by "
+                            "itself and takes no notices; remove it from this route",
+                        )
+                    )
+                elif name not in targets:
+                    known = ", ".join(sorted(targets - lights)) or "none yet: add notify.targets"
                     problems.append((loc, f"no target named {name!r} (targets: {known})"))
             if route.escalate_to is not None and route.escalate_to not in routes:
                 problems.append(

@@ -22,6 +22,7 @@ from pathlib import Path
 from agent import clock
 from agent.color.colorimetry import warm_up_colour
 from agent.config.models import AgentConfig, InfluxConfig, MqttSourceConfig, SerialSourceConfig
+from agent.config.notify import StacklightTarget
 from agent.drift.alerts import AlertEvent
 from agent.errors import DriftgateError, SpoolError
 from agent.incidents.model import Incident
@@ -32,6 +33,7 @@ from agent.logs import flush_bursts, get_logger
 from agent.metrics import AgentMetrics
 from agent.notify.mqtt import AlertPublisher, IncidentBoard, Publisher, ack_listener
 from agent.notify.outbox import Outbox
+from agent.notify.stacklight import StackLight, make_stacklight
 from agent.pipeline import BUSY_BATCH, PROCESS_INTERVAL, PROCESS_SOON, Pipeline
 from agent.reading import Channel
 from agent.runtime.build import Source, build, build_incidents, build_sources
@@ -143,6 +145,15 @@ class Agent:
                 board = IncidentBoard(self.publisher, cfg.site, cfg.gateway, manager.open_now)
                 self.incidents.manager.listeners.append(board)
             ack_listener(self.mqtt, cfg.site, cfg.gateway, self.acknowledge)
+        # Tower lights show the open incidents of their zone: they follow every notice, like
+        # the retained MQTT board, rather than being routed deliveries.
+        manager = self.incidents.manager
+        self.lights: list[StackLight] = [
+            make_stacklight(t, manager.open.values)
+            for t in cfg.notify.targets
+            if isinstance(t, StacklightTarget)
+        ]
+        manager.listeners.extend(self.lights)
         self.pipeline.sinks.extend(sinks or [])
         self.forwarder = (
             Forwarder(self.spool, forwarder_settings(cfg.influx), self.metrics)
@@ -420,6 +431,8 @@ class Agent:
         sup.start("outbox", incidents.outbox.watch)
         for name in incidents.outbox.targets:
             sup.start(f"notify:{name}", _worker(incidents.outbox, name))
+        for light in self.lights:  # after the restore: the first state shown includes it
+            sup.start(f"stacklight:{light.name}", light.run)
         for source in self.sources:
             sup.start(f"source:{source.name}", _runner(source, self.pipeline), finite=True)
 
@@ -469,6 +482,8 @@ class Agent:
         await sup.stop()
         await self._finally(self.incidents.store.close(), "cannot save the incidents")
         await self._finally(self.incidents.outbox.close(), "closing notice targets failed")
+        for light in self.lights:
+            light.release()
         final = await self.spool.stats()
         remaining = max(deadline - time.monotonic(), 0.5)
         try:

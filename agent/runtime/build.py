@@ -26,6 +26,7 @@ from agent.config.models import (
     SerialSourceConfig,
     SimulatedSourceConfig,
 )
+from agent.config.notify import StacklightTarget
 from agent.context import ContextStore
 from agent.drift.baselines import BaselineStore
 from agent.drift.engine import DriftEngine
@@ -160,7 +161,8 @@ def build_incidents(core: Core, clock: Callable[[], int]) -> Incidents:
     outbox = Outbox(
         store,
         router,
-        [make_target(t) for t in cfg.notify.targets],
+        # Stack lights are not routed: they show state (the agent attaches them to the manager).
+        [make_target(t) for t in cfg.notify.targets if not isinstance(t, StacklightTarget)],
         core.metrics,
         max_attempts=cfg.notify.max_attempts,
     )
