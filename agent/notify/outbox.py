@@ -115,7 +115,8 @@ class Outbox:
                     self.metrics.deliveries += 1
                     continue
                 if isinstance(error, NotYet):
-                    held_until = min(held_until or error.until_ns, error.until_ns)
+                    until = error.until_ns
+                    held_until = until if held_until is None else min(held_until, until)
                     continue
                 if isinstance(error, NotTried):
                     await self.store.retry(delivery, retry_at, str(error), tried=False)
@@ -136,12 +137,15 @@ class Outbox:
                     down_since = time.monotonic()
                     log.warning(f"notice delivery to {name} failing: retrying", target=name,
                                 error=text, retry_in_s=round(wait, 1))  # fmt: skip
-            if not failed:
-                retries.up()
-                if down_since is not None:
-                    log.info(f"notice delivery to {name} works again", target=name,
-                             down_s=round(time.monotonic() - down_since, 1))  # fmt: skip
-                    down_since = None
+            if failed:
+                # Nothing overtakes what failed: notices queued meanwhile wait behind it.
+                await asyncio.sleep(max((retry_at - time.time_ns()) / 1e9, 0.0))
+                continue
+            retries.up()
+            if down_since is not None:
+                log.info(f"notice delivery to {name} works again", target=name,
+                         down_s=round(time.monotonic() - down_since, 1))  # fmt: skip
+                down_since = None
             if held_until is not None and all(isinstance(e, NotYet) for e in results):
                 # Only held ones are due: offering them again before their time would spin.
                 await self._sleep_until_due(name, wake, held_until, after_ns=now)
