@@ -102,7 +102,7 @@ async def _test(args: argparse.Namespace) -> int:
     from agent.incidents.store import Delivery
     from agent.incidents.words import local_zone
     from agent.notify.router import Router
-    from agent.notify.targets import make_target
+    from agent.notify.targets import make_target, origin_of
 
     if args.config is None:
         raise ConfigError(["alerts test needs -c CONFIG (its notify.targets and notify.routes)"])
@@ -126,7 +126,7 @@ async def _test(args: argparse.Namespace) -> int:
     targets = {t.name: t for t in cfg.notify.targets}
     failures = 0
     for entry in router.deliveries_for_route(route, notice):
-        target = make_target(targets[entry.target])
+        target = make_target(targets[entry.target], origin_of(cfg))
         delivery = Delivery(0, entry.key, entry.incident, entry.target, entry.recipient, 0,
                             entry.body)  # fmt: skip
         try:
