@@ -441,7 +441,7 @@ notify:
         assert out == "sent to email\nsent to email:marie@atelier-nord.example\n"
         mails = smtp.mails
     assert [m.rcpt_tos for m in mails] == [[SUPERVISORS], ["marie@atelier-nord.example"]]
-    assert mails[0].subject == "WARNING: Test channel (opened) — atelier-nord/gw1"
+    assert mails[0].subject == "WARNING: TEST of route supervisors (opened) — atelier-nord/gw1"
     assert (
         mails[0]
         .text()
@@ -461,3 +461,46 @@ def test_make_target_builds_an_email_target(tmp_path: Path) -> None:
     target = make_target(cfg.notify.targets[0], origin_of(cfg))
     assert isinstance(target, Email)
     assert target.name == "email"
+
+
+# ------------------------------------------------------------------- the documented examples
+
+
+def _with_local_files(text: str, tmp_path: Path) -> str:
+    (tmp_path / "smtp-password").write_text(PASSWORD)
+    (tmp_path / "chat-urls").write_text("ntfys://ntfy.atelier.example/edge-paint\n")
+    return (text.replace("/etc/driftgate/smtp-password", str(tmp_path / "smtp-password"))
+                .replace("/etc/driftgate/chat-urls", str(tmp_path / "chat-urls")))  # fmt: skip
+
+
+def _check_notify(path: Path) -> None:
+    cfg = load_config(path, env={})
+    email, chat = cfg.notify.targets
+    assert isinstance(email, EmailTarget)
+    assert email.password is not None
+    assert email.password.get_secret_value() == PASSWORD
+    assert chat.type == "apprise"
+    assert len(cfg.notify.routes) == 3
+    assert cfg.timezone == "Europe/Paris"
+
+
+def test_the_commented_notify_example_in_agent_example_yaml_loads(tmp_path: Path) -> None:
+    text = (ROOT / "deploy" / "agent.example.yaml").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("# timezone: "))
+    end = lines.index("", start)
+    block = [line.removeprefix("# ") for line in lines[start:end]]
+    example = "\n".join(["site: s", "gateway: g", *block, ""])
+    path = tmp_path / "agent.yaml"
+    path.write_text(_with_local_files(example, tmp_path))
+    _check_notify(path)
+
+
+def test_the_worked_notify_example_in_configure_md_loads(tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "configure.md").read_text(encoding="utf-8")
+    section = text.split("## Notices: `notify`", 1)[1]
+    example = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert example is not None
+    path = tmp_path / "agent.yaml"
+    path.write_text("site: s\ngateway: g\n" + _with_local_files(example.group(1), tmp_path))
+    _check_notify(path)

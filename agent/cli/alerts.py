@@ -113,7 +113,8 @@ async def _test(args: argparse.Namespace) -> int:
         raise ConfigError([f"{args.config}: notify.routes: no route {args.route!r} ({names})"])
     now = int(datetime.now(UTC).timestamp() * 1e9)
     incident = Incident(
-        id="test-0000", key="test", channel="test.channel", zone="test", label="Test channel",
+        id="test-0000", key="test", channel="test.channel", zone="test",
+        label=f"TEST of route {route.name}",
         kind="climate", unit="", affects="nothing: this is a test", action="nothing",
         opened_ns=now, level="warn", peak="warn",
     )  # fmt: skip
