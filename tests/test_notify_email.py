@@ -504,3 +504,28 @@ def test_the_worked_notify_example_in_configure_md_loads(tmp_path: Path) -> None
     path = tmp_path / "agent.yaml"
     path.write_text("site: s\ngateway: g\n" + _with_local_files(example.group(1), tmp_path))
     _check_notify(path)
+
+
+async def test_a_notice_that_cannot_become_a_mail_fails_alone(tmp_path: Path) -> None:
+    """A label with a line break still makes a one-line subject; a delivery for default
+    recipients the config no longer has fails with what to do, and the next mail goes."""
+    with MailServer() as smtp:
+        cfg = agent_config(tmp_path, notify(smtp.port))
+        notices = Notices(cfg)
+        first = delivery(notices.event("cutting.humidity", Level.WARN, value=50, baseline=45))
+        first.body["label"] = "Cutting room\nhumidity"
+        second = delivery(notices.event("edge_paint.humidity", Level.WARN, value=60, baseline=50),
+                          recipient="marie@atelier-nord.example")  # fmt: skip
+        target = the_email(cfg)
+        target.cfg = target.cfg.model_copy(update={"to": []})
+        first_result, second_result = await target.send([first, second])
+        assert isinstance(first_result, EmailError)
+        assert "no recipients: give target 'email' `to:` addresses again" in str(first_result)
+        assert second_result is None
+        target.cfg = target.cfg.model_copy(update={"to": [SUPERVISORS]})
+        assert await target.send([first]) == [None]
+        subjects = [m.subject for m in smtp.mails]
+    assert subjects == [
+        "WARNING: Edge paint room humidity (opened) — atelier-nord/gw1",
+        "WARNING: Cutting room humidity (opened) — atelier-nord/gw1",
+    ]

@@ -128,8 +128,9 @@ class Email:
                         for i in later:
                             results[i] = NotTried("an earlier mail failed: the server is away")
                     break
-                except aiosmtplib.SMTPException as exc:
-                    # Refused for this mail (a recipient, the size): other recipients go on.
+                except Exception as exc:
+                    # Refused for this mail (a recipient, its size), or a notice that cannot
+                    # become a mail: the other recipients go on, the worker lives.
                     self._failed(results, indices, self._why(exc, "sending"))
         except (*_CONNECTION_ERRORS, aiosmtplib.SMTPException, ssl.SSLError) as exc:
             error = self._why(exc, "connecting")
@@ -156,20 +157,25 @@ class Email:
             tls_context=self._tls,
             timeout=cfg.timeout,
         )
-        # aiosmtplib bounds each step by cfg.timeout; this bounds the whole of them.
-        async with asyncio.timeout(cfg.timeout * 3):
-            await smtp.connect()
-            if cfg.username is not None:
-                password = cfg.password.get_secret_value() if cfg.password is not None else ""
-                await smtp.login(cfg.username, password)
+        try:
+            # aiosmtplib bounds each step by cfg.timeout; this bounds the whole of them.
+            async with asyncio.timeout(cfg.timeout * 3):
+                await smtp.connect()
+                if cfg.username is not None:
+                    password = cfg.password.get_secret_value() if cfg.password else ""
+                    await smtp.login(cfg.username, password)
+        except BaseException:
+            smtp.close()  # half open (greeted, refused the login, timed out): not left behind
+            raise
         return smtp
 
     async def _deliver(self, smtp: aiosmtplib.SMTP, deliveries: Sequence[Delivery]) -> None:
+        recipients = self.recipients(deliveries[0].recipient)
+        if not recipients:  # queued for the default list, which the config no longer has
+            raise EmailError(f"no recipients: give target {self.name!r} `to:` addresses again")
         msg = self.compose(deliveries)
         async with asyncio.timeout(self.cfg.timeout * 2):
-            await smtp.send_message(
-                msg, sender=self.cfg.sender, recipients=self.recipients(deliveries[0].recipient)
-            )
+            await smtp.send_message(msg, sender=self.cfg.sender, recipients=recipients)
 
     async def _quit(self, smtp: aiosmtplib.SMTP) -> None:
         try:
@@ -183,6 +189,8 @@ class Email:
 
     def _why(self, exc: BaseException, doing: str) -> EmailError:
         """What failed, in words that say what to check (never the password)."""
+        if isinstance(exc, EmailError):
+            return exc
         cfg = self.cfg
         server = f"SMTP server {cfg.host}:{cfg.port}"
         detail = str(exc).strip() or type(exc).__name__
@@ -197,19 +205,28 @@ class Email:
                 f"{server}: its TLS certificate is not trusted ({detail}): give the target "
                 "ca_file: the CA (or the server's own certificate) if it is a private server"
             )
+        if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError):
+            return EmailError(f"{server} did not answer within {cfg.timeout:g} s while {doing}")
         if isinstance(exc, aiosmtplib.SMTPException) and "STARTTLS" in detail.upper():
             return EmailError(
                 f"{server} offers no STARTTLS ({detail}): use its TLS port with tls: true, or "
                 "starttls: false only for a relay on a trusted network"
             )
-        if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError):
-            return EmailError(f"{server} did not answer within {cfg.timeout:g} s while {doing}")
+        if isinstance(exc, aiosmtplib.SMTPException) and "AUTH" in detail.upper():
+            return EmailError(
+                f"{server} offers no login ({detail}): leave username out if the server takes "
+                "mail without one, or use its submission port (587) with STARTTLS"
+            )
         if isinstance(exc, aiosmtplib.SMTPResponseException | aiosmtplib.SMTPRecipientsRefused):
             return EmailError(f"{server} refused the mail ({detail}); it is tried again")
-        return EmailError(
-            f"cannot reach {server} ({type(exc).__name__}: {detail}) while {doing}: check the "
-            "target's host and port, and that the server runs; notices wait in the outbox"
-        )
+        if isinstance(exc, _CONNECTION_ERRORS):
+            return EmailError(
+                f"cannot reach {server} ({type(exc).__name__}: {detail}) while {doing}: check "
+                "the target's host and port, and that the server runs; notices wait in the outbox"
+            )
+        if isinstance(exc, aiosmtplib.SMTPException):
+            return EmailError(f"{server}: {detail} (while {doing}); it is tried again")
+        return EmailError(f"the mail could not be made or sent ({type(exc).__name__}: {detail})")
 
     async def close(self) -> None:
         """Nothing stays open between rounds (one connection per round of mails)."""

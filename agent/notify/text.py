@@ -45,9 +45,14 @@ class Origin:
 
 
 def head(body: dict[str, Any]) -> str:
-    """'ALARM: Edge paint room humidity (opened)'."""
+    """'ALARM: Edge paint room humidity (opened)', on one line (a subject, a title)."""
     severity = HEADS.get(str(body.get("severity", "")), str(body.get("severity", "")).upper())
-    return f"{severity}: {body.get('label', '')} ({transition(body)})"
+    return one_line(f"{severity}: {body.get('label', '')} ({transition(body)})")
+
+
+def one_line(text: str) -> str:
+    """Whitespace, line breaks included, as single spaces: a header may not break a line."""
+    return " ".join(text.split())
 
 
 def transition(body: dict[str, Any]) -> str:
@@ -81,10 +86,10 @@ def subject(bodies: Sequence[dict[str, Any]], origin: Origin) -> str:
         return f"{head(notices[0])} — {origin.where}"
     by_incident: dict[str, tuple[str, list[str]]] = {}
     for body in notices:
-        _, changes = by_incident.setdefault(str(body.get("id")), (str(body["label"]), []))
+        _, changes = by_incident.setdefault(str(body.get("id")), (str(body.get("label")), []))
         if transition(body) not in changes:
             changes.append(transition(body))
-    parts = [f"{label} ({', '.join(changes)})" for label, changes in by_incident.values()]
+    parts = [one_line(f"{label} ({', '.join(changes)})") for label, changes in by_incident.values()]
     if len(parts) == 1:
         return f"{_worst(notices)}: {parts[0]} — {origin.where}"
     shown = ", ".join(parts[:LABELS_IN_SUBJECT])
