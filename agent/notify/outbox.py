@@ -138,8 +138,10 @@ class Outbox:
                     log.warning(f"notice delivery to {name} failing: retrying", target=name,
                                 error=text, retry_in_s=round(wait, 1))  # fmt: skip
             if failed:
-                # Nothing overtakes what failed: notices queued meanwhile wait behind it.
-                await asyncio.sleep(max((retry_at - time.time_ns()) / 1e9, 0.0))
+                # Nothing overtakes what failed: notices queued meanwhile wait behind it (a
+                # batch held for another recipient may go when its window closes).
+                wake_at = retry_at if held_until is None else min(retry_at, held_until)
+                await asyncio.sleep(max((wake_at - time.time_ns()) / 1e9, 0.0))
                 continue
             retries.up()
             if down_since is not None:
