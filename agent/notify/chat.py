@@ -112,8 +112,8 @@ class Chat:
                     took.add(service.line)
             if failed:
                 results.append(ChatError(
-                    f"{'; '.join(failed)} of {self.cfg.urls_file}: test the URL by hand with "
-                    "`apprise -vv -t test -b test 'URL'`; the notice is tried again"
+                    f"{self.cfg.urls_file}: {'; '.join(failed)}: test the URL by hand with "
+                    "`apprise -vv -t test -b test 'URL'`"
                 ))  # fmt: skip
             elif waiting:
                 results.append(NotTried("an earlier notice to the same URL failed"))

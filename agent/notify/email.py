@@ -218,14 +218,14 @@ class Email:
                 "mail without one, or use its submission port (587) with STARTTLS"
             )
         if isinstance(exc, aiosmtplib.SMTPResponseException | aiosmtplib.SMTPRecipientsRefused):
-            return EmailError(f"{server} refused the mail ({detail}); it is tried again")
+            return EmailError(f"{server} refused the mail ({detail})")
         if isinstance(exc, _CONNECTION_ERRORS):
             return EmailError(
                 f"cannot reach {server} ({type(exc).__name__}: {detail}) while {doing}: check "
-                "the target's host and port, and that the server runs; notices wait in the outbox"
+                "the target's host and port, and that the server runs"
             )
         if isinstance(exc, aiosmtplib.SMTPException):
-            return EmailError(f"{server}: {detail} (while {doing}); it is tried again")
+            return EmailError(f"{server}: {detail} (while {doing})")
         return EmailError(f"the mail could not be made or sent ({type(exc).__name__}: {detail})")
 
     async def close(self) -> None:
