@@ -5,7 +5,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from examples import EXAMPLE, uncomment_notify
+from examples import EXAMPLE, uncomment_notify, with_local_files
 
 from agent.cli import main as cli_main
 from agent.config import (
@@ -114,12 +114,13 @@ def test_example_loads_with_a_password_file(tmp_path: Path) -> None:
 
 
 def test_the_examples_commented_notify_section_is_valid_once_uncommented(tmp_path: Path) -> None:
-    text = uncomment_notify(example_text(None))
+    text = with_local_files(uncomment_notify(example_text(None)), tmp_path)
     config = load_config(write(tmp_path, text), env={"DRIFTGATE_INFLUX_PASSWORD": SECRET})
-    floor, manager = config.notify.routes
-    assert (floor.escalate_to, manager.name) == ("manager", "manager")
-    assert [s.name for s in floor.shifts] == ["early", "late"]
-    assert [t.type for t in config.notify.targets] == ["stacklight", "webhook", "webhook"]
+    supervisors, team, manager = config.notify.routes
+    assert (team.escalate_to, manager.name) == ("plant-manager", "plant-manager")
+    assert [s.name for s in supervisors.shifts] == ["early", "late"]
+    types = [t.type for t in config.notify.targets]
+    assert types == ["stacklight", "email", "apprise", "webhook"]
 
 
 def test_example_loads_with_systemd_credentials_directory(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import pytest
 import pytest_asyncio
-from examples import EXAMPLE, uncomment_notify
+from examples import EXAMPLE, uncomment_notify, with_local_files
 from servers import SerialPair
 
 from agent.config import config_from_dict, load_config
@@ -732,9 +732,8 @@ def test_a_route_to_a_stack_light_is_refused() -> None:
 
 
 def test_the_example_config_has_a_stack_light(tmp_path: Path) -> None:
-    text = uncomment_notify(EXAMPLE.read_text(encoding="utf-8")).replace(
-        "  password_file: /etc/driftgate/influx-password\n", ""
-    )
+    text = with_local_files(uncomment_notify(EXAMPLE.read_text(encoding="utf-8")), tmp_path)
+    text = text.replace("  password_file: /etc/driftgate/influx-password\n", "")
     path = tmp_path / "agent.yaml"
     path.write_text(text, encoding="utf-8")
     cfg = load_config(path, env={"DRIFTGATE_INFLUX_PASSWORD": "x"})

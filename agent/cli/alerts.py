@@ -161,7 +161,7 @@ async def _test(args: argparse.Namespace) -> int:
     from agent.incidents.store import Delivery
     from agent.incidents.words import local_zone
     from agent.notify.router import Router
-    from agent.notify.targets import make_target
+    from agent.notify.targets import make_target, origin_of
 
     if args.config is None:
         raise ConfigError(["alerts test needs -c CONFIG (its notify.targets and notify.routes)"])
@@ -172,7 +172,8 @@ async def _test(args: argparse.Namespace) -> int:
         raise ConfigError([f"{args.config}: notify.routes: no route {args.route!r} ({names})"])
     now = int(datetime.now(UTC).timestamp() * 1e9)
     incident = Incident(
-        id="test-0000", key="test", channel="test.channel", zone="test", label="Test channel",
+        id="test-0000", key="test", channel="test.channel", zone="test",
+        label=f"TEST of route {route.name}",
         kind="climate", unit="", affects="nothing: this is a test", action="nothing",
         opened_ns=now, level="warn", peak="warn",
     )  # fmt: skip
@@ -185,7 +186,7 @@ async def _test(args: argparse.Namespace) -> int:
     targets = {t.name: t for t in cfg.notify.targets}
     failures = 0
     for entry in router.deliveries_for_route(route, notice):
-        target = make_target(targets[entry.target])
+        target = make_target(targets[entry.target], origin_of(cfg))
         delivery = Delivery(0, entry.key, entry.incident, entry.target, entry.recipient, 0,
                             entry.body)  # fmt: skip
         try:

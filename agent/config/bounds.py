@@ -71,10 +71,10 @@ BOUNDS: Final[dict[str, Bound]] = {
     "baseline.learn": Bound(MINUTE, YEAR, "what is learned before the baseline is locked"),
     # -- incidents and their delivery (wall time)
     "notify.timeout": Bound(
-        0.5, 10 * MINUTE, "shorter fails healthy deliveries; longer holds a dead endpoint's queue"
+        0.1, 10 * MINUTE, "shorter fails healthy deliveries; longer holds a dead endpoint's queue"
     ),
     "notify.batch_window": Bound(
-        1.0, HOUR, "incidents opened within it share one mail; longer delays the first one"
+        0.0, HOUR, "notices within it share one mail (0: each alone); the first waits this long"
     ),
     "notify.refresh": Bound(
         0.1, DAY, "a tower light is sent its whole state again this often"

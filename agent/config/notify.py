@@ -4,7 +4,15 @@ import re
 from datetime import time
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agent.config.base import (
     Duration,
@@ -13,11 +21,12 @@ from agent.config.base import (
     Name,
     NonBlank,
     Section,
+    loading_of,
     raise_problems,
     reason,
 )
 from agent.config.bounds import within
-from agent.config.secrets import SecretFile
+from agent.config.secrets import SecretFile, find_secret, inline_secret
 
 Severity = Literal["warn", "alarm"]
 
@@ -56,7 +65,22 @@ def _days(v: Any) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
+def is_address(text: str) -> bool:
+    """Whether a text is a plain e-mail address (name@domain.tld)."""
+    local, at, domain = text.rpartition("@")
+    return bool(at and local and "." in domain.strip(".")) and not any(
+        c.isspace() or c in '<>,;"' for c in text
+    )
+
+
+def _address(v: str) -> str:
+    if not is_address(v.strip()):
+        raise reason(f"{v!r} is not an e-mail address: write e.g. supervisors@atelier.example")
+    return v.strip()
+
+
 Clock = Annotated[time, BeforeValidator(_clock)]
+Address = Annotated[str, AfterValidator(_address)]
 Days = Annotated[tuple[int, ...], BeforeValidator(_days)]
 
 
@@ -84,26 +108,115 @@ class EmailTarget(_Target):
 
     type: Literal["email"]
     host: NonBlank
-    port: Annotated[int, Field(ge=1, le=65535)] = 587
-    starttls: bool = True
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=587, description="587 (STARTTLS); 465 is the default with tls: true"
+    )
+    starttls: bool = Field(default=True, description="upgrade with STARTTLS (required if on)")
     tls: bool = Field(default=False, description="implicit TLS (port 465)")
-    username: NonBlank | None = None
+    ca_file: ExistingFile | None = Field(
+        default=None, description="CA (or self-signed certificate) of a private SMTP server"
+    )
+    username: NonBlank | None = Field(default=None, description="log in as this user")
     password_file: SecretFile | None = None
-    sender: NonBlank = Field(description="From: address, e.g. driftgate@atelier.example")
-    to: list[NonBlank] = Field(default_factory=list, description="default recipients")
+    sender: Address = Field(description="From: address, e.g. driftgate@atelier.example")
+    to: list[Address] = Field(default_factory=list, description="default recipients")
     batch_window: Annotated[Duration, within("notify.batch_window")] = Field(
         default=60.0, description="incidents opened within this are sent in one mail"
     )
-    timeout: Annotated[Duration, within("notify.timeout")] = 20.0
+    timeout: Annotated[Duration, within("notify.timeout")] = Field(
+        default=20.0, description="connecting, and each SMTP command; a mail never waits longer"
+    )
+    password: SecretStr | None = None
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _no_inline_secret(cls, v: Any, info: ValidationInfo) -> Any:
+        if loading_of(info) is not None:
+            raise inline_secret(info, "DRIFTGATE_SMTP_PASSWORD", "smtp_password")
+        return v
+
+    @model_validator(mode="after")
+    def _tls_and_login(self, info: ValidationInfo) -> "EmailTarget":
+        problems: list[tuple[Loc, str]] = []
+        update: dict[str, Any] = {}
+        if self.tls and self.starttls:
+            if "starttls" in self.model_fields_set:
+                problems.append(
+                    (("starttls",), "tls (implicit TLS, port 465) and starttls (port 587) "
+                     "exclude each other: keep one")
+                )  # fmt: skip
+            update["starttls"] = False  # tls: true alone means implicit TLS
+        if self.tls and "port" not in self.model_fields_set:
+            update["port"] = 465
+        if self.password_file is not None and self.username is None:
+            problems.append((("username",), "password_file is set: give the username too"))
+        loading = loading_of(info)
+        if loading is not None and self.username is not None and not problems:
+            password = find_secret(
+                loading, self.password_file, "DRIFTGATE_SMTP_PASSWORD", "smtp_password", problems
+            )
+            if password is not None:
+                update["password"] = password
+            elif not problems:
+                problems.append(
+                    (("username",), f"username {self.username!r} is set but no password was "
+                     "found: set password_file, or DRIFTGATE_SMTP_PASSWORD, or systemd "
+                     "LoadCredential=smtp_password:/etc/driftgate/smtp-password")
+                )  # fmt: skip
+        raise_problems("EmailTarget", problems)
+        return self.model_copy(update=update) if update else self
 
 
 class AppriseTarget(_Target):
     """Chat and push services (Teams, Slack, ntfy, Telegram, SMS gateways, …) by apprise URL."""
 
     type: Literal["apprise"]
-    urls_file: ExistingFile = Field(
-        description="one apprise URL per line (they hold tokens: keep the file private)"
+    urls_file: SecretFile = Field(
+        description="one apprise URL per line, # for comments (they hold tokens: keep the "
+        "file private)"
     )
+    timeout: Annotated[Duration, within("notify.timeout")] = Field(
+        default=30.0, description="one notice to one URL never waits longer"
+    )
+
+    @model_validator(mode="after")
+    def _urls(self, info: ValidationInfo) -> "AppriseTarget":
+        loading = loading_of(info)
+        if loading is None or self.urls_file not in loading.secrets:
+            return self
+        try:
+            urls = apprise_urls(loading.secrets[self.urls_file])
+        except ValueError as exc:
+            raise_problems("AppriseTarget", [(("urls_file",), f"{self.urls_file}: {exc}")])
+            return self
+        if not urls:
+            raise_problems(
+                "AppriseTarget",
+                [(("urls_file",), f"{self.urls_file} holds no URL: write one apprise URL per "
+                  "line, e.g. ntfy://ntfy.example/floor-alerts")],
+            )  # fmt: skip
+        return self
+
+
+_URL_LINE = re.compile(r"[a-z][a-z0-9+.-]{0,31}://\S+", re.IGNORECASE)
+
+
+def apprise_urls(text: str) -> list[tuple[int, str]]:
+    """The (line number, URL) of an apprise URLs file: one URL per line, blank lines and # comments
+    left out. Raises ValueError naming the first bad line, never its content (URLs are secret)."""
+    out: list[tuple[int, str]] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not _URL_LINE.fullmatch(line):
+            what = "it has spaces" if "://" in line else "it has no scheme://"
+            raise ValueError(
+                f"line {number} is not one apprise URL ({what}): write one URL per line, e.g. "
+                "ntfy://ntfy.example/floor-alerts, and # before a comment"
+            )
+        out.append((number, line))
+    return out
 
 
 GpioPin = Annotated[int, Field(ge=0, le=27, description="BCM number (GPIO17 is 17)")]
@@ -273,7 +386,8 @@ class NotifyConfig(Section):
 
     @model_validator(mode="after")
     def _references(self) -> "NotifyConfig":
-        targets = {t.name for t in self.targets}
+        by_name = {t.name: t for t in self.targets}
+        targets = set(by_name)
         lights = {t.name for t in self.targets if isinstance(t, StacklightTarget)}
         routes = {r.name for r in self.routes}
         problems: list[tuple[Loc, str]] = []
@@ -296,7 +410,7 @@ class NotifyConfig(Section):
                     (("routes", i, "shifts", k, "to", j), e) for j, e in enumerate(shift.to)
                 ]
             for loc, entry in entries:
-                name = entry.split(":", 1)[0]
+                name, _, recipient = entry.partition(":")
                 if name in lights:
                     problems.append(
                         (
@@ -305,15 +419,38 @@ class NotifyConfig(Section):
                             "itself and takes no notices; remove it from this route",
                         )
                     )
-                elif name not in targets:
+                    continue
+                if name not in targets:
                     known = ", ".join(sorted(targets - lights)) or "none yet: add notify.targets"
                     problems.append((loc, f"no target named {name!r} (targets: {known})"))
+                    continue
+                problem = _recipient_problem(by_name[name], recipient)
+                if problem:
+                    problems.append((loc, problem))
             if route.escalate_to is not None and route.escalate_to not in routes:
                 problems.append(
                     (("routes", i, "escalate_to"), f"no route named {route.escalate_to!r}")
                 )
         raise_problems("NotifyConfig", problems)
         return self
+
+
+def _recipient_problem(target: Target, recipient: str) -> str:
+    """What is wrong with addressing ``recipient`` through a target ("" when nothing)."""
+    name = target.name
+    if isinstance(target, EmailTarget):
+        if not recipient and not target.to:
+            return (f"e-mail target {name!r} has no default recipients: give it `to:` "
+                    f"addresses, or write {name}:someone@atelier.example here")  # fmt: skip
+        if recipient and not is_address(recipient):
+            return (
+                f"{recipient!r} is not an e-mail address: write e.g. {name}:marie@atelier.example"
+            )
+    if isinstance(target, AppriseTarget) and recipient:
+        return (f"{name!r} is an apprise target: it sends to every URL in its urls_file and "
+                f"takes no recipient; for different people give each their own apprise target "
+                f"and URLs file")  # fmt: skip
+    return ""
 
 
 class IncidentsConfig(Section):

@@ -89,6 +89,7 @@ class Delivery:
     recipient: str
     attempts: int
     body: dict[str, Any]
+    created_ns: int = 0  # when it was queued (wall clock); 0: unknown (a test notice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,9 +276,10 @@ class IncidentStore:
             self._marks[mark[0]] = mark  # in order: after the ones still waiting
             self.wake.set()
 
-    async def next_due(self, target: str) -> int | None:
-        """When the target's next pending delivery falls due (ns), if any."""
-        return await self._call(self._next_due, target)
+    async def next_due(self, target: str, after_ns: int = -1) -> int | None:
+        """When the target's next pending delivery falls due (ns), if any; ``after_ns``: the
+        next one due later than that (those due already are being held by the target)."""
+        return await self._call(self._next_due, target, after_ns)
 
     async def pending_acks(self) -> list[tuple[int, str, str, str]]:
         """Acknowledgements the CLI asked for: (row id, incident, by, note)."""
@@ -326,18 +328,22 @@ class IncidentStore:
 
     def _due(self, target: str, now_ns: int, limit: int) -> list[Delivery]:
         rows = self._db().execute(
-            "SELECT id, key, incident, target, recipient, attempts, body FROM deliveries "
-            "WHERE state = 'pending' AND target = ? AND due_ns <= ? ORDER BY id LIMIT ?",
+            "SELECT id, key, incident, target, recipient, attempts, body, created_ns "
+            "FROM deliveries WHERE state = 'pending' AND target = ? AND due_ns <= ? "
+            "ORDER BY id LIMIT ?",
             (target, now_ns, limit),
         )
-        return [Delivery(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
+        return [
+            Delivery(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), int(r[7])) for r in rows
+        ]
 
-    def _next_due(self, target: str) -> int | None:
+    def _next_due(self, target: str, after_ns: int) -> int | None:
         row = (
             self._db()
             .execute(
-                "SELECT MIN(due_ns) FROM deliveries WHERE state = 'pending' AND target = ?",
-                (target,),
+                "SELECT MIN(due_ns) FROM deliveries WHERE state = 'pending' AND target = ? "
+                "AND due_ns > ?",
+                (target, after_ns),
             )
             .fetchone()
         )

@@ -29,6 +29,17 @@ class NotTried(Exception):
     and notices must arrive in order)."""
 
 
+class NotYet(NotTried):
+    """A delivery a target holds back on purpose until ``until_ns`` (an e-mail batch window is
+    still open). Nothing is written: it stays due, so the target is offered it again, with
+    whatever joined it meanwhile, at ``until_ns`` or when new deliveries arrive; after a
+    restart the same happens from the outbox as stored."""
+
+    def __init__(self, reason: str, until_ns: int) -> None:
+        super().__init__(reason)
+        self.until_ns = until_ns
+
+
 class Target(Protocol):
     """A way notices reach people (a webhook, e-mail, a chat service, a tower light)."""
 
@@ -88,17 +99,24 @@ class Outbox:
         retries = Retries(self.backoff)
         down_since: float | None = None
         while True:
-            due = await self.store.due(name, time.time_ns(), BATCH)
+            wake.clear()  # a write from now on wakes a sleep below
+            now = time.time_ns()
+            due = await self.store.due(name, now, BATCH)
             if not due:
                 await self._sleep_until_due(name, wake)
                 continue
             results = await target.send(due)
             failed = False
+            held_until: int | None = None
             retry_at = time.time_ns()
             for delivery, error in zip(due, results, strict=True):
                 if error is None:
                     await self.store.done(delivery)
                     self.metrics.deliveries += 1
+                    continue
+                if isinstance(error, NotYet):
+                    until = error.until_ns
+                    held_until = until if held_until is None else min(held_until, until)
                     continue
                 if isinstance(error, NotTried):
                     await self.store.retry(delivery, retry_at, str(error), tried=False)
@@ -119,16 +137,28 @@ class Outbox:
                     down_since = time.monotonic()
                     log.warning(f"notice delivery to {name} failing: retrying", target=name,
                                 error=text, retry_in_s=round(wait, 1))  # fmt: skip
-            if not failed:
-                retries.up()
-                if down_since is not None:
-                    log.info(f"notice delivery to {name} works again", target=name,
-                             down_s=round(time.monotonic() - down_since, 1))  # fmt: skip
-                    down_since = None
+            if failed:
+                # Nothing overtakes what failed: notices queued meanwhile wait behind it (a
+                # batch held for another recipient may go when its window closes).
+                wake_at = retry_at if held_until is None else min(retry_at, held_until)
+                await asyncio.sleep(max((wake_at - time.time_ns()) / 1e9, 0.0))
+                continue
+            retries.up()
+            if down_since is not None:
+                log.info(f"notice delivery to {name} works again", target=name,
+                         down_s=round(time.monotonic() - down_since, 1))  # fmt: skip
+                down_since = None
+            if held_until is not None and all(isinstance(e, NotYet) for e in results):
+                # Only held ones are due: offering them again before their time would spin.
+                await self._sleep_until_due(name, wake, held_until, after_ns=now)
 
-    async def _sleep_until_due(self, name: str, wake: asyncio.Event) -> None:
-        wake.clear()
-        due = await self.store.next_due(name)
+    async def _sleep_until_due(
+        self, name: str, wake: asyncio.Event, until_ns: int | None = None, after_ns: int = -1
+    ) -> None:
+        """Until the next delivery falls due (or ``until_ns``), or new ones are written."""
+        due = await self.store.next_due(name, after_ns)
+        if until_ns is not None:
+            due = until_ns if due is None else min(due, until_ns)
         timeout = None if due is None else max((due - time.time_ns()) / 1e9, 0.0)
         try:
             async with asyncio.timeout(timeout):

@@ -42,7 +42,7 @@ from agent.ingest.simulated import SimulatedSource
 from agent.metrics import AgentMetrics
 from agent.notify.outbox import Outbox
 from agent.notify.router import Router
-from agent.notify.targets import make_target
+from agent.notify.targets import make_target, origin_of
 from agent.pipeline import Pipeline
 from agent.reading import Channel
 from agent.sim.workshop import DAY, Workshop
@@ -162,7 +162,11 @@ def build_incidents(core: Core, clock: Callable[[], int]) -> Incidents:
         store,
         router,
         # Stack lights are not routed: they show state (the agent attaches them to the manager).
-        [make_target(t) for t in cfg.notify.targets if not isinstance(t, StacklightTarget)],
+        [
+            make_target(t, origin_of(cfg))
+            for t in cfg.notify.targets
+            if not isinstance(t, StacklightTarget)
+        ],
         core.metrics,
         max_attempts=cfg.notify.max_attempts,
     )
