@@ -165,9 +165,9 @@ def _prose_lines(text: str) -> Iterator[tuple[int, str, str]]:
         yield number, CODE_SPAN.sub("", line), section
 
 
-def links(text: str) -> Iterator[tuple[int, str, str, str]]:
-    """(line number, target, section, the line) of every link in a Markdown text."""
-    for number, line, section in _prose_lines(text):
+def links(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, target) of every link in a Markdown text."""
+    for number, line, _section in _prose_lines(text):
         targets = [m.group(1) for m in INLINE_LINK.finditer(line)]
         targets += [m.group(1) for m in REF_DEF.finditer(line)]
         targets += [m.group(1) for m in AUTOLINK.finditer(line)]
@@ -175,7 +175,7 @@ def links(text: str) -> Iterator[tuple[int, str, str, str]]:
         rest = AUTOLINK.sub("", INLINE_LINK.sub("", line))
         targets += [m.group(1) for m in BARE_URL.finditer(rest)]
         for target in targets:
-            yield number, target, section, line
+            yield number, target
 
 
 def github_anchors(text: str) -> set[str]:
@@ -206,11 +206,9 @@ def link_problems(path: Path, root: Path = ROOT) -> list[str]:
     """What is wrong with the links of one Markdown file of the repository at root."""
     text = path.read_text(encoding="utf-8")
     problems = []
-    for number, target, section, line in links(text):
+    for number, target in links(text):
         if re.match(r"^(https?|ftp):", target, re.I):
-            in_table = line.lstrip().startswith("|") and section.strip() == "Dependencies"
-            if not in_table:
-                problems.append(f"{target}: external link outside the Dependencies table")
+            problems.append(f"{target}: external link (a clone is all a user has)")
             continue
         if re.match(r"^(file|[a-z]:[\\/])", target, re.I) or target.startswith(("/", "\\")):
             problems.append(f"{target}: absolute path (line {number})")
@@ -268,7 +266,7 @@ def test_the_link_checker_catches_what_it_should(tmp_path: Path) -> None:
         "../../outside.md: leaves the repository",
         "/etc/passwd: absolute path (line 3)",
         "missing.md: no such file (line 3)",
-        "https://x.org/: external link outside the Dependencies table",
+        "https://x.org/: external link (a clone is all a user has)",
         "cli.md#nope: no heading with that anchor (line 3)",
     ]
 
