@@ -322,3 +322,29 @@ def test_demo_stops_on_signal_with_summary_and_loses_nothing(
     assert kinds["climate"] + kinds["tension"] == s.readings
     assert kinds["drift_alert"] == s.alert_events
     assert kinds["driftgate_agent"] == s.self_metrics
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--days", "2"), ("--days", "0"), ("--speed", "10"), ("--seed", "0"),
+     ("--influx", "http://127.0.0.1:1"), ("--influx-api", "v2"), ("--influx-db", "x"),
+     ("--influx-rp", "r"), ("--influx-user", "u"), ("--influx-password-file", "pw"),
+     ("--influx-org", "o"), ("--influx-bucket", "b"), ("--influx-token-file", "t")],
+)  # fmt: skip
+def test_demo_options_with_a_config_are_refused_naming_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    """`run -c cfg --days 2` once ran the config for ever; `--days 0` and the --influx-*
+    options with defaults were still ignored. Each is an error now, before anything starts."""
+    from agent.cli import main as cli_main
+
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"site: s\ngateway: g\nstate_dir: {tmp_path / 'state'}\n"
+        # a bounded run: were the option ignored again, the test fails rather than hangs
+        "sources:\n  - {type: simulated, name: sim, speed: 100000, days: 0.01}\n"
+    )
+    assert cli_main(["run", "-c", str(config), option, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"driftgate run: {option} only applies to the demo (without -c)"), err
+    assert not (tmp_path / "state").exists()  # nothing ran

@@ -17,8 +17,10 @@ from agent.cli.common import (
     log_level,
 )
 
-DEMO_ONLY = ("days", "speed", "seed", "influx")
-"""``run`` options that only the demo takes; with ``-c`` the config file says these things."""
+DEMO_GROUP = "demo options (without -c)"
+"""The argument group of the options only the demo takes; with ``-c`` the config file says
+these things, so giving one is an error naming it (it was once ignored: ``--days 2`` ran for
+ever)."""
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -33,34 +35,43 @@ def add_parser(sub: Subparsers) -> None:
         "--state-dir", type=Path, help="spool, baselines, history, context (demo: ./.driftgate)"
     )
     run_.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv)")
-    demo = run_.add_argument_group("demo options (without -c)")
+    # Every demo option defaults to None, so that one given with -c is noticed (even --days 0).
+    demo = run_.add_argument_group(DEMO_GROUP)
     demo.add_argument("--days", type=float, default=None, help="simulated days (default 28)")
     demo.add_argument(
         "--speed", type=float, default=None, help="simulated s per wall s (default 86400)"
     )
     demo.add_argument("--seed", type=int, default=None, help="random seed of the simulation")
     demo.add_argument("--influx", metavar="URL", help="forward to InfluxDB at URL")
-    demo.add_argument(
-        "--influx-api", choices=["v1", "v2"], default="v1", help="InfluxDB write API (v1)"
-    )
-    demo.add_argument("--influx-db", default="driftgate", help="v1 database (default driftgate)")
+    demo.add_argument("--influx-api", choices=["v1", "v2"], help="InfluxDB write API (v1)")
+    demo.add_argument("--influx-db", help="v1 database (default driftgate)")
     demo.add_argument("--influx-rp", default=None, help="v1 retention policy")
     demo.add_argument("--influx-user", default=None, help="v1 user (password: env or file)")
     demo.add_argument(
         "--influx-password-file", type=Path, default=None, help="v1 password, in a file"
     )
-    demo.add_argument("--influx-org", default="driftgate", help="v2 organisation")
-    demo.add_argument("--influx-bucket", default="driftgate", help="v2 bucket")
+    demo.add_argument("--influx-org", help="v2 organisation (default driftgate)")
+    demo.add_argument("--influx-bucket", help="v2 bucket (default driftgate)")
     demo.add_argument("--influx-token-file", type=Path, default=None, help="v2 token, in a file")
-    run_.set_defaults(handler=run)
+    run_.set_defaults(handler=run, demo_options=[a.dest for a in demo._group_actions])
+
+
+def demo_options_given(args: argparse.Namespace) -> list[str]:
+    """The demo-only options on the command line, as typed (``--days``)."""
+    return [
+        "--" + dest.replace("_", "-")
+        for dest in args.demo_options
+        if getattr(args, dest) is not None
+    ]
 
 
 def _demo_influx(args: argparse.Namespace) -> dict[str, Any] | None:
     if not args.influx:
         return None
-    influx: dict[str, Any] = {"url": args.influx, "api": args.influx_api}
-    if args.influx_api == "v1":
-        influx["database"] = args.influx_db
+    api = args.influx_api or "v1"
+    influx: dict[str, Any] = {"url": args.influx, "api": api}
+    if api == "v1":
+        influx["database"] = args.influx_db or "driftgate"
         if args.influx_rp:
             influx["retention_policy"] = args.influx_rp
         if args.influx_user:
@@ -68,8 +79,8 @@ def _demo_influx(args: argparse.Namespace) -> dict[str, Any] | None:
         if args.influx_password_file:
             influx["password_file"] = str(args.influx_password_file.resolve())
     else:
-        influx["org"] = args.influx_org
-        influx["bucket"] = args.influx_bucket
+        influx["org"] = args.influx_org or "driftgate"
+        influx["bucket"] = args.influx_bucket or "driftgate"
         if args.influx_token_file:
             influx["token_file"] = str(args.influx_token_file.resolve())
     return influx
@@ -95,11 +106,13 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(run_demo(opts))
         return EXIT_OK
 
-    given = [f"--{name.replace('_', '-')}" for name in DEMO_ONLY if getattr(args, name)]
+    given = demo_options_given(args)
     if given:
+        verb = "applies" if len(given) == 1 else "apply"
         print(
-            f"driftgate run: {', '.join(given)} only apply to the demo (without -c); with -c "
-            "the config file says these things (sources, influx:)",
+            f"driftgate run: {', '.join(given)} only {verb} to the demo (without -c); with -c "
+            "the config file says these things: a simulated source's speed, days and seed "
+            "under sources:, InfluxDB under influx:",
             file=sys.stderr,
         )
         return EXIT_CONFIG
