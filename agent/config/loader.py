@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from agent.config.base import CONTEXT_KEY, ConfigWarning, Loading, Loc
 from agent.config.detectors import DETECTOR_TYPES
+from agent.config.layers import Layered, Where, conf_d_files, merge, substitute
 from agent.config.models import SOURCE_TYPES, AgentConfig, duplicate_names
 from agent.config.notify import TARGET_TYPES
 from agent.config.risks import risks
@@ -110,11 +111,6 @@ def format_path(path: Loc) -> str:
     return out or "(top level)"
 
 
-def _where(source: str, line: int, lines: Mapping[Loc, int]) -> str:
-    """``file:line:``, or just ``source:`` for in-memory data that has no lines."""
-    return f"{source}:{line}:" if lines else f"{source}:"
-
-
 def line_of(path: Loc, lines: Mapping[Loc, int]) -> int:
     for end in range(len(path), -1, -1):
         if path[:end] in lines:
@@ -201,26 +197,58 @@ def problem_text(
     return path, message
 
 
+@dataclass(frozen=True)
+class Locator:
+    """Where each key of a configuration was set: ``file:line:`` for a key path."""
+
+    source: str
+    where: Mapping[Loc, Where]
+    files: tuple[str, ...] = ()
+
+    def find(self, path: Loc) -> tuple[tuple[int, int], str]:
+        """A sort key (file order, line) and ``file:line:`` of the nearest key set in a file."""
+        for end in range(len(path), -1, -1):
+            found = self.where.get(path[:end])
+            if found is not None:
+                source, line = found
+                order = self.files.index(source) if source in self.files else 0
+                return (order, line), f"{source}:{line}:"
+        return (0, 1), f"{self.source}:1:" if self.where else f"{self.source}:"
+
+    def problem(self, path: Loc, text: str) -> tuple[tuple[int, int], str]:
+        """A located problem line for ``path``."""
+        key, where = self.find(path)
+        return key, f"{where} {format_path(path)}: {text}"
+
+    def __call__(self, path: Loc) -> str:
+        """``file:line: key.path``, as a warning about that key starts."""
+        return f"{self.find(path)[1]} {format_path(path)}"
+
+
+Located = tuple[tuple[int, int], str]
+
+
 def _problem_lines(
-    exc: ValidationError, source: str, data: Any, lines: Mapping[Loc, int], loading: Loading
-) -> list[tuple[int, str]]:
-    out: list[tuple[int, str]] = []
+    exc: ValidationError, data: Any, locator: Locator, loading: Loading, told: set[Loc]
+) -> list[Located]:
+    out: list[Located] = []
     for error in exc.errors():
         if error["type"] == "invalid_key":
             # pydantic mangles a non-text key in loc; the key itself is the input.
             parent_path, _, _ = locate(tuple(error["loc"][:-1]), data)
             key = error["input"]
-            line = lines.get((*parent_path, key), line_of(parent_path, lines))
             text = (
                 f"key {key!r} is not text; quote it "
                 "(YAML reads yes, no, on, off, null and numbers as values)"
             )
-            out.append((line, f"{_where(source, line, lines)} {format_path(parent_path)}: {text}"))
+            order, where = locator.find((*parent_path, key))
+            out.append((order, f"{where} {format_path(parent_path)}: {text}"))
             continue
         path, parent, value = locate(tuple(error["loc"]), data)
+        if any(path[: len(loc)] == loc for loc in told):
+            continue  # a ${VAR} left in place: its own problem says what to do
         path, text = problem_text(error, path, parent, value, loading)
-        line = line_of(path, lines)
-        out.append((line, f"{_where(source, line, lines)} {format_path(path)}: {text}"))
+        out.append(locator.problem(path, text))
     return out
 
 
@@ -235,21 +263,23 @@ _DEFAULTED_SECTIONS = (
 def _validate(
     *,
     data: Any,
-    source: str,
-    lines: Mapping[Loc, int],
+    locator: Locator,
     base_dir: Path | None,
     env: Mapping[str, str] | None,
-    found: list[tuple[int, str]],
+    found: list[Located],
+    told: set[Loc] | None = None,
 ) -> AgentConfig:
+    source = locator.source
     if data is None:
-        found.append((1, f"{source}:1: (top level): the file is empty; expected site, gateway, …"))
+        found.append(((0, 1), f"{source}:1: (top level): the file is empty; expected site, "
+                              "gateway, …"))  # fmt: skip
     elif not isinstance(data, dict):
-        line = lines.get((), 1)
+        order, where = locator.find(())
         found.append(
             (
-                line,
-                f"{_where(source, line, lines)} (top level): should be a mapping of keys "
-                f"(site:, gateway:, …), got {describe_value(data)}",
+                order,
+                f"{where} (top level): should be a mapping of keys (site:, gateway:, …), "
+                f"got {describe_value(data)}",
             )
         )
     if not isinstance(data, dict):
@@ -260,23 +290,20 @@ def _validate(
     try:
         config = AgentConfig.model_validate(data, context={CONTEXT_KEY: loading})
     except ValidationError as exc:
-        found += _problem_lines(exc, source, data, lines, loading)
+        found += _problem_lines(exc, data, locator, loading, told or set())
         # The models check names only once every item is valid; say it now rather than later.
         raw_names = {
             section: [item.get("name") if isinstance(item, dict) else None for item in items]
             for section in ("sources", "channels")
             if isinstance(items := data.get(section), list)
         }
-        for loc, text in duplicate_names(raw_names):
-            line = line_of(loc, lines)
-            found.append((line, f"{_where(source, line, lines)} {format_path(loc)}: {text}"))
+        found += [locator.problem(loc, text) for loc, text in duplicate_names(raw_names)]
     if found:
         found.sort(key=lambda item: item[0])
         raise ConfigError(list(dict.fromkeys(text for _, text in found)))
-    located = sorted(((line_of(r.loc, lines), r) for r in risks(config)), key=lambda x: x[0])
-    for line, risk in located:
-        where = f"{_where(source, line, lines)} {format_path(risk.loc)}"
-        config.warnings.append(ConfigWarning(where, risk.event, risk.detail))
+    located = sorted(((locator.find(r.loc)[0], r) for r in risks(config)), key=lambda x: x[0])
+    for _, risk in located:
+        config.warnings.append(ConfigWarning(locator(risk.loc), risk.event, risk.detail))
     return config
 
 
@@ -300,29 +327,71 @@ def read_yaml(path: Path) -> _Document:
         raise ConfigError([f"{source}:1: YAML syntax error: {exc}"]) from None
 
 
-def load_config(path: Path, env: Mapping[str, str] | None = None) -> AgentConfig:
-    """Read and validate the YAML config at ``path``; raise ConfigError listing every problem.
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration and how it was read: for ``check-config``."""
 
-    ``env`` (default ``os.environ``) supplies secrets and ``CREDENTIALS_DIRECTORY``.
+    config: AgentConfig
+    files: list[Path]
+    """The main file, then each ``conf.d/`` file merged into it, in that order."""
+    variables: dict[str, str]
+    """Each ``${VAR}`` substituted: ``environment`` or ``default``."""
+    where: Locator
+    """``file:line: key.path`` of a key, as a warning about it starts."""
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read and validate the YAML config at ``path`` (with its ``conf.d/`` files and ``${VAR}``
+    substituted); raise ConfigError listing every problem.
+
+    ``env`` (default ``os.environ``) supplies ``${VAR}``, secrets and ``CREDENTIALS_DIRECTORY``.
     """
-    source = str(path)
-    document = read_yaml(path)
-    found = [
-        (line, f"{source}:{line}: {format_path(loc)}: {text}")
-        for loc, line, text in document.problems
-    ]
-    return _validate(
-        data=document.data,
-        source=source,
-        lines=document.lines,
+    return load_config_files(path, env).config
+
+
+def load_config_files(path: Path, env: Mapping[str, str] | None = None) -> LoadedConfig:
+    """``load_config``, also saying which files and variables were read and where each key is."""
+    environ = os.environ if env is None else env
+    layered = Layered(files=[path, *conf_d_files(path)])
+    names = tuple(str(f) for f in layered.files)
+    problems: list[Located] = []
+    told: set[Loc] = set()
+    for index, file in enumerate(layered.files):
+        source = str(file)
+        document = read_yaml(file)
+        here = Locator(source, {loc: (source, line) for loc, line in document.lines.items()},
+                       names)  # fmt: skip
+        problems += [
+            ((index, line), f"{source}:{line}: {format_path(loc)}: {text}")
+            for loc, line, text in document.problems
+        ]
+        data = document.data
+        if index > 0 and data is None:
+            continue  # an empty conf.d file (everything commented out)
+        if index > 0 and not isinstance(data, dict):
+            problems.append(
+                here.problem((), "a conf.d file holds keys like the main file (a mapping), "
+                             f"got {describe_value(data)}")
+            )  # fmt: skip
+            continue
+        data, unset = substitute(data, environ, layered.variables)
+        problems += [here.problem(loc, text) for loc, text in unset]
+        told.update(loc for loc, _ in unset)
+        merge(layered, data, document.lines, source)
+    locator = Locator(str(path), layered.where, names)
+    config = _validate(
+        data=layered.data,
+        locator=locator,
         base_dir=path.absolute().parent,
-        env=env,
-        found=found,
+        env=environ,
+        found=problems,
+        told=told,
     )
+    return LoadedConfig(config, layered.files, layered.variables, locator)
 
 
 def config_from_dict(
     data: dict[str, Any], source: str = "<built-in>", env: Mapping[str, str] | None = None
 ) -> AgentConfig:
     """Validate an in-memory config exactly like a file (relative paths stay as given)."""
-    return _validate(data=data, source=source, lines={}, base_dir=None, env=env, found=[])
+    return _validate(data=data, locator=Locator(source, {}), base_dir=None, env=env, found=[])
