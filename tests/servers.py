@@ -16,7 +16,9 @@ Each process writes stdout and stderr to ``<workdir>/<name>.log``; a failed star
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import pwd
@@ -298,15 +300,17 @@ class _ManagedProcess:
 class InfluxDB1Server(_ManagedProcess):
     """``influxd`` 1.6 (Debian package ``influxdb``) with only its HTTP API on 127.0.0.1.
 
-    ``restart()`` keeps the port and the data directories.
+    ``restart()`` keeps the port and the data directories. ``admin=(user, password)`` turns
+    authentication on, with that admin user (the helpers below log in as it).
     """
 
     name = "influxd"
     binary = "/usr/bin/influxd"
     package = "influxdb"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, admin: tuple[str, str] | None = None) -> None:
         super().__init__(workdir)
+        self.admin = admin
         self._binary = require_binary(self.binary, self.package)
         self.port = free_port()
         self.rpc_port = free_port()
@@ -353,7 +357,7 @@ bind-address = "{LOOPBACK}:{self.rpc_port}"
 [http]
   enabled = true
   bind-address = "{LOOPBACK}:{self.port}"
-  auth-enabled = false
+  auth-enabled = {"true" if self.admin else "false"}
   log-enabled = false
   suppress-write-log = true
   write-tracing = false
@@ -402,6 +406,23 @@ bind-address = "{LOOPBACK}:{self.rpc_port}"
         self._wait_http(
             f"{self.url}/ping", self.port, deadline, lambda status, _body: status == 204
         )
+        if self.admin is not None:
+            # The first user may be made without a login (it must be an admin); after a
+            # restart it exists and this is refused, which is fine.
+            user, password = self.admin
+            q = f"CREATE USER \"{_ident(user)}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES"
+            http_request(
+                f"{self.url}/query",
+                method="POST",
+                data=urllib.parse.urlencode({"q": q}).encode(),
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+
+    def _auth(self) -> dict[str, str]:
+        if self.admin is None:
+            return {}
+        token = base64.b64encode(":".join(self.admin).encode()).decode()
+        return {"Authorization": f"Basic {token}"}
 
     # -- API helpers ---------------------------------------------------------------------
     def write(
@@ -416,7 +437,10 @@ bind-address = "{LOOPBACK}:{self.rpc_port}"
         data = lines.encode() if isinstance(lines, str) else lines
         qs = urllib.parse.urlencode({"db": db, "precision": precision})
         return http_request(
-            f"{self.url}/write?{qs}", method="POST", data=data, headers=headers or {}
+            f"{self.url}/write?{qs}",
+            method="POST",
+            data=data,
+            headers={**self._auth(), **(headers or {})},
         )
 
     def query(
@@ -442,13 +466,13 @@ bind-address = "{LOOPBACK}:{self.rpc_port}"
             method = "GET" if q.lstrip().upper().startswith(("SELECT", "SHOW")) else "POST"
         qs = urllib.parse.urlencode(params)
         if method == "GET":
-            status, body = http_request(f"{self.url}/query?{qs}")
+            status, body = http_request(f"{self.url}/query?{qs}", headers=self._auth())
         else:
             status, body = http_request(
                 f"{self.url}/query",
                 method="POST",
                 data=qs.encode(),
-                headers={"Content-Type": "application/x-www-form-urlencoded"},
+                headers={"Content-Type": "application/x-www-form-urlencoded", **self._auth()},
             )
         try:
             answer: dict[str, Any] = json.loads(body)
@@ -649,6 +673,39 @@ log_type notice
             if time.monotonic() > deadline:
                 raise self._timeout(f"TCP connect {self.host}:{self.port}")
             time.sleep(0.02)
+
+
+def mosquitto_logins(workdir: Path, users: dict[str, tuple[str, list[str]]]) -> str:
+    """Mosquitto config lines for logins and subscribe ACLs through its dynamic-security
+    plugin (which refuses a subscription in the SUBACK; an ``acl_file`` never does):
+    ``users`` is user → (password, topic filters it may subscribe to); no anonymous login."""
+    clients, roles = [], []
+    for user, (password, filters) in users.items():
+        salt = os.urandom(12)
+        digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
+        clients.append({
+            "username": user, "salt": base64.b64encode(salt).decode(),
+            "password": base64.b64encode(digest).decode(), "iterations": 101,
+            "roles": [{"rolename": f"role-{user}"}],
+        })  # fmt: skip
+        roles.append({
+            "rolename": f"role-{user}",
+            "acls": [{"acltype": "subscribePattern", "topic": f, "allow": True} for f in filters],
+        })  # fmt: skip
+    config = workdir / "dynamic-security.json"
+    config.write_text(json.dumps({
+        "clients": clients, "roles": roles,
+        "defaultACLAccess": {"publishClientSend": True, "publishClientReceive": True,
+                             "subscribe": False, "unsubscribe": True},
+    }))  # fmt: skip
+    found = sorted(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so"))
+    if not found:
+        raise MissingBinaryError(
+            "mosquitto_dynamic_security.so not found: the Debian package 'mosquitto' is not "
+            "installed.\nInstall it with:\n    apt-get install -y mosquitto"
+        )
+    plugin = found[0]
+    return f"allow_anonymous false\nplugin {plugin}\nplugin_opt_config_file {config}\n"
 
 
 # ------------------------------------------------------------------------------------------

@@ -493,8 +493,11 @@ def test_check_config_ok_prints_summary_without_secrets(
     path = write(tmp_path, example_text(None))
     assert cli_main(["check-config", "-c", str(path)]) == 0
     captured = capsys.readouterr()
+    lines = captured.out.splitlines()
     # The shipped example sends its password over https://, so it prints no warning.
-    assert captured.out == "OK: 1 source, 3 channels, influx v1 → https://influxdb.local:8086\n"
+    assert not [line for line in lines if "warning" in line]
+    assert lines[0] == f"read: {path}"
+    assert lines[-1] == "OK: 1 source, 3 channels, influx v1 → https://influxdb.local:8086"
     assert SECRET not in captured.out + captured.err
 
 
@@ -769,6 +772,7 @@ def test_settings_that_expose_the_gateway_are_warned_by_check_config(
     assert cli_main(["check-config", "-c", str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
+        f"read: {path}",
         f"{path}:{line_of(path, 'url:')}: influx.url: warning: password sent over plain "
         "http:// to another host: the InfluxDB password goes unencrypted to "
         "influx.plant.example: anyone on the network path can read it; use https:// (with "
@@ -803,7 +807,8 @@ def test_private_secrets_loopback_and_tls_give_no_warning(
                            mqtt_secret=mqtt_secret),
         )  # fmt: skip
         assert cli_main(["check-config", "-c", str(path)]) == 0
-        assert capsys.readouterr().out.startswith("OK: ")
+        assert capsys.readouterr().out.splitlines() == [f"read: {path}", f"OK: 0 sources, 0 "
+                                                       f"channels, influx v1 → {url}"]  # fmt: skip
 
 
 async def test_settings_that_expose_the_gateway_are_logged_at_start(tmp_path: Path) -> None:

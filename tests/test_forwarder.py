@@ -17,6 +17,7 @@ import pytest_asyncio
 from aiohttp import web
 from servers import InfluxDB1Server, VictoriaMetricsServer, free_port
 from structlog.testing import capture_logs
+from waiting import until
 
 from agent.metrics import AgentMetrics
 from agent.store.forwarder import (
@@ -198,8 +199,10 @@ async def test_missing_database_keeps_data_with_actionable_error(
             assert not await forwarder.drain(0.5)
         assert (await spool.stats()).pending_lines == 5
         errors = [e for e in logs if e["log_level"] == "error"]
+        port = server.url.rsplit(":", 1)[1]
         assert [e["event"] for e in errors] == [
-            f"database '{missing}' not found: create it with CREATE DATABASE {missing}"
+            f"database '{missing}' not found: create it with influx -host 127.0.0.1 -port "
+            f"{port} -execute 'CREATE DATABASE {missing}', or set influx.create_database: true"
         ]
         assert errors[0]["status"] == 404
         assert metrics.forward_retries >= 2  # retried, but logged once
@@ -217,6 +220,61 @@ async def test_missing_database_keeps_data_with_actionable_error(
             server.drop_database(missing)
     finally:
         await spool.close()
+
+
+async def test_create_database_makes_the_missing_database_at_start(
+    influx_db: tuple[InfluxDB1Server, str], tmp_path: Path
+) -> None:
+    """influx.create_database: the forwarder's first act is an empty write, and a 404 for the
+    database is answered with CREATE DATABASE (before: the agent only logged the 404)."""
+    server, db = influx_db
+    missing = db + "_new"
+    spool = await spooled(tmp_path, [f"m f={i} {TS + i}" for i in range(5)])
+    forwarder = Forwarder(spool, v1(server.url, missing, create_database=True))
+    try:
+        with capture_logs() as logs:
+            run = asyncio.create_task(forwarder.run())
+            await until(lambda: missing in server.databases(), within=10)
+            await until(lambda: server.count("m", missing) == 5, within=10)
+            forwarder.stop()
+            await run
+        assert [e["event"] for e in logs if e["log_level"] in ("info", "error")] == [
+            "created the InfluxDB database"
+        ]
+    finally:
+        await spool.close()
+        server.drop_database(missing)
+
+
+async def test_create_database_refused_says_who_may(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """A user without admin rights cannot CREATE DATABASE: said once, with the command an admin
+    runs; the data stays in the spool."""
+    server = InfluxDB1Server(tmp_path_factory.mktemp("influx-auth"), admin=("admin", "pw")).start()
+    try:
+        server.query("CREATE USER gw WITH PASSWORD 'gw-pw'")
+        spool = await spooled(tmp_path, [f"m f={i} {TS + i}" for i in range(3)])
+        settings = v1(server.url, "plant", username="gw", password="gw-pw", create_database=True)
+        try:
+            forwarder = Forwarder(spool, settings)
+            with capture_logs() as logs:
+                assert not await forwarder.drain(0.5)
+            refused = [e for e in logs if e["event"] == "cannot create the InfluxDB database"]
+            assert len(refused) >= 1
+            assert refused[0]["status"] == 403
+            assert "requires admin privilege" in refused[0]["server_message"]
+            assert refused[0]["hint"] == (
+                "creating a database takes an InfluxDB admin: create it with influx -host "
+                f"127.0.0.1 -port {server.port} -execute 'CREATE DATABASE plant' (add -username "
+                "<admin> -password '')"
+            )
+            assert (await spool.stats()).pending_lines == 3
+            assert "plant" not in server.databases()
+        finally:
+            await spool.close()
+    finally:
+        server.stop()
 
 
 async def test_influxdb_stopped_mid_run_loses_nothing(

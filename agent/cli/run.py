@@ -117,13 +117,29 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_CONFIG
 
-    from agent.config import load_config
+    from agent.config.loader import load_config_files
+    from agent.logs import get_logger
     from agent.runtime.agent import Agent
+    from agent.runtime.plan import plan_sources, unproduced
 
-    cfg = load_config(args.config)
+    loaded = load_config_files(args.config)
+    cfg = loaded.config
+    missing = unproduced(cfg, plan_sources(cfg))
     if args.state_dir is not None:
         cfg = cfg.model_copy(update={"state_dir": args.state_dir})
     configure_logging(log_level(args.verbose, cfg.log.level), cfg.log.format)
+    log = get_logger("driftgate.config")
+    log.info(
+        "configuration read",
+        files=[str(f) for f in loaded.files],
+        variables=sorted(loaded.variables),
+    )
+    for channel in missing:  # as check-config says it, in the journal too
+        log.warning(
+            "no source produces a configured channel",
+            where=loaded.where(("channels", channel.index, "name")),
+            detail=channel.detail,
+        )
 
     async def main() -> str | None:
         agent = Agent(cfg)

@@ -148,6 +148,12 @@ class _Target:
     spread: AlertState
 
 
+def measurement_channel(prefix: str, sku: str, part: str, field_name: str) -> str:
+    """The name of a colour channel the stage makes (``qc.4711.clasp.de00_d65``): the source's
+    prefix, the approved reference's SKU and part, the field. ``check-config`` lists them."""
+    return f"{prefix}.{sku}.{part}.{field_name}"
+
+
 class ColorStage:
     """Turns spectra and L*a*b* frames into colour points, ΔE00 channels and colour alerts.
 
@@ -450,7 +456,7 @@ class ColorStage:
         what: str,
         detectors: Sequence[DetectorConfig],
     ) -> Channel:
-        name = f"{handler.prefix}.{sku}.{part}.{field_name}"
+        name = measurement_channel(handler.prefix, sku, part, field_name)
         known = name in self.registry.channels
         channel = self.registry.get_or_create(
             name, measurement="color", field=field_name, unit="ΔE00", kind="color", tags=tags,

@@ -184,6 +184,9 @@ class InfluxConfig(Section):
     url: Annotated[str, AfterValidator(_http_url)]
     api: Literal["v1", "v2"] = "v1"
     database: NonBlank | None = None
+    create_database: bool = Field(
+        default=False, description="v1: create the database at start if InfluxDB lacks it"
+    )
     retention_policy: NonBlank | None = None
     username: NonBlank | None = None
     password_file: SecretFile | None = None
@@ -226,6 +229,14 @@ class InfluxConfig(Section):
                 for key in ("org", "bucket")
                 if getattr(self, key) is None
             ]
+            if self.create_database:
+                problems.append(
+                    (
+                        ("create_database",),
+                        "create_database is an api v1 setting; create a v2 bucket with "
+                        "influx bucket create --name <bucket> --org <org>",
+                    )
+                )
             problems += [
                 ((key,), f"{key} is an api v1 setting; with api v2 use org, bucket and token_file")
                 for key in _INFLUX_V1_KEYS

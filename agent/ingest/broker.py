@@ -102,6 +102,17 @@ def parse_context(topic: str, payload: bytes) -> tuple[str, str, dict[str, str |
     return scope, name, tags
 
 
+def tls_parameters(cfg: MqttConfig) -> TLSParameters | None:
+    """The TLS settings of the ``mqtt:`` section (None: plain MQTT)."""
+    if not (cfg.tls or cfg.ca_file or cfg.cert_file):
+        return None
+    return TLSParameters(
+        ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+        certfile=str(cfg.cert_file) if cfg.cert_file else None,
+        keyfile=str(cfg.key_file) if cfg.key_file else None,
+    )
+
+
 def _inbox(deliver: Callable[[Message], None]) -> type[asyncio.Queue[Message]]:
     """aiomqtt's incoming queue, replaced by a hand-over: each message goes to ``deliver``
     inside the client's message callback, before the PUBACK (see the module docstring)."""
@@ -181,19 +192,17 @@ class MqttLink:
         """The registered topic filters."""
         return list(self._subscriptions)
 
+    @property
+    def subscriptions(self) -> dict[str, int]:
+        """The registered topic filters with the QoS each is subscribed at."""
+        return {topic_filter: sub.qos for topic_filter, sub in self._subscriptions.items()}
+
     # -- the connection
 
     def _make_client(self) -> Client:
         cfg = self.cfg
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = min(int(cfg.session_expiry), _SESSION_EXPIRY_MAX)
-        tls = None
-        if cfg.tls or cfg.ca_file or cfg.cert_file:
-            tls = TLSParameters(
-                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                keyfile=str(cfg.key_file) if cfg.key_file else None,
-            )
         return Client(
             cfg.host,
             cfg.port,
@@ -205,7 +214,7 @@ class MqttLink:
             properties=properties,
             keepalive=cfg.keepalive,
             will=Will(self.status_topic, OFFLINE, qos=1, retain=True),
-            tls_params=tls,
+            tls_params=tls_parameters(cfg),
             queue_type=_inbox(self._dispatch),
         )
 

@@ -510,6 +510,12 @@ class Decoder:
             out.append(p.batch.rate_field)
         return out
 
+    def frame_tags(self) -> tuple[str, ...]:
+        """The tags each frame sets itself (``decode`` reads them from it): the ``{name}``
+        levels of the topic template but ``{field}``, then the profile's ``tags``."""
+        levels = [n for n in self._topic.groupindex if n != "field"] if self._topic else []
+        return tuple(dict.fromkeys([*levels, *self.profile.tags]))
+
     # -- framing
 
     @property

@@ -9,9 +9,9 @@ from typing import Protocol
 from agent import clock
 from agent.channels import ChannelLimitError, ChannelRegistry
 from agent.config.bounds import seconds_words
-from agent.context import PER_READING_TAGS
 from agent.errors import DecodeError
 from agent.ingest.decode import DecodedValue, Decoder, DecodeResult, Spectrum
+from agent.ingest.naming import channel_name, split_tags
 from agent.logs import get_logger
 from agent.pipeline import Pipeline
 from agent.reading import Channel
@@ -242,28 +242,14 @@ class FrameHandler:
                 return channel
         return None
 
-    def _split(
-        self, value: DecodedValue
-    ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
-        """The frame's own tags: those that say which stream it is, and per-reading ones."""
-        identity: list[tuple[str, str]] = []
-        own: list[tuple[str, str]] = []
-        base = self.base_tags
-        for key, tag in sorted(value.tags.items()):
-            if key in PER_READING_TAGS:
-                own.append((key, tag))
-            elif base.get(key) != tag:
-                identity.append((key, tag))
-        return tuple(identity), tuple(own)
-
     def _route(self, value: DecodedValue) -> tuple[Channel, tuple[tuple[str, str], ...]]:
-        identity, own = self._split(value)
+        # The frame's own tags: those that say which stream it is, and per-reading ones.
+        identity, own = split_tags(value.tags, self.base_tags)
         key = (value.name, identity)
         channel = self._channels.get(key)
         if channel is None:
             # Tags that tell streams apart (a machine id) make separate channels:
-            # prefix.<machine>.<name>.
-            parts = [self.prefix, *(v for _, v in identity), value.name]
+            # prefix.<machine>.<name> (agent/ingest/naming.py, which check-config lists).
             tags = {
                 **self.base_tags,
                 **dict(identity),
@@ -271,7 +257,7 @@ class FrameHandler:
                 "gateway": self.pipeline.gateway,
             }
             channel = self.registry.get_or_create(
-                ".".join(parts),
+                channel_name(self.prefix, identity, value.name),
                 measurement=value.measurement,
                 field=value.field,
                 unit=value.unit,

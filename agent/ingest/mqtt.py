@@ -63,7 +63,7 @@ class MqttSource:
         self.link = link
         self.health = SourceHealth()
         self.profile = profile or load_profile(cfg.profile)
-        self.templates = self._templates(cfg, self.profile)
+        self.templates = self.topic_templates(cfg, self.profile)
         self.handlers: list[FrameHandler] = []
         for template in self.templates:
             decoder = Decoder(self.profile, tags=cfg.base_tags(), sensor=cfg.sensor, topic=template)
@@ -82,7 +82,9 @@ class MqttSource:
         link.watchers.append(self.health)
 
     @staticmethod
-    def _templates(cfg: MqttSourceConfig, profile: Profile) -> list[str]:
+    def topic_templates(cfg: MqttSourceConfig, profile: Profile) -> list[str]:
+        """The topic templates of a source (its own, else its profile's); ConfigError if one
+        cannot be subscribed to or does not fit the profile."""
         where = f"sources.{cfg.name}"
         if profile.transport != "mqtt":
             raise ConfigError(

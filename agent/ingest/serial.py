@@ -22,6 +22,7 @@ import serial_asyncio_fast
 from agent import clock
 from agent.channels import ChannelRegistry
 from agent.config import SerialSourceConfig
+from agent.errors import ConfigError
 from agent.ingest.decode import Decoder
 from agent.ingest.frames import FrameHandler, MeasurementSink, SourceHealth
 from agent.ingest.profiles import Profile, load_profile
@@ -73,6 +74,7 @@ class SerialSource:
         self.registry = registry
         self.measurements = measurements
         self.profile = profile if profile is not None else load_profile(cfg.profile)
+        self.check_profile(cfg, self.profile)
         self.decoder = Decoder(self.profile, tags=cfg.base_tags(), sensor=cfg.sensor)
         self.health = SourceHealth()
         self._handler: FrameHandler | None = None
@@ -83,6 +85,18 @@ class SerialSource:
         self._last_ns = 0  # the last receive time given to a frame
         if pipeline is not None:
             self._bind(pipeline)
+
+    @staticmethod
+    def check_profile(cfg: SerialSourceConfig, profile: Profile) -> None:
+        """ConfigError if the profile is not for a serial device (an MQTT one's frames are
+        whole messages with a topic, which a port never gives)."""
+        if profile.transport != "serial":
+            raise ConfigError(
+                [
+                    f"sources.{cfg.name}.profile: {profile.name} is an MQTT device profile "
+                    "(framing: message); a serial source needs a serial one"
+                ]
+            )
 
     def channels(self) -> list[Channel]:
         """None known up front: channels are created as the device's frames name them."""

@@ -96,6 +96,7 @@ def forwarder_settings(influx: InfluxConfig) -> ForwarderSettings:
         verify_tls=influx.verify_tls,
         ca_file=influx.ca_file,
         max_backoff=influx.max_backoff,
+        create_database=influx.create_database,
     )
 
 

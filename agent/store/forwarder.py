@@ -19,6 +19,8 @@ import email.utils
 import gzip
 import json
 import math
+import re
+import shlex
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -27,6 +29,7 @@ from datetime import UTC
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -92,7 +95,7 @@ _HINTS_V1: dict[int, str] = {
     401: "InfluxDB refused the credentials for user {user!r}: check password_file / token",
     403: "InfluxDB user {user!r} may not write to database {db!r}: "
     "GRANT WRITE ON {db} TO {user}, or check password_file / token",
-    404: "database {db!r} not found: create it with CREATE DATABASE {db}",
+    404: "database {db!r} not found: create it with {create}, or set influx.create_database: true",
     400: "InfluxDB rejected the write request itself (not a line): check influx.url, "
     "database and retention_policy",
 }
@@ -100,8 +103,8 @@ _HINTS_V2: dict[int, str] = {
     401: "InfluxDB refused the token: check token_file / token",
     403: "the token may not write to bucket {bucket!r} in org {org!r}: "
     "give it write permission on the bucket",
-    404: "bucket {bucket!r} or org {org!r} not found: create the bucket or fix influx.org / "
-    "influx.bucket",
+    404: "bucket {bucket!r} or org {org!r} not found: create the bucket ({create}) or fix "
+    "influx.org / influx.bucket",
     400: "InfluxDB rejected the write request itself (not a line): check influx.url, org "
     "and bucket",
 }
@@ -137,6 +140,7 @@ class ForwarderSettings:
     verify_tls: bool = True
     ca_file: Path | None = None
     max_backoff: float = 60.0
+    create_database: bool = False
 
     def __post_init__(self) -> None:
         if self.api == "v1" and not self.database:
@@ -219,13 +223,41 @@ def server_message(body: str | bytes | None) -> str:
     return text
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LOCAL = ("localhost", "127.0.0.1", "::1")
+
+
+def _influxql_name(name: str) -> str:
+    return name if _IDENTIFIER.fullmatch(name) else '"' + name.replace('"', '\\"') + '"'
+
+
+def create_database_command(url: str, database: str) -> str:
+    """The ``influx`` (1.x CLI) command that creates ``database`` on the server at ``url``."""
+    parts = urlsplit(url)
+    https = parts.scheme == "https"
+    port = parts.port or (443 if https else 80)
+    args = ["influx"]
+    if parts.hostname not in _LOCAL or port != 8086:
+        args += ["-host", parts.hostname or "localhost", "-port", str(port)]
+    if https:
+        args.append("-ssl")
+    statement = f"CREATE DATABASE {_influxql_name(database)}"
+    return " ".join([*args, "-execute", shlex.quote(statement)])
+
+
+def create_bucket_command(org: str, bucket: str, url: str = "") -> str:
+    """The ``influx`` (2.x CLI) command that creates ``bucket`` in ``org``."""
+    host = [] if not url or urlsplit(url).hostname in _LOCAL else ["--host", url]
+    return shlex.join(["influx", "bucket", "create", "--name", bucket, "--org", org, *host])
+
+
 def _describe(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g} s"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def _ssl_context(settings: ForwarderSettings) -> ssl.SSLContext | None:
+def ssl_context(settings: ForwarderSettings) -> ssl.SSLContext | None:
     if not settings.url.lower().startswith("https:"):
         return None
     context = ssl.create_default_context(
@@ -261,7 +293,7 @@ class V1Writer:
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
-            context = _ssl_context(self._settings)
+            context = ssl_context(self._settings)
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self._settings.timeout),
                 connector=aiohttp.TCPConnector(ssl=context if context is not None else True),
@@ -269,7 +301,46 @@ class V1Writer:
         return self._session
 
     async def write(self, body: bytes, gzipped: bytes | None = None) -> WriteResult:
-        """POST the lines; network errors become status NO_ANSWER."""
+        """POST the lines; network errors become status NO_ANSWER. With ``create_database``,
+        a database InfluxDB does not know is created (CREATE DATABASE) and the write sent
+        again."""
+        result = await self._post(body, gzipped)
+        if (
+            result.status == 404
+            and self._settings.create_database
+            and "database not found" in result.message
+            and await self._create_database()
+        ):
+            result = await self._post(body, gzipped)
+        return result
+
+    async def _create_database(self) -> bool:
+        """``CREATE DATABASE`` (InfluxDB 1.x, an admin's right); False, logged, if refused."""
+        s = self._settings
+        statement = f"CREATE DATABASE {_influxql_name(s.database)}"
+        headers = {k: v for k, v in self._headers.items() if k == "Authorization"}
+        try:
+            async with self._open().post(
+                s.url.rstrip("/") + "/query", data={"q": statement}, headers=headers
+            ) as resp:
+                status, text = resp.status, await resp.text(errors="replace")
+        except _NETWORK_ERRORS as exc:
+            status, text = NO_ANSWER, _describe(exc, s.timeout)
+        message = server_message(text)
+        if status == 200 and '"error"' not in text:
+            _log.info("created the InfluxDB database", database=s.database, target=s.url)
+            return True
+        _log.error(
+            "cannot create the InfluxDB database",
+            database=s.database,
+            status=status,
+            server_message=message[:500],
+            hint=f"creating a database takes an InfluxDB admin: create it with "
+            f"{create_database_command(s.url, s.database)} (add -username <admin> -password '')",
+        )
+        return False
+
+    async def _post(self, body: bytes, gzipped: bytes | None) -> WriteResult:
         headers = dict(self._headers)
         data = body
         if self._settings.gzip:
@@ -439,6 +510,10 @@ class Forwarder:
         status = asyncio.create_task(self._status_loop(), name="forwarder-status")
         try:
             async with self._writer() as writer:
+                if self._settings.create_database:
+                    # An empty write: the database is created at start if it is missing (an
+                    # InfluxDB still away is tried again with the first batch).
+                    await writer.write(b"")
                 await self._pump(writer, until_empty=False)
         finally:
             status.cancel()
@@ -645,6 +720,9 @@ class Forwarder:
             db=s.database,
             org=s.org,
             bucket=s.bucket,
+            create=create_database_command(s.url, s.database)
+            if s.api == "v1"
+            else create_bucket_command(s.org, s.bucket, s.url),
         )
 
     def _note_failure(self, result: WriteResult, action: Action) -> None:
