@@ -5,7 +5,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from examples import EXAMPLE, uncomment_notify, with_local_files
+from examples import EXAMPLE, uncomment_notify, uncomment_worked_examples, with_local_files
 
 from agent.cli import main as cli_main
 from agent.config import (
@@ -53,13 +53,14 @@ def problems_of(path: Path, env: dict[str, str] | None = None) -> list[str]:
 
 
 def example_text(password_file: Path | None) -> str:
+    """The example as shipped (no InfluxDB login), or with its login lines turned on and the
+    password in ``password_file``."""
     text = EXAMPLE.read_text(encoding="utf-8")
-    assert f"password_file: {EXAMPLE_PASSWORD_FILE}" in text
+    login = f"  # username: driftgate\n  # password_file: {EXAMPLE_PASSWORD_FILE}\n"
+    assert login in text
     if password_file is None:
-        return text.replace(f"  password_file: {EXAMPLE_PASSWORD_FILE}\n", "")
-    return text.replace(
-        f"password_file: {EXAMPLE_PASSWORD_FILE}", f"password_file: {password_file}"
-    )
+        return text
+    return text.replace(login, f"  username: driftgate\n  password_file: {password_file}\n")
 
 
 # --------------------------------------------------------------------------- the example
@@ -111,6 +112,40 @@ def test_example_loads_with_a_password_file(tmp_path: Path) -> None:
     assert config.spool.max_bytes == 1024**3
     assert config.spool.flush_interval == pytest.approx(0.2)
     assert config.self_metrics.interval == 10.0
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_the_example_passes_check_config_as_installed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """install.sh copies it to /etc/driftgate/agent.yaml: it must pass the unit's check before
+    any secret file exists (it used to fail at once: influx.password_file did not exist)."""
+    assert cli_main(["check-config", "-c", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert not [line for line in out if "warning" in line]
+    assert out[-1] == "OK: 1 source, 3 channels, influx v1 → https://influxdb.local:8086"
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_the_worked_examples_are_valid_and_their_channels_are_produced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every commented device example (serial probe, tension sensors, spectrophotometer,
+    Tasmota, ESPHome) turned on with the mqtt: section, the simulation removed: valid, and
+    each configured channel is one a source produces (so its label and limits apply)."""
+    path = write(tmp_path, uncomment_worked_examples(EXAMPLE.read_text(encoding="utf-8")))
+    assert cli_main(["check-config", "-c", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert not [line for line in out if "warning" in line], out
+    sources = [line.split()[1] for line in out if line.startswith("  source ")]
+    assert sources == ["probe-edge-paint", "tension-line-l2", "spectro-qc", "tasmota-cutting",
+                       "esphome-leather-store"]  # fmt: skip
+    config = load_config(path, env={})
+    applied = " ".join(line for line in out if "[channels: " in line)
+    for channel in config.channels:
+        assert channel.name in applied, channel.name
+    assert len(config.channels) == 5
+    assert out[-1] == "OK: 5 sources, 5 channels, influx v1 → https://influxdb.local:8086"
 
 
 def test_the_examples_commented_notify_section_is_valid_once_uncommented(tmp_path: Path) -> None:
