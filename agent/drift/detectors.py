@@ -29,6 +29,7 @@ from agent.drift.alerts import (
     Level,
 )
 from agent.drift.baselines import ChannelBaseline
+from agent.drift.filters import ewma
 from agent.drift.ring import BatchStats, Window
 from agent.reading import Channel
 from agent.words import duration_words, fmt, fmt_rate, when
@@ -736,9 +737,7 @@ class Ewma(_Base):
     def update_many(
         self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
     ) -> list[AlertEvent]:
-        """Feed a batch of readings; O(1) per reading (a first-order filter in SciPy)."""
-        from scipy.signal import lfilter
-
+        """Feed a batch of readings; O(1) per reading (a first-order filter)."""
         if not self.base.settled:
             return []
         known = np.isfinite(bmean) & (bstd > 0)
@@ -749,7 +748,7 @@ class Ewma(_Base):
         lim = CLIP_SIGMA * bstd[begin:]
         xs = np.clip(x[begin:], bmean[begin:] - lim, bmean[begin:] + lim)
         start = self.z if math.isfinite(self.z) else float(bmean[begin])
-        z, _ = lfilter([lam], [1.0, lam - 1.0], xs, zi=[(1.0 - lam) * start])
+        z = ewma(xs, lam, start)
         self.z = float(z[-1])
         mean = bmean[begin:]
         with np.errstate(divide="ignore", invalid="ignore"):
