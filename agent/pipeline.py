@@ -9,6 +9,7 @@ can depend on the pipeline without the pipeline depending on them.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -26,6 +27,14 @@ PROCESS_INTERVAL = 0.05  # the longest a reading waits for detection under load,
 PROCESS_SOON = 0.005  # the wait when readings trickle in: a burst completes, an alert is prompt
 BUSY_BATCH = 256  # readings in the last process() above which the agent waits PROCESS_INTERVAL
 PROCESS_INTERVAL = 0.05  # seconds between the agent's calls to process()
+BURST = 32
+"""A channel with this many readings waiting got them in bursts (a tension sensor's 50-sample
+frames): ``process_due`` lets it gather more, up to GATHER_S or GATHER_MAX readings. Detection
+costs per call as much as per reading at such sizes (about 20 µs a reading at 50, 4 at 500):
+the floor load's detection costs a fifth as much. A trickle (a climate probe's reading a
+second) is still judged within PROCESS_INTERVAL."""
+GATHER_S = 5.0
+GATHER_MAX = 2048
 DEVICE_AHEAD_NS = 86_400 * 10**9
 """Default of ``input_limits.max_ahead``: a device clock further ahead is refused."""
 DEVICE_BEHIND_NS = 365 * 86_400 * 10**9
@@ -93,6 +102,7 @@ class Pipeline:
                 if not self._dirty and self.on_waiting is not None:
                     self.on_waiting()
                 self._dirty.append(channel)
+                channel.pending_since = time.monotonic()
             pending.append(ts_ns)
             channel.pending_x.append(value)
             if len(pending) >= BATCH_MAX:
@@ -117,6 +127,35 @@ class Pipeline:
                 judged += len(channel.pending_ns)
                 self._detect(channel)
         self.last_batch = judged
+
+    def process_due(self) -> None:
+        """``process`` for the channels that are due: a channel whose readings come in bursts
+        (BURST or more waiting) gathers them for up to GATHER_S (or GATHER_MAX readings) and
+        is judged in one call; the others at once. The agent's detect loop calls this."""
+        dirty = self._dirty
+        if not dirty:
+            self.last_batch = 0
+            return
+        self._dirty = []
+        gathering: list[Channel] = []
+        now = time.monotonic()
+        judged = 0
+        for channel in dirty:
+            waiting = len(channel.pending_ns)
+            if not waiting:
+                continue
+            if BURST <= waiting < GATHER_MAX and now - channel.pending_since < GATHER_S:
+                gathering.append(channel)
+                continue
+            judged += waiting
+            self._detect(channel)
+        self._dirty = gathering + self._dirty  # alert sinks may have ingested more meanwhile
+        self.last_batch = judged
+
+    @property
+    def waiting(self) -> bool:
+        """Whether readings wait for detection (gathering, or new since the last call)."""
+        return bool(self._dirty)
 
     def _detect(self, channel: Channel) -> None:
         ns, xs = channel.pending_ns, channel.pending_x
@@ -187,7 +226,16 @@ class Pipeline:
 
     def check_stale(self, now_s: float | None = None) -> None:
         """Raise stale alerts for channels that have gone quiet (see DriftEngine.check_stale)."""
-        self.process()  # readings already received count: they are not silence
+        # Readings already received count: they are not silence. A burst still gathering
+        # (process_due) has readings from the last GATHER_S: judged now only where a stale
+        # detector's max_gap is short enough for that wait to look like silence.
+        self.process_due()
+        for channel in list(self._dirty):
+            drift = self.engine.drift(channel)
+            stale = drift.stale if drift is not None else None
+            if stale is not None and stale.max_gap < 2 * GATHER_S:
+                self._dirty.remove(channel)
+                self._detect(channel)
         for event in self.engine.check_stale(now_s):
             self.alert(event)
 

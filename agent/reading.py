@@ -33,6 +33,7 @@ class Channel:
     wants_invalid: bool = False  # a detector counts out-of-range readings (as NaN)
     pending_ns: list[int] = dataclasses.field(default_factory=list)
     pending_x: list[float] = dataclasses.field(default_factory=list)
+    pending_since: float = 0.0  # monotonic time the oldest pending reading arrived
 
     def __post_init__(self) -> None:
         if not self.label:

@@ -61,9 +61,14 @@ _TIME_UNITS: Final = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 # --------------------------------------------------------------------------- results
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DecodedValue:
-    """One decoded, scaled, calibrated, in-range value of one channel at one time."""
+    """One decoded, scaled, calibrated, in-range value of one channel at one time.
+
+    Read-only by convention, not frozen: one is made per reading (4,000 a second at a floor's
+    load), and a frozen dataclass's ``__init__`` (``object.__setattr__`` per field) costs four
+    times as much. The values of one frame share its ``tags`` dict.
+    """
 
     name: str
     measurement: str

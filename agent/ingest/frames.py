@@ -157,13 +157,23 @@ class FrameHandler:
             return
         ingest = pipeline.ingest
         taken = 0
+        # A frame's values share their tags (a batch: 50 samples of one channel), so a value
+        # with the same tags and name as the one before goes where it went.
+        tags: object = None
+        name = ""
+        channel: Channel | None = None
+        prefix: str | None = None
         for value in result.values:
-            try:
-                channel, own = self._route(value)
-            except ChannelLimitError as exc:
-                self._channel_refused(exc)
-                continue
-            ingest(channel, value.ts_ns, value.value, self._prefix(channel, own) if own else None)
+            if channel is None or value.tags is not tags or value.name != name:
+                try:
+                    channel, own = self._route(value)
+                except ChannelLimitError as exc:
+                    channel = None
+                    self._channel_refused(exc)
+                    continue
+                tags, name = value.tags, value.name
+                prefix = self._prefix(channel, own) if own else None
+            ingest(channel, value.ts_ns, value.value, prefix)
             taken += 1
         self.health.readings += taken
         for bad in result.invalid:

@@ -201,15 +201,20 @@ class Agent:
 
     async def _detect_loop(self) -> None:
         waiting = asyncio.Event()
-        self.pipeline.on_waiting = waiting.set
+        pipeline = self.pipeline
+        pipeline.on_waiting = waiting.set
+        gathering = False  # bursts wait to be judged in larger batches (Pipeline.process_due)
         try:
             while True:
                 await waiting.wait()
-                busy = self.pipeline.last_batch > BUSY_BATCH
+                busy = pipeline.last_batch > BUSY_BATCH or gathering
                 await asyncio.sleep(PROCESS_INTERVAL if busy else PROCESS_SOON)
                 waiting.clear()
-                self.pipeline.process()
-                await self.pipeline.flush_rejected()
+                pipeline.process_due()
+                await pipeline.flush_rejected()
+                gathering = pipeline.waiting
+                if gathering:
+                    waiting.set()
         finally:
             self.pipeline.on_waiting = None
 
