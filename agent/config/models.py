@@ -66,6 +66,12 @@ class SimulatedSourceConfig(Section):
     interval: Annotated[Duration, within("sources.interval")] = Field(
         default=60.0, description="simulated seconds between samples"
     )
+    rooms: Annotated[int, Field(ge=0, le=5000)] = Field(
+        default=2, description="rooms (humidity and temperature each): a floor of any size"
+    )
+    machines: Annotated[int, Field(ge=0, le=5000)] = Field(
+        default=8, description="sewing machines (thread tension each)"
+    )
 
 
 class _DeviceSource(Section):

@@ -441,6 +441,8 @@ class Agent:
             sup.start(f"stacklight:{light.name}", light.run)
         for source in self.sources:
             sup.start(f"source:{source.name}", _runner(source, self.pipeline), finite=True)
+        # Ready: the spool is open and the sources started (bench/footprint.py times this line).
+        log.info("agent running", sources=len(self.sources), channels=len(self.registry.channels))
 
     async def _shutdown(self, by_signal: bool, drain_at_end: float) -> SpoolStats:
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S

@@ -195,7 +195,9 @@ def build_sources(core: Core, mqtt: MqttLink | None = None) -> list[Source]:
     for sc in cfg.sources:
         if isinstance(sc, SimulatedSourceConfig):
             start = simulated_start(sc)
-            workshop = Workshop.build(start, seed=sc.seed, tags=base_tags)
+            workshop = Workshop.build(
+                start, seed=sc.seed, tags=base_tags, rooms=sc.rooms, machines=sc.machines
+            )
             sources.append(
                 SimulatedSource(
                     sc.name, workshop, start=start, interval=sc.interval, speed=sc.speed,

@@ -77,7 +77,7 @@ def plan_sources(cfg: AgentConfig) -> list[SourcePlan]:
     problems: list[str] = []
     for index, sc in enumerate(cfg.sources):
         if isinstance(sc, SimulatedSourceConfig):
-            shop = Workshop.build(0.0, seed=sc.seed)
+            shop = Workshop.build(0.0, seed=sc.seed, rooms=sc.rooms, machines=sc.machines)
             channels = [
                 PlannedChannel(c.name, c.measurement, c.field, c.unit, c.kind)
                 for c in shop.channels()

@@ -52,8 +52,21 @@ class Workshop:
     rng: random.Random = field(default_factory=random.Random)
 
     @classmethod
-    def build(cls, start: float, seed: int = 1, tags: dict[str, str] | None = None) -> Workshop:
-        """The demo floor, with `tags` (site, gateway) on every channel."""
+    def build(
+        cls,
+        start: float,
+        seed: int = 1,
+        tags: dict[str, str] | None = None,
+        *,
+        rooms: int = 2,
+        machines: int = 8,
+    ) -> Workshop:
+        """The demo floor, with `tags` (site, gateway) on every channel.
+
+        ``rooms`` and ``machines`` size it (a floor of any size, for sizing a gateway): the
+        first two rooms are the edge-paint room and the cutting room, further ones stable
+        rooms ``room03``…; the machines after the eighth run steady, four to a line.
+        """
         base = dict(tags or {})
         shop = cls(start=start, seed=seed, rng=random.Random(seed))
 
@@ -81,15 +94,25 @@ class Workshop:
             )
             return rh, temp
 
-        rh, temp = climate("edge_paint", "Edge paint room", "edge paint drying", "sht41-ep1")
-        shop.rooms.append(
-            _Climate(rh, temp, 50.0, 21.5, drift_start_day=14.0, drift_per_day=1.5, drift_max=10.0)
-        )
-        rh, temp = climate(
-            "cutting", "Cutting room", "leather dimensional stability at cutting", "sht41-ct1"
-        )
-        shop.rooms.append(_Climate(rh, temp, 45.0, 20.5))
-        for i in range(1, 9):
+        for r in range(1, rooms + 1):
+            if r == 1:
+                rh, temp = climate(
+                    "edge_paint", "Edge paint room", "edge paint drying", "sht41-ep1"
+                )
+                shop.rooms.append(
+                    _Climate(rh, temp, 50.0, 21.5, drift_start_day=14.0, drift_per_day=1.5,
+                             drift_max=10.0)
+                )  # fmt: skip
+            elif r == 2:
+                rh, temp = climate(
+                    "cutting", "Cutting room", "leather dimensional stability at cutting",
+                    "sht41-ct1",
+                )  # fmt: skip
+                shop.rooms.append(_Climate(rh, temp, 45.0, 20.5))
+            else:
+                rh, temp = climate(f"room{r:02d}", f"Room {r:02d}", "", f"sht41-r{r:02d}")
+                shop.rooms.append(_Climate(rh, temp, 40.0 + r % 15, 19.0 + r % 5))
+        for i in range(1, machines + 1):
             station = f"m{i:02d}"
             channel = Channel(
                 name=f"sewing.{station}.tension",
@@ -102,12 +125,12 @@ class Workshop:
                 tags={
                     **base,
                     "zone": "sewing",
-                    "line": "L1" if i <= 4 else "L2",
+                    "line": f"L{(i - 1) // 4 + 1}" if i > 8 else ("L1" if i <= 4 else "L2"),
                     "station": station,
                     "sensor": f"hx711-{station}",
                 },
             )
-            machine = _Machine(channel, base_cn=118.0 + 1.1 * i)
+            machine = _Machine(channel, base_cn=118.0 + 1.1 * (i if i <= 8 else i % 8 + 1))
             if i == 5:
                 # Operator rotation on day 10 at the 06:00 shift change: tension set higher.
                 machine.shift_day = 10.25
