@@ -22,6 +22,7 @@ from waiting import until
 from agent.config import config_from_dict
 from agent.errors import ConfigError
 from agent.ingest.modbus import ModbusSource
+from agent.ingest.registers import REGISTER_MAP_DIR as REGISTER_DIR
 from agent.ingest.registers import load_register_map
 from agent.runtime.agent import Agent
 from agent.sim.modbus import ModbusEmulator, ModbusSlave, fixed_slave
@@ -35,7 +36,9 @@ HMP = {"humidity": 30.56, "temperature": 22.41, "dew_point": 4.12}
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def modbus_config(state_dir: Path, bus: dict[str, Any], devices: list[dict[str, Any]], **more: Any) -> Any:
+def modbus_config(
+    state_dir: Path, bus: dict[str, Any], devices: list[dict[str, Any]], **more: Any
+) -> Any:
     return config_from_dict(
         {
             "site": SITE,
@@ -117,7 +120,8 @@ async def test_an_rtu_bus_of_two_models_lands_in_influxdb_with_the_right_values(
         )
         agent = agents.start(cfg)
         source = bus_of(agent)
-        await until(lambda: all(h.reads >= 6 for h in source.health.slaves), 20, "6 reads each")
+        md02, hmp_health = (slave_health(source, n) for n in (1, 240))
+        await until(lambda: md02.reads >= 6 and hmp_health.reads >= 12, 20, "6 polls each")
         await agents.stop(agent)
 
     assert (source.health.invalid, source.health.decode_errors) == (0, 0)
@@ -159,3 +163,228 @@ async def test_an_rtu_bus_of_two_models_lands_in_influxdb_with_the_right_values(
         ("240", "vaisala-hmp-240"),
     }
     assert all(h["reads"] >= 6 and h["timeouts"] == 0 for h in health)
+
+
+async def test_a_tcp_device_on_loopback_is_read_into_the_spool(
+    tmp_path: Path, agents: Agents
+) -> None:
+    port = free_port()
+    hmp = fixed_slave(load_register_map("vaisala-hmp"), 1, HMP)
+    async with ModbusEmulator([hmp], host="127.0.0.1", tcp_port=port):
+        cfg = modbus_config(
+            tmp_path / "state",
+            {"host": "127.0.0.1", "tcp_port": port, "timeout": 0.5},
+            [{"slave": 1, "profile": "vaisala-hmp", "sensor": "hmp-cut1", "poll": 0.1}],
+        )
+        agent = agents.start(cfg)
+        source = bus_of(agent)
+        await until(lambda: source.health.slaves[0].reads >= 6, 15, "6 reads over TCP")
+        await agents.stop(agent)
+    lines = committed_lines(tmp_path / "state", "climate")
+    assert lines
+    fields = {part for line in lines for part in line.split(" ")[1].split(",")}
+    assert fields == {"humidity_rh=30.56", "temperature_c=22.41", "dew_point_c=4.12"}
+    assert all("sensor=hmp-cut1" in line and "zone=edge_paint" in line for line in lines)
+    health = slave_health(source, 1)
+    assert (health.timeouts, health.crc_errors, health.exceptions) == (0, 0, 0)
+
+
+# -- bus faults ------------------------------------------------------------------------------
+
+
+async def test_a_silent_slave_never_stalls_the_others(
+    tmp_path: Path, serial_pair: SerialPair, agents: Agents
+) -> None:
+    """Slave 2 stops answering: each of its polls costs timeout × 2 tries of bus time, and
+    slaves 1 and 3 are still read at every round, as often as slave 2 is asked."""
+    out = structlog.testing.LogCapture()
+    emulator = ModbusEmulator([xy(1), xy(2), xy(3)], port=serial_pair.emulator)
+    async with emulator:
+        devices = [{"slave": n, "profile": "xy-md02", "poll": 0.2} for n in (1, 2, 3)]
+        cfg = modbus_config(tmp_path / "state", rtu(serial_pair, timeout=0.1), devices)
+        agent = agents.start(cfg)
+        structlog.configure(processors=[out])
+        source = bus_of(agent)
+        one, two, three = (slave_health(source, n) for n in (1, 2, 3))
+        await until(lambda: two.reads >= 2, 10, "slave 2 to answer")
+        emulator.silence(2)
+        silent_from = (two.polls, one.reads, three.reads)
+        await until(lambda: two.timeouts >= 10, 20, "slave 2's tries to time out")
+        asked = two.polls - silent_from[0]
+        assert one.reads - silent_from[1] >= asked - 1
+        assert three.reads - silent_from[2] >= asked - 1
+        assert (one.timeouts, three.timeouts) == (0, 0)
+        assert two.crc_errors == 0
+        emulator.silence(2, False)
+        reads = two.reads
+        await until(lambda: two.reads > reads, 10, "slave 2 to answer again")
+        await agents.stop(agent)
+    events = [e for e in out.entries if e.get("slave") == 2]
+    silent = [e for e in events if e["event"] == "modbus device not answering"]
+    assert len(silent) == 1
+    assert "check its address (2)" in silent[0]["hint"]
+    assert "xy-md02 leaves the factory at slave 1, 9600 8N1" in silent[0]["hint"]
+    assert [e["event"] for e in events].count("modbus device answers again") == 1
+
+
+async def test_crc_garbage_is_counted_and_the_bus_recovers(
+    tmp_path: Path, serial_pair: SerialPair, agents: Agents
+) -> None:
+    emulator = ModbusEmulator([xy(1)], port=serial_pair.emulator)
+    async with emulator:
+        cfg = modbus_config(
+            tmp_path / "state",
+            rtu(serial_pair, timeout=0.1, retries=2),
+            [{"slave": 1, "profile": "xy-md02", "poll": 0.1}],
+        )
+        agent = agents.start(cfg)
+        source = bus_of(agent)
+        health = slave_health(source, 1)
+        await until(lambda: health.reads >= 2, 10, "first reads")
+        emulator.garble(5)
+        await until(lambda: emulator.garbled == 0, 10, "five garbled answers")
+        reads = health.reads
+        await until(lambda: health.reads >= reads + 3, 10, "reads after the noise")
+        await agents.stop(agent)
+    assert health.crc_errors == 5
+    assert health.timeouts == 0
+    assert source.health.invalid == 0
+    values = {line.split(" ")[1] for line in committed_lines(tmp_path / "state", "climate")}
+    assert values == {"temperature_c=21.7", "humidity_rh=48.3"}  # nothing garbled got in
+
+
+async def test_exception_answers_are_counted_and_the_other_registers_still_read(
+    tmp_path: Path, serial_pair: SerialPair, agents: Agents
+) -> None:
+    """A register map with one address the device does not have: exception 2 for that
+    request, counted with its code; the device's other request still brings its readings."""
+    shipped = (REGISTER_DIR / "xy-md02.yaml").read_text(encoding="utf-8")
+    extra = (
+        "  - {function: input, address: 0x0010, type: int16, name: extra, measurement: climate,"
+        " field: extra, kind: climate}\n"
+    )
+    (tmp_path / "xy-md02.yaml").write_text(shipped + extra, encoding="utf-8")
+    out = structlog.testing.LogCapture()
+    async with ModbusEmulator([xy(1)], port=serial_pair.emulator):
+        cfg = modbus_config(
+            tmp_path / "state",
+            rtu(serial_pair),
+            [{"slave": 1, "profile": str(tmp_path / "xy-md02.yaml"), "poll": 0.1}],
+        )
+        agent = agents.start(cfg)
+        structlog.configure(processors=[out])
+        source = bus_of(agent)
+        health = slave_health(source, 1)
+        await until(lambda: health.exceptions >= 3, 10, "exception answers")
+        await agents.stop(agent)
+    assert health.last_exception == 2
+    assert health.reads >= 3
+    assert (health.timeouts, health.crc_errors) == (0, 0)
+    assert {c.name for c in agent.channels} == {"edge_paint.xy-md02-1.temperature",
+                                                 "edge_paint.xy-md02-1.humidity"}  # fmt: skip
+    warned = [e for e in out.entries if e["event"] == "modbus device answered with an exception"]
+    assert warned
+    assert warned[0]["exception"] == "illegal data address"
+    assert warned[0]["request"] == "input registers 16…16"
+    assert not [e for e in out.entries if e["event"] == "modbus device not answering"]
+
+
+async def test_unplug_and_replug_of_the_port_recover(
+    tmp_path: Path, serial_pair: SerialPair, agents: Agents
+) -> None:
+    emulator = ModbusEmulator([xy(1)], port=serial_pair.emulator)
+    async with emulator:
+        cfg = modbus_config(
+            tmp_path / "state",
+            rtu(serial_pair, reconnect_max=1),
+            [{"slave": 1, "profile": "xy-md02", "poll": 0.1}],
+        )
+        agent = agents.start(cfg)
+        source = bus_of(agent)
+        health = slave_health(source, 1)
+        await until(lambda: health.reads >= 2, 10, "first reads")
+        serial_pair.unplug()
+        await until(lambda: not source.health.connected, 10, "the unplug to be noticed")
+        reads = health.reads
+        serial_pair.replug()
+        await until(lambda: health.reads >= reads + 3, 20, "reads after the replug")
+        await agents.stop(agent)
+    assert source.health.reconnects == 1
+    assert health.crc_errors == 0
+
+
+# -- the agent's self-metrics ----------------------------------------------------------------
+
+
+def test_each_slave_has_its_own_driftgate_source_point(tmp_path: Path) -> None:
+    cfg = modbus_config(
+        tmp_path / "state",
+        {"port": "/dev/null-modbus"},
+        [{"slave": 1, "profile": "xy-md02"}, {"slave": 7, "profile": "xy-md02", "sensor": "c7"}],
+    )
+    agent = Agent(cfg)
+    source = bus_of(agent)
+    slave_health(source, 7).timeouts = 4
+    lines = [line for line in agent.self_metrics_lines() if line.startswith("driftgate_source")]
+    assert len(lines) == 3
+    assert lines[0].startswith("driftgate_source,gateway=gw-modbus,site=floor1,source=bus1 ")
+    assert lines[2].startswith(
+        "driftgate_source,gateway=gw-modbus,sensor=c7,site=floor1,slave=7,source=bus1 "
+    )
+    assert "timeouts=4i" in lines[2]
+    assert "last_good_ns=0i" in lines[1]
+
+
+# -- driftgate simulate ----------------------------------------------------------------------
+
+
+async def test_simulate_serves_a_bus_of_emulated_devices_to_the_agent(
+    tmp_path: Path, serial_pair: SerialPair, agents: Agents
+) -> None:
+    sim = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "agent", "simulate", "--profile", "xy-md02"),
+            *("--serial", serial_pair.emulator, "--slave", "1", "--slave", "2"),
+            *("--count", "20", "--start", "2024-03-15T08:00:00Z", "--device", "edge_paint"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        devices = [{"slave": n, "profile": "xy-md02", "poll": 0.1} for n in (1, 2)]
+        cfg = modbus_config(tmp_path / "state", rtu(serial_pair, timeout=0.5), devices)
+        agent = agents.start(cfg)
+        source = bus_of(agent)
+        await until(lambda: sim.poll() is not None, 30, "simulate to answer 20 requests")
+        await agents.stop(agent)
+        stdout, stderr = sim.communicate(timeout=5)
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+            sim.wait()
+    assert sim.returncode == 0, stderr
+    assert stdout.splitlines()[-1].startswith("xy-md02 (slave 1,2) on ")
+    assert ": 20 answers" in stdout.splitlines()[-1]
+    assert sum(h.reads for h in source.health.slaves) >= 19  # the 20th may be cut at exit
+    assert {c.name for c in agent.channels} == {
+        f"edge_paint.xy-md02-{n}.{name}" for n in (1, 2) for name in ("humidity", "temperature")
+    }
+    humidity = [
+        float(line.split(" ")[1].split("=")[1])
+        for line in committed_lines(tmp_path / "state", "climate")
+        if "humidity_rh" in line
+    ]
+    assert humidity
+    assert all(40 < rh < 60 for rh in humidity)  # the edge-paint room's climate, 0.1 %RH steps
+    assert all(round(rh, 1) == rh for rh in humidity)
+
+
+def test_simulate_refuses_what_a_modbus_device_cannot_do(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from agent.cli import main as cli_main
+
+    code = cli_main(["simulate", "--profile", "xy-md02", "--mqtt", "mqtt://127.0.0.1:1"])
+    assert code != 0
+    assert "xy-md02 is a Modbus device: it answers on a serial port" in capsys.readouterr().err

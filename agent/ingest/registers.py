@@ -242,9 +242,7 @@ def is_register_map(name_or_path: str | Path, directory: Path = REGISTER_MAP_DIR
     return isinstance(data, dict) and "registers" in data
 
 
-def load_register_map(
-    name_or_path: str | Path, directory: Path = REGISTER_MAP_DIR
-) -> RegisterMap:
+def load_register_map(name_or_path: str | Path, directory: Path = REGISTER_MAP_DIR) -> RegisterMap:
     """A register map by name (``xy-md02``) or path; ConfigError on problems, one
     ``file:line: key: reason`` each."""
     if _is_path(name_or_path):

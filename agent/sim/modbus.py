@@ -19,22 +19,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
+from agent.errors import ConfigError, DriftgateError
 from agent.ingest.registers import (
     FUNCTIONS,
     Register,
     RegisterMap,
     decode_block,
     encode_value,
+    load_register_map,
     read_plan,
 )
 from agent.sim.devices import dew_point
-from agent.sim.workshop import Workshop
+from agent.sim.emulator import SimulateOptions, SimulateResult
+from agent.sim.workshop import DAY, Workshop
 
 if TYPE_CHECKING:
     from pymodbus.server import ModbusSerialServer, ModbusTcpServer
@@ -274,8 +279,6 @@ class ModbusEmulator:
         if function not in FUNCTIONS or written is not None:
             return
         slave.fill(function, start, memory, self.sim_time)
-        slave.answers += 1
-        self.answers += 1
         if self.pace and self.port is not None:
             bits = 10 + (self.parity != "N") + (self.stopbits - 1)
             await asyncio.sleep(wire_seconds(8, 5 + 2 * count, self.baud, bits))
@@ -288,6 +291,8 @@ class ModbusEmulator:
         unit = data[0] if self.port is not None else (data[6] if len(data) > 6 else -1)
         if unit not in self.slaves or unit in self.silent:
             return b""  # nobody at this address, or a slave that stopped answering
+        self.answers += 1
+        self.slaves[unit].answers += 1
         if self.garbled > 0 and self.port is not None:
             self.garbled -= 1
             return data[:-1] + bytes([data[-1] ^ 0xFF])
@@ -302,3 +307,114 @@ def fixed_slave(registers: RegisterMap, slave: int, values: Mapping[str, float])
     if any(not math.isfinite(v) for v in values.values()):
         raise ValueError("values must be finite numbers")
     return ModbusSlave(registers, slave, dict(values))
+
+
+# --------------------------------------------------------------------------- driftgate simulate
+
+PROGRESS_EVERY_S = 1.0
+
+
+def _tcp_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DriftgateError(f"--modbus-tcp {text!r}: use HOST:PORT, e.g. 127.0.0.1:5020")
+    return host.strip("[]"), int(port)
+
+
+def emulator_for(opts: SimulateOptions) -> ModbusEmulator:
+    """The emulated bus ``driftgate simulate`` runs for a register map: one slave per
+    ``--slave`` (default: the map's factory address), each in the climate of ``--device``."""
+    try:
+        registers = load_register_map(opts.profile)
+    except ConfigError as exc:
+        raise DriftgateError("; ".join(exc.problems)) from None
+    if opts.mqtt is not None:
+        raise DriftgateError(
+            f"{opts.profile} is a Modbus device: it answers on a serial port (--serial PORT) "
+            "or over TCP (--modbus-tcp HOST:PORT)"
+        )
+    if opts.rate is not None:
+        raise DriftgateError("--rate does not apply to a Modbus device: the agent's polls set it")
+    start = opts.start if opts.start is not None else time.time()
+    workshop = Workshop.build(start, opts.seed)
+    zone = opts.device or "edge_paint"
+    slaves = [
+        ModbusSlave(registers, n, workshop=workshop, zone=zone)
+        for n in opts.slaves or (registers.factory.slave or 1,)
+    ]
+    try:
+        slaves[0].climate(start)
+    except ValueError as exc:
+        raise DriftgateError(str(exc)) from None
+    factory = registers.factory
+    if opts.serial is not None:
+        return ModbusEmulator(
+            slaves,
+            port=opts.serial,
+            baud=opts.baud or factory.baud or 9600,
+            parity=opts.parity,
+            stopbits=opts.stopbits,
+            pace=True,
+            start=start,
+            speed=opts.speed,
+        )
+    host, port = _tcp_address(opts.modbus_tcp or "")
+    return ModbusEmulator(slaves, host=host, tcp_port=port, start=start, speed=opts.speed)
+
+
+async def simulate_modbus(opts: SimulateOptions, out: TextIO = sys.stdout) -> SimulateResult:
+    """Answer the agent's requests as the map's device(s) until ``count`` answers, ``days``
+    simulated, or cancellation; a progress line every second."""
+    emulator = emulator_for(opts)
+    result = SimulateResult(sim_start=emulator.start, sim_time=emulator.start)
+    end = emulator.start + opts.days * DAY if opts.days is not None else None
+    target = opts.serial or f"modbus-tcp://{opts.modbus_tcp}"
+    ids = ",".join(str(n) for n in emulator.slaves)
+    tty = out.isatty()
+    wall0 = time.monotonic()
+    next_progress = wall0 + PROGRESS_EVERY_S
+    try:
+        await emulator.start_serving()
+    except (OSError, RuntimeError) as exc:
+        raise DriftgateError(f"cannot serve on {target}: {exc}") from None
+    try:
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S / 10)
+            result.frames = emulator.answers
+            result.sim_time = emulator.sim_time
+            done = (opts.count is not None and result.frames >= opts.count) or (
+                end is not None and result.sim_time >= end
+            )
+            if done:
+                await asyncio.sleep(PROGRESS_EVERY_S / 10)  # let the last answer leave
+                break
+            if time.monotonic() >= next_progress:
+                next_progress += PROGRESS_EVERY_S
+                _line(out, opts.profile, ids, target, result, wall0, tty, final=False)
+    finally:
+        await emulator.stop()
+        result.wall_seconds = time.monotonic() - wall0
+        _line(out, opts.profile, ids, target, result, wall0, tty, final=True)
+    return result
+
+
+def _line(
+    out: TextIO,
+    profile: str,
+    ids: str,
+    target: str,
+    result: SimulateResult,
+    wall0: float,
+    tty: bool,
+    *,
+    final: bool,
+) -> None:
+    wall = max(time.monotonic() - wall0, 1e-9)
+    sim = datetime.fromtimestamp(result.sim_time, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    day = (result.sim_time - result.sim_start) / DAY
+    line = (
+        f"{profile} (slave {ids}) on {target}: {result.frames} answers"
+        f" ({result.frames / wall:.1f}/s), simulated {sim} (day {day:.2f})"
+    )
+    out.write(("\r" + line + ("\n" if final else "")) if tty else line + "\n")
+    out.flush()
