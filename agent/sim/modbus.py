@@ -71,11 +71,10 @@ class ModbusSlave:
     workshop: Workshop | None = None
     zone: str = "edge_paint"
     answers: int = 0
+    _second: int | None = None  # the simulated second ``values`` were last sampled at
 
-    def value(self, item: Register, t: float | None = None) -> float:
-        """The physical value of one register at simulated time ``t``."""
-        if self.workshop is not None and t is not None:
-            self.values.update(self.climate(t))
+    def value(self, item: Register) -> float:
+        """The physical value one register holds now."""
         found = self.values.get(item.channel)
         if found is not None:
             return found
@@ -107,9 +106,13 @@ class ModbusSlave:
     def fill(self, function: int, start: int, memory: list[int], t: float) -> None:
         """Write the registers of ``function`` into pymodbus's memory (``memory[0]`` is
         ``start``) as they are at simulated time ``t``."""
+        second = int(t)
+        if self.workshop is not None and second != self._second:
+            self.values.update(self.climate(t))  # the room changes slowly: once a second
+            self._second = second
         for item in self.registers.registers:
             if item.function == function:
-                words = encode_value(item, self.value(item, t))
+                words = encode_value(item, self.value(item))
                 at = item.address - start
                 memory[at : at + len(words)] = words
 
