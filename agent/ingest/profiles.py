@@ -536,10 +536,7 @@ def profile_path(name_or_path: str | Path, search_path: Sequence[Path] | None = 
     if (PROFILE_DIR / "modbus" / f"{text}.yaml").is_file():
         modbus = f" ({text} is a Modbus register map: use it in a source of type: modbus)"
     raise ConfigError(
-        [
-            f"{text}: no such device profile in {', '.join(map(str, dirs))}; known: {known}"
-            + modbus
-        ]
+        [f"{text}: no such device profile in {', '.join(map(str, dirs))}; known: {known}" + modbus]
     )
 
 
