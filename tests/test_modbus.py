@@ -384,3 +384,35 @@ def test_simulate_refuses_what_a_modbus_device_cannot_do(
     code = cli_main(["simulate", "--profile", "xy-md02", "--mqtt", "mqtt://127.0.0.1:1"])
     assert code != 0
     assert "xy-md02 is a Modbus device: it answers on a serial port" in capsys.readouterr().err
+
+
+async def test_stopping_outlasts_a_swallowed_cancellation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11's wait_for (inside pymodbus's request) can swallow a cancellation that
+    meets an arriving answer; the agent's stop then hung on the source (seen in this file's
+    first test). The poller is cancelled until it has stopped."""
+    cfg = modbus_config(
+        tmp_path / "state", {"port": "/dev/null-modbus"}, [{"slave": 1, "profile": "xy-md02"}]
+    )
+    source = ModbusSource(cfg.sources[0], None, None)  # type: ignore[arg-type]
+    source._lost = asyncio.get_running_loop().create_future()
+    swallowed: list[int] = []
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed.append(1)
+
+    monkeypatch.setattr(source, "_poll_loop", stubborn)
+    task = asyncio.create_task(source.wait_lost())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert done, "the source did not stop"
+    assert task.cancelled()
+    assert swallowed == [1]
