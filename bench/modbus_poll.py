@@ -110,7 +110,7 @@ async def measure(
         "seconds": round(wall, 2),
         "polls": polls,
         "polls_per_s": round(polls / wall, 1),
-        "cpu_ms_per_poll": round((cpu1 - cpu0) * 1000 / max(polls, 1), 3),
+        "cpu_ms_per_poll": round((cpu1 - cpu0) * 1000 / polls, 3) if polls else None,
         "cpu_share_of_one_core": round((cpu1 - cpu0) / wall, 3),
         "failed_tries": failed,
         "readings": source.health.readings,
@@ -176,7 +176,7 @@ def main() -> None:
         [
             [r["name"], r["slaves"], f"{r['polls_per_s']:,.1f}",
              "–" if r["wire_limit_per_s"] is None else f"{r['wire_limit_per_s']:,.1f}",
-             f"{r['cpu_ms_per_poll']:.3f}",
+             "–" if r["cpu_ms_per_poll"] is None else f"{r['cpu_ms_per_poll']:.3f}",
              "–" if r["net_cpu_ms_per_poll"] is None else f"{r['net_cpu_ms_per_poll']:.3f}",
              f"{100 * r['cpu_share_of_one_core']:.1f}%", r["failed_tries"]]
             for r in runs
