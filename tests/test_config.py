@@ -361,10 +361,10 @@ def test_naive_start_time_is_an_error_aware_is_accepted(tmp_path: Path) -> None:
 
 
 def test_unknown_source_type_points_at_type(tmp_path: Path) -> None:
-    path = write(tmp_path, MINIMAL + "sources:\n  - type: modbus\n    name: usb0\n")
+    path = write(tmp_path, MINIMAL + "sources:\n  - type: opcua\n    name: usb0\n")
     assert problems_of(path) == [
-        f"{path}:{line_of(path, 'type: modbus')}: sources[0].type: "
-        "unknown type 'modbus'; one of: simulated, serial, mqtt"
+        f"{path}:{line_of(path, 'type: opcua')}: sources[0].type: "
+        "unknown type 'opcua'; one of: simulated, serial, mqtt, modbus"
     ]
 
 

@@ -68,15 +68,13 @@ class SimulatedSourceConfig(Section):
     )
 
 
-class _DeviceSource(Section):
-    """What every real-device source shares: the profile and where the device is."""
+class _PlacedSource(Section):
+    """What every real-device source shares: its name and where its devices are."""
 
     name: Name
-    profile: NonBlank = Field(description="device profile: a firmware_configs name or a path")
     zone: NonBlank | None = None
     line: NonBlank | None = None
     station: NonBlank | None = None
-    sensor: NonBlank | None = Field(default=None, description="sensor id if frames carry none")
     tags: dict[NonBlank, NonBlank] = Field(default_factory=dict)
     channel_prefix: NonBlank | None = Field(
         default=None, description="channel names start with this (default: zone, else name)"
@@ -86,7 +84,7 @@ class _DeviceSource(Section):
         """The location tags this source puts on every reading."""
         out = dict(self.tags)
         for key in ("zone", "line", "station", "sensor"):
-            value = getattr(self, key)
+            value = getattr(self, key, None)
             if value is not None:
                 out[key] = value
         return out
@@ -94,6 +92,13 @@ class _DeviceSource(Section):
     def prefix(self) -> str:
         """The first part of this source's channel names."""
         return self.channel_prefix or self.zone or self.name
+
+
+class _DeviceSource(_PlacedSource):
+    """A source reading one device (or one stream of devices) through a device profile."""
+
+    profile: NonBlank = Field(description="device profile: a firmware_configs name or a path")
+    sensor: NonBlank | None = Field(default=None, description="sensor id if frames carry none")
 
 
 class SerialSourceConfig(_DeviceSource):
@@ -121,10 +126,121 @@ class MqttSourceConfig(_DeviceSource):
     qos: Literal[0, 1, 2] = 1
 
 
+class ModbusDeviceConfig(Section):
+    """One Modbus device (slave) on a bus: its address, its register map, how often to read it."""
+
+    slave: Annotated[int, Field(ge=0, le=255)] = Field(
+        description="the device's address: 1-247 on RS-485 (RTU), the unit id over TCP"
+    )
+    profile: NonBlank = Field(description="register map: a firmware_configs/modbus name or a path")
+    sensor: NonBlank | None = Field(
+        default=None, description="sensor id, part of the channel names (default: profile-slave)"
+    )
+    poll: Annotated[Duration, within("sources.poll")] = Field(
+        default=10.0, description="read the device this often"
+    )
+    zone: NonBlank | None = Field(default=None, description="default: the source's")
+    line: NonBlank | None = None
+    station: NonBlank | None = None
+    tags: dict[NonBlank, NonBlank] = Field(default_factory=dict)
+
+    @property
+    def sensor_id(self) -> str:
+        """The sensor tag of its readings: ``sensor``, else ``<profile>-<slave>``."""
+        if self.sensor is not None:
+            return self.sensor
+        stem = self.profile.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
+        return f"{stem}-{self.slave}"
+
+
+class ModbusSourceConfig(_PlacedSource):
+    """A Modbus bus: RTU on an RS-485 serial port (``port``) or TCP (``host``), with its devices.
+
+    Requests go one at a time (a bus has one master and one conversation); a device that does
+    not answer costs ``timeout`` × (1 + ``retries``) of bus time, then the next one is read.
+    """
+
+    type: Literal["modbus"]
+    port: NonBlank | None = Field(default=None, description="RTU: the RS-485 adapter's port")
+    baud: Annotated[int, Field(ge=50, le=4_000_000)] = 9600
+    bytesize: Literal[7, 8] = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    host: NonBlank | None = Field(default=None, description="TCP: the device or gateway")
+    tcp_port: Annotated[int, Field(ge=1, le=65535)] = 502
+    timeout: Annotated[Duration, within("sources.timeout")] = Field(
+        default=0.5, description="wait this long for each answer"
+    )
+    retries: Annotated[int, Field(ge=0, le=5)] = Field(
+        default=1, description="ask again this often before the read counts as failed"
+    )
+    frame_gap: Annotated[Duration, within("sources.frame_gap")] | None = Field(
+        default=None,
+        description="silence between two frames (RTU; default 3.5 characters, 1.75 ms from "
+        "19200 baud)",
+    )
+    reconnect_max: Annotated[Duration, within("sources.reconnect_max")] = Field(
+        default=5.0, description="longest reconnect wait"
+    )
+    devices: Annotated[list[ModbusDeviceConfig], Field(min_length=1)]
+
+    @property
+    def transport(self) -> Literal["rtu", "tcp"]:
+        """RTU on a serial port, or TCP."""
+        return "rtu" if self.port is not None else "tcp"
+
+    @property
+    def gap(self) -> float:
+        """The silence kept between frames: frame_gap, else the Modbus RTU rule of 3.5
+        characters (11 bits each), and 1.75 ms above 19200 baud; none over TCP."""
+        if self.frame_gap is not None:
+            return self.frame_gap
+        if self.transport == "tcp":
+            return 0.0
+        return 0.00175 if self.baud > 19200 else 3.5 * 11 / self.baud
+
+    @model_validator(mode="after")
+    def _one_bus(self) -> "ModbusSourceConfig":
+        problems: list[tuple[Loc, str]] = []
+        if (self.port is None) == (self.host is None):
+            problems.append(
+                (("port",), "set port (Modbus RTU on a serial port) or host (Modbus TCP), "
+                 "exactly one")
+            )  # fmt: skip
+        seen: dict[int, int] = {}
+        sensors: dict[str, int] = {}
+        for index, device in enumerate(self.devices):
+            if self.port is not None and not 1 <= device.slave <= 247:
+                problems.append(
+                    (("devices", index, "slave"), f"{device.slave} is not an RTU address: 1-247")
+                )
+            if device.slave in seen:
+                problems.append(
+                    (
+                        ("devices", index, "slave"),
+                        f"slave {device.slave} is already devices[{seen[device.slave]}]: two "
+                        "devices at one address answer at once and garble each other",
+                    )
+                )
+            seen.setdefault(device.slave, index)
+            if device.sensor_id in sensors:
+                problems.append(
+                    (
+                        ("devices", index, "sensor"),
+                        f"sensor {device.sensor_id!r} is already "
+                        f"devices[{sensors[device.sensor_id]}]; their channels would be one",
+                    )
+                )
+            sensors.setdefault(device.sensor_id, index)
+        raise_problems("ModbusSourceConfig", problems)
+        return self
+
+
 SourceConfig = Annotated[
-    SimulatedSourceConfig | SerialSourceConfig | MqttSourceConfig, Field(discriminator="type")
+    SimulatedSourceConfig | SerialSourceConfig | MqttSourceConfig | ModbusSourceConfig,
+    Field(discriminator="type"),
 ]
-SOURCE_TYPES = ("simulated", "serial", "mqtt")
+SOURCE_TYPES = ("simulated", "serial", "mqtt", "modbus")
 
 
 class ChannelConfig(Section):

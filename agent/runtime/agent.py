@@ -193,7 +193,10 @@ class Agent:
             health = getattr(source, "health", None)
             if health is not None:
                 source_tags = {**tags, "source": source.name}
-                lines.append(encode_point("driftgate_source", source_tags, health.fields(), now))
+                for extra, fields in health.points():
+                    lines.append(
+                        encode_point("driftgate_source", {**source_tags, **extra}, fields, now)
+                    )
         return lines
 
     # -- the long-running tasks (each owned by the supervisor) --------------------------------

@@ -22,6 +22,7 @@ from agent.color.references import ReferenceStore
 from agent.color.stage import ColorStage
 from agent.config.models import (
     AgentConfig,
+    ModbusSourceConfig,
     MqttSourceConfig,
     SerialSourceConfig,
     SimulatedSourceConfig,
@@ -36,6 +37,7 @@ from agent.incidents.manager import IncidentManager
 from agent.incidents.store import IncidentStore, store_path
 from agent.incidents.words import local_zone
 from agent.ingest.broker import MqttLink
+from agent.ingest.modbus import ModbusSource
 from agent.ingest.mqtt import MqttSource
 from agent.ingest.serial import SerialSource
 from agent.ingest.simulated import SimulatedSource
@@ -210,6 +212,8 @@ def build_sources(core: Core, mqtt: MqttLink | None = None) -> list[Source]:
             sources.append(
                 MqttSource(sc, mqtt, core.pipeline, core.registry, measurements=core.color)
             )
+        elif isinstance(sc, ModbusSourceConfig):
+            sources.append(ModbusSource(sc, core.pipeline, core.registry))
     for source in sources:
         for channel in source.channels():
             core.registry.add(channel)

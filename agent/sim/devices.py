@@ -25,6 +25,7 @@ __all__ = [
     "DEMO_START",
     "DeviceEmulator",
     "DeviceFrame",
+    "dew_point",
     "frames_for",
     "lab_from_reflectance",
     "reflectance",
@@ -102,7 +103,8 @@ def lab_from_reflectance(values: tuple[float, ...]) -> tuple[float, float, float
 # --------------------------------------------------------------------------- the emulator
 
 
-def _dew_point(t_c: float, rh: float) -> float:
+def dew_point(t_c: float, rh: float) -> float:
+    """The dew point (°C) of air at ``t_c`` °C and ``rh`` %RH (Magnus formula, Sonntag 1990)."""
     gamma = math.log(max(rh, 0.1) / 100) + 17.62 * t_c / (243.12 + t_c)
     return 243.12 * gamma / (17.62 - gamma)
 
@@ -203,7 +205,7 @@ class DeviceEmulator:
         reading: dict[str, float] = {
             "Temperature": round(temp, 1),
             "Humidity": round(rh, 1),
-            "DewPoint": round(_dew_point(temp, rh), 1),
+            "DewPoint": round(dew_point(temp, rh), 1),
         }
         if chip == "BME280":
             pressure = (
