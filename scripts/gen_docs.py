@@ -610,6 +610,53 @@ BENCHES: dict[str, Bench] = {
             ),
         ),
     ),
+    "report": Bench(
+        quick="3 rounds instead of 7",
+        title="Context comparison and the second-batch report",
+        measures="The lot tracker as the pipeline stage it is: CPU time of `LotTracker.add` per "
+        "channel batch of 64 readings, 200 channels, comparing on `[lot]` and on `[lot, "
+        "operator, shift]`, while samples fill, for the batch that completes them (summary "
+        "points, Welch and KS against the previous sample: once per channel and context "
+        "change) and once they are full (the steady state). Then `driftgate report`'s wall "
+        "time on the two demo lots (`agent.sim.lots`, 19 channels) and on 200 channels × 2 "
+        "lots × 500 readings: gathering samples and statistics, the HTML, the PDF "
+        "(WeasyPrint).",
+        target="steady state ≤ 5 µs per channel batch",
+        verdict=lambda r: r.get("meets_target"),
+        headline=lambda r: (
+            f"{r['tracker_steady_us']:.1f} µs per batch steady; report of 200 channels: "
+            + ", ".join(
+                f"{k} {r['reports'][-1][k + '_ms'] / 1000:.1f} s"
+                for k in ("gather", "html", "pdf")
+                if k + "_ms" in r["reports"][-1]
+            )
+        ),
+        tables=(
+            Table(
+                "tracker",
+                (
+                    Col("compare_on", "keys", right=False),
+                    Col("phase", "phase", right=False),
+                    Col("µs per batch", "us_per_batch", num(1)),
+                ),
+                caption="`LotTracker.add`, CPU µs per channel batch of 64 readings:",
+            ),
+            Table(
+                "reports",
+                (
+                    Col("state dir", "state", right=False),
+                    Col("channels", "channels", num()),
+                    Col("differ", "differ", num()),
+                    Col("gather ms", "gather_ms", num()),
+                    Col("HTML ms", "html_ms", num()),
+                    Col("HTML KiB", "html_kib", num()),
+                    Col("PDF ms", "pdf_ms", num()),
+                    Col("PDF KiB", "pdf_kib", num()),
+                ),
+                caption="`driftgate report`, wall time of one run:",
+            ),
+        ),
+    ),
     "notify_latency": Bench(
         quick="60 incidents instead of 300, and a 21-day demo instead of 28",
         title="Incidents: from the reading to the notice; notices per cause",

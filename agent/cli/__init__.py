@@ -15,8 +15,10 @@ from agent.cli import (
     baseline,
     check,
     context,
+    lot,
     reference,
     replay,
+    report,
     run,
     simulate,
     spool,
@@ -24,7 +26,19 @@ from agent.cli import (
 from agent.cli.common import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED
 from agent.errors import ConfigError, DriftgateError
 
-COMMANDS = (run, check, alerts, spool, context, simulate, replay, reference, baseline)
+COMMANDS = (
+    run,
+    check,
+    alerts,
+    spool,
+    context,
+    simulate,
+    replay,
+    reference,
+    baseline,
+    lot,
+    report,
+)
 """The subcommands, in the order ``driftgate --help`` lists them."""
 
 

@@ -38,6 +38,7 @@ from agent.config.bounds import within
 from agent.config.detectors import BaselineSpecConfig, DetectorConfig, LimitConfig
 from agent.config.notify import IncidentsConfig, NotifyConfig
 from agent.config.secrets import SecretFile, find_secret, inline_secret
+from agent.context import ContextError, check_tag
 
 # --------------------------------------------------------------------------- the models
 
@@ -236,6 +237,26 @@ class ModbusSourceConfig(_PlacedSource):
         return self
 
 
+def _context_key(v: str) -> str:
+    try:
+        check_tag(v, None)
+    except ContextError as exc:
+        raise reason(str(exc)) from None
+    return v
+
+
+ContextKey = Annotated[str, AfterValidator(_context_key)]
+"""A production-context key a channel compares on: lot, operator, shift, order, sku, ..."""
+
+
+def _unique_keys(v: list[str]) -> list[str]:
+    if len(set(v)) != len(v):
+        raise reason("each context key once")
+    return v
+
+
+CompareOn = Annotated[list[ContextKey], AfterValidator(_unique_keys)]
+
 SourceConfig = Annotated[
     SimulatedSourceConfig | SerialSourceConfig | MqttSourceConfig | ModbusSourceConfig,
     Field(discriminator="type"),
@@ -250,7 +271,7 @@ class ChannelConfig(Section):
     label: str = ""
     unit: str = ""
     affects: str = ""
-    kind: Literal["climate", "tension", "color"] | None = None
+    kind: Literal["climate", "tension", "color", "moisture"] | None = None
     baseline: BaselineSpecConfig | None = Field(
         default=None, description="None: the defaults for the kind"
     )
@@ -259,7 +280,16 @@ class ChannelConfig(Section):
     )
     enabled: bool = True
     lot_effect: Annotated[float, Field(ge=0)] | None = Field(
-        default=None, description="lot comparison: smallest mean difference (units) worth an alert"
+        default=None,
+        description="context comparison: smallest mean difference (units) worth an alert",
+    )
+    compare_on: CompareOn | None = Field(
+        default=None,
+        description="context keys whose changes start a comparison (None: lots.compare_on); "
+        "naming them also compares a channel without detectors (a moisture meter)",
+    )
+    lot_readings: Annotated[int, Field(ge=10, le=100_000)] | None = Field(
+        default=None, description="readings per sample (None: lots.readings)"
     )
     limits: LimitConfig | None = Field(
         default=None, description="a spec band (45–55 %RH), added to the channel's detectors"
@@ -452,16 +482,22 @@ class HistoryConfig(Section):
 
 
 class LotsConfig(Section):
-    """Lot comparison: a new lot's first readings against the previous lot's, per channel."""
+    """Context comparison: a new lot's (operator's, shift's) first readings against the
+    previous one's and the approved lot's, per channel."""
 
-    readings: Annotated[int, Field(ge=10)] = Field(
+    readings: Annotated[int, Field(ge=10, le=100_000)] = Field(
         default=500, description="readings per lot and channel that make its sample"
+    )
+    compare_on: CompareOn = Field(
+        default_factory=lambda: ["lot"],
+        description="context keys whose changes start a comparison on every channel with "
+        "detectors (channels[].compare_on overrides)",
     )
     alpha: Annotated[float, Field(gt=0, lt=1)] = Field(
         default=0.01, description="Welch's t-test p below which a difference counts"
     )
     effect: dict[str, Annotated[float, Field(ge=0)]] = Field(
-        default_factory=lambda: {"climate": 1.0, "tension": 3.0, "color": 0.5},
+        default_factory=lambda: {"climate": 1.0, "tension": 3.0, "color": 0.5, "moisture": 1.0},
         description="smallest mean difference worth an alert, in the channel's units, per kind",
     )
 

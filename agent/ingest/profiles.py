@@ -307,7 +307,7 @@ class FieldMap(Section):
     measurement: Ident
     field: Ident
     unit: str = ""
-    kind: Literal["climate", "tension", "color"]
+    kind: Literal["climate", "tension", "color", "moisture"]
     scale: Scale = 1.0
     offset: Finite = 0.0
     range: Range = None

@@ -245,8 +245,14 @@ class Agent:
         self.registry.new_channels.flush()  # the summary of a burst of new channels
         clock.wall_ns()  # a quiet agent notices a step of the clock here at the latest
         self.pipeline.check_stale(self.stale_clock())
-        if self.lots is not None and self.lots.due():
-            await self.lots.save_soon()  # logs its own write errors
+        if self.lots is not None:
+            if self.lots.due():
+                await self.lots.save_soon()  # logs its own write errors
+            try:
+                if await asyncio.to_thread(self.lots.approved.reload):
+                    self.lots.approvals_changed()
+            except DriftgateError as exc:
+                log.error("cannot read the approved lots", error=str(exc))
         for row, incident, by, note in await self.incidents.store.pending_acks():
             self.acknowledge(incident, by, note)
             await self.incidents.store.ack_done(row)

@@ -29,6 +29,7 @@ from agent.config.models import (
 )
 from agent.config.notify import StacklightTarget
 from agent.context import ContextStore
+from agent.drift.approved import ApprovedLots, approved_path
 from agent.drift.baselines import BaselineStore
 from agent.drift.engine import DriftEngine
 from agent.drift.lots import LotTracker
@@ -136,7 +137,10 @@ def build(
     if state is not None:
         core.history = History(history_path(state), days=cfg.history.days)
         pipeline.stages.append(core.history)
-        core.lots = LotTracker(cfg.lots, state / "lots.json", pipeline, registry)
+        core.lots = LotTracker(
+            cfg.lots, state / "lots.json", pipeline, registry,
+            approved=ApprovedLots(approved_path(state)), sink=core.history,
+        )  # fmt: skip
         pipeline.stages.append(core.lots)
         core.color = ColorStage(cfg.color, ReferenceStore(state / "references"), registry, pipeline)
     return core
