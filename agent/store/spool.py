@@ -6,6 +6,10 @@ task (`Spool.run`) commits that list every ``flush_interval`` seconds, or as soo
 ``CHUNK_MAX_LINES`` lines joined by newlines). Every SQLite call runs on one dedicated
 thread with one connection, so the event loop never waits on the disk.
 
+Lines are numbered in the order they are appended (``appended_seq``); after each commit
+``durable_seq`` says through which number every line is on disk, and ``durable_listeners`` are
+told, so that the MQTT link can acknowledge a message only once its lines are committed.
+
 The forwarder reads the oldest chunks (`Spool.read_batch`) and deletes them only after the
 server accepted them (`Spool.ack`). Lines the server rejects for good go to a dead-letter
 table with the server's reason. When the stored bytes pass ``max_bytes`` the oldest chunks
@@ -449,11 +453,18 @@ class Spool:
         self._open_lock = asyncio.Lock()
         self._failing = False
         self._lost_in_memory = 0
+        self.durable_listeners: list[Callable[[int], None]] = []
+        """Called on the event loop with ``durable_seq`` each time a commit advances it."""
+        self._seq = 0  # lines appended by this process: the newest line's number
+        self._durable = 0
+        self._swaps = 0  # buffers taken by a commit so far
+        self._refilled_at = 0  # ``_swaps`` when a failed commit last put its lines back
 
     # -- hot path ----------------------------------------------------------------------------
     def append(self, line: str) -> None:
         """Queue one line for the next commit (never blocks)."""
         self._buffer.append(line)
+        self._seq += 1
         self.metrics.spool_appended += 1
         if len(self._buffer) >= self._flush_lines:
             self._full.set()
@@ -462,7 +473,9 @@ class Spool:
         """Queue several lines for the next commit (never blocks)."""
         before = len(self._buffer)
         self._buffer.extend(lines)
-        self.metrics.spool_appended += len(self._buffer) - before
+        added = len(self._buffer) - before
+        self._seq += added
+        self.metrics.spool_appended += added
         if len(self._buffer) >= self._flush_lines:
             self._full.set()
 
@@ -470,6 +483,20 @@ class Spool:
     def buffered(self) -> int:
         """Lines appended but not committed yet."""
         return len(self._buffer)
+
+    @property
+    def appended_seq(self) -> int:
+        """The number of the newest line appended (lines are numbered 1, 2, … per process)."""
+        return self._seq
+
+    @property
+    def durable_seq(self) -> int:
+        """Every line numbered up to this one is committed (or dropped and counted)."""
+        return self._durable
+
+    def commit_soon(self) -> None:
+        """Commit now rather than at the next ``flush_interval`` (acknowledgements wait)."""
+        self._full.set()
 
     @property
     def commits(self) -> int:
@@ -529,8 +556,10 @@ class Spool:
         """Commit everything appended so far (and wait for commits already under way)."""
         await self.open()
         lines, self._buffer = self._buffer, []
+        self._swaps += 1
         fut = self._submit(self._store.commit, lines, self._chunk_lines)
         fut.add_done_callback(partial(self._after_commit, lines))
+        fut.add_done_callback(partial(self._advance_durable, self._swaps, self._seq))
         await asyncio.shield(fut)
 
     async def close(self) -> None:
@@ -646,6 +675,19 @@ class Spool:
             )
         if result.counts.pending_lines:
             self.committed.set()
+
+    def _advance_durable(self, swap: int, seq: int, fut: asyncio.Future[_CommitResult]) -> None:
+        """After a commit (callbacks run in commit order: one worker thread): a commit takes
+        the whole buffer, so it made every line up to ``seq`` durable, unless a commit that
+        failed before it was taken put older lines back into the buffer."""
+        if fut.cancelled() or fut.exception() is not None:
+            self._refilled_at = self._swaps  # later buffers hold the lines put back
+            return
+        if swap <= self._refilled_at or seq <= self._durable:
+            return
+        self._durable = seq
+        for listener in self.durable_listeners:
+            listener(seq)
 
     def _keep_for_retry(self, lines: list[str], exc: BaseException | None) -> None:
         self._buffer[:0] = lines
