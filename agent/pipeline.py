@@ -53,6 +53,8 @@ class Pipeline:
         self.clock_ns = 0  # time of the newest reading seen (simulated time in the demo)
         self._dirty: list[Channel] = []
         self.rejected: list[tuple[str, str]] = []
+        self.rejects_queued = 0  # rejects ever queued: the newest one's number
+        self.rejects_durable = 0  # every reject numbered up to this is in the dead-letter table
 
     def ingest(self, channel: Channel, ts_ns: int, value: float, prefix: str | None = None) -> None:
         """Accept one reading: spool it, queue it for its channel's detectors.
@@ -117,6 +119,7 @@ class Pipeline:
         """
         text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
         self.rejected.append((text, reason))
+        self.rejects_queued += 1
         self.metrics.invalid_readings += 1
         if channel is not None and ts_ns is not None and channel.wants_invalid:
             pending = channel.pending_ns
@@ -126,15 +129,28 @@ class Pipeline:
             channel.pending_x.append(math.nan)
 
     async def flush_rejected(self) -> None:
-        """Write queued rejects to the spool's dead-letter table."""
+        """Write queued rejects to the spool's dead-letter table.
+
+        Rejects a failed write did not store go back to the queue for the next call, so
+        ``rejects_durable`` only advances over rejects that are on disk.
+        """
+        mark = self.rejects_queued
         if not self.rejected:
+            self.rejects_durable = mark
             return
         batch, self.rejected = self.rejected, []
         by_reason: dict[str, list[str]] = {}
         for text, reason in batch:
             by_reason.setdefault(reason, []).append(text)
-        for reason, texts in by_reason.items():
-            await self.spool.dead_letter(texts, 0, reason)
+        stored: set[str] = set()
+        try:
+            for reason, texts in by_reason.items():
+                await self.spool.dead_letter(texts, 0, reason)
+                stored.add(reason)
+        except BaseException:
+            self.rejected[:0] = [(t, r) for t, r in batch if r not in stored]
+            raise
+        self.rejects_durable = mark
 
     def check_stale(self, now_s: float | None = None) -> None:
         """Raise stale alerts for channels that have gone quiet (see DriftEngine.check_stale)."""
