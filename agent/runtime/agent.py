@@ -23,7 +23,7 @@ from agent.color.colorimetry import warm_up_colour
 from agent.config.models import AgentConfig, InfluxConfig, MqttSourceConfig, SerialSourceConfig
 from agent.drift.alerts import AlertEvent
 from agent.errors import DriftgateError
-from agent.ingest.broker import MqttLink
+from agent.ingest.broker import Ledger, MqttLink
 from agent.ingest.profiles import load_profile
 from agent.ingest.simulated import SimulatedSource
 from agent.logs import flush_bursts, get_logger
@@ -121,6 +121,8 @@ class Agent:
             if cfg.mqtt is not None
             else None
         )
+        if self.mqtt is not None:
+            self._ack_after_commit(self.mqtt)
         self.alert_publisher: AlertPublisher | None = None
         if self.mqtt is not None and cfg.mqtt is not None and cfg.mqtt.publish_alerts:
             self.alert_publisher = AlertPublisher(self.mqtt, cfg.site, cfg.gateway)
@@ -138,6 +140,27 @@ class Agent:
         self.supervisor = Supervisor()
         self.lag = LoopLag()
         self.stop_event = asyncio.Event()
+
+    def _ack_after_commit(self, mqtt: MqttLink) -> None:
+        """Tell the MQTT link where a message's output becomes durable (``mqtt.ack``)."""
+        spool, pipeline, context = self.spool, self.pipeline, self.context
+        mqtt.ack_after(
+            (
+                Ledger("spool", lambda: spool.appended_seq, lambda: spool.durable_seq),
+                Ledger(
+                    "dead letters",
+                    lambda: pipeline.rejects_queued,
+                    lambda: pipeline.rejects_durable,
+                ),
+                Ledger("context", lambda: context.version, lambda: context.saved_version),
+            ),
+            commit_soon=spool.commit_soon,
+        )
+        spool.durable_listeners.append(lambda _seq: mqtt.release())
+
+    def _release_acks(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.release()
 
     @property
     def events(self) -> list[AlertEvent]:
@@ -157,6 +180,7 @@ class Agent:
         metrics = self.metrics
         metrics.loop_lag_max_ms, metrics.loop_lag_p99_ms = self.lag.take()
         metrics.task_restarts = self.supervisor.restarts
+        metrics.mqtt_unacked = self.mqtt.unacked if self.mqtt is not None else 0
         lines = [encode_point("driftgate_agent", tags, metrics.fields(), now)]
         for source in self.sources:
             health = getattr(source, "health", None)
@@ -172,6 +196,7 @@ class Agent:
             await asyncio.sleep(PROCESS_INTERVAL)
             self.pipeline.process()
             await self.pipeline.flush_rejected()
+            self._release_acks()  # messages whose frames were dead-lettered
 
     async def _maintenance_loop(self) -> None:
         # The CLI changes files in the state dir (context, baselines, references): pick the
@@ -184,6 +209,7 @@ class Agent:
         """One maintenance tick: save and reload the state dir's files, check staleness."""
         if self.context.dirty:
             await asyncio.to_thread(self.context.save)
+            self._release_acks()  # the context messages behind the change
         try:
             if await asyncio.to_thread(self.context.reload):
                 self.apply_context()
@@ -347,11 +373,16 @@ class Agent:
             # Give queued alert events a moment to go out before the link says goodbye.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.alert_publisher.drained.wait(), 1.0)
-        if self.mqtt is not None:
-            await self.mqtt.stop()  # `offline` (retained), then a clean disconnect: no will
+        mqtt = self.mqtt
+        if mqtt is not None:
+            # Take no more messages: those arriving now stay un-acknowledged and come again in
+            # the next session. With ack: on_arrival paho would acknowledge them: stop at once.
+            mqtt.quiesce()
+            if self.cfg.mqtt is not None and self.cfg.mqtt.ack == "on_arrival":
+                await mqtt.stop()
         # Stop everything that produces lines first (sources, detection, self-metrics), so
         # nothing is appended after the final flush and drain below (it would be left unsent).
-        await sup.stop([*sup.names("source:"), *PRODUCERS, "mqtt", "alert-publisher"])
+        await sup.stop([*sup.names("source:"), *PRODUCERS, "alert-publisher"])
         self.pipeline.process()
         await self._finally(self.pipeline.flush_rejected(), "cannot dead-letter rejected frames")
         if self.lots is not None:
@@ -365,6 +396,11 @@ class Agent:
             await self._finally(self.history.close(), "cannot write the local history")
         self.spool.extend(self.self_metrics_lines())
         await self._finally(self.spool.flush(), "spool commit failed at shutdown")
+        if mqtt is not None:
+            # The final commit released the last PUBACKs: they go out before `offline`
+            # (retained) and a clean disconnect (no will).
+            await self._finally(mqtt.stop(), "cannot stop the MQTT link")
+            await sup.stop(["mqtt"])
         forward = sup.task("forwarder")
         if forward is not None and self.forwarder is not None:
             # Let the batch in flight finish rather than cancel it: a cancelled write may have
