@@ -162,8 +162,7 @@ async def test_pubacks_wait_in_arrival_order_behind_an_unsaved_context(
             await pub(mosquitto, "seq/p1", *[json.dumps({"seq": i}) for i in range(20)])
             spool = agent.spool
             await until(
-                lambda: agent.metrics.readings_in == 20
-                and spool.durable_seq >= spool.appended_seq
+                lambda: agent.metrics.readings_in == 20 and spool.durable_seq >= spool.appended_seq
             )
             assert agent.mqtt.unacked == 21
         finally:
