@@ -10,14 +10,21 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from servers import MosquittoServer
+from spoolfile import committed_lines
 from test_mqtt import make_config, pub, running, seq_source, seqs, until
 
-from agent.errors import SpoolError
+from agent.errors import ConfigError, SpoolError
+from agent.ingest.decode import Decoder
+from agent.ingest.profiles import load_profile
 from agent.store.spool import Spool
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TS = 1_700_000_000_000_000_000
 QUIET = {"watch_dropped": False}  # no retained $SYS counter (QoS 0) among the messages counted
@@ -169,3 +176,75 @@ async def test_pubacks_wait_in_arrival_order_behind_an_unsaved_context(
             gate.set()
         await until(lambda: agent.mqtt is not None and agent.mqtt.unacked == 0)
         assert agent.context.saved_version == agent.context.version
+
+
+# -- timestamps that let InfluxDB de-duplicate a redelivery ---------------------------------------
+
+TASMOTA_AT = (
+    '{{"Time":"{time}","SHT3X":{{"Temperature":21.4,"Humidity":48.2,"DewPoint":10.1}},'
+    '"TempUnit":"C"}}'
+)
+
+
+@pytest.fixture
+def paris(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The gateway's own zone is Europe/Paris for this test."""
+    monkeypatch.setenv("TZ", "Europe/Paris")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_tasmota_time_stamps_the_readings_so_a_redelivery_overwrites(paris: None) -> None:
+    decoder = Decoder(load_profile("tasmota-sht3x"))
+    topic = "tele/tasmota_ep1/SENSOR"
+    at_7_utc = int(datetime(2024, 3, 1, 7, tzinfo=UTC).timestamp()) * 10**9
+    for time_field in ("2024-03-01T08:00:00", "2024-03-01T08:00:00+01:00"):
+        payload = TASMOTA_AT.format(time=time_field).encode()
+        first = decoder.decode(payload, topic, received_ns=at_7_utc + 3 * 10**9)
+        again = decoder.decode(payload, topic, received_ns=at_7_utc + 900 * 10**9)
+        # local time in the gateway's zone, or the offset the device sent (SetOption52 1)
+        assert {v.ts_ns for v in first.values} == {at_7_utc}, time_field
+        assert [(v.name, v.ts_ns) for v in again.values] == [
+            (v.name, v.ts_ns) for v in first.values
+        ]
+        assert first.time_fallback is None
+
+
+async def test_a_device_clock_not_set_is_stamped_on_arrival_and_counted(
+    tmp_path: Path, mosquitto: MosquittoServer
+) -> None:
+    source = {"type": "mqtt", "name": "floor", "profile": "tasmota-sht3x", "zone": "cutting"}
+    cfg = make_config(tmp_path, mosquitto, [source], mqtt=QUIET)
+    before = time.time_ns()
+    async with running(cfg) as agent:
+        await pub(
+            mosquitto, "tele/tasmota_ep1/SENSOR", TASMOTA_AT.format(time="1970-01-01T00:05:12")
+        )
+        await pub(
+            mosquitto, "tele/tasmota_ep2/SENSOR", TASMOTA_AT.format(time="2024-03-01T08:00:00Z")
+        )
+        await until(lambda: agent.metrics.readings_in == 6)
+        health = agent.sources[0].health  # type: ignore[attr-defined]
+        assert health.time_fallbacks == 1
+        assert health.decode_errors == 0
+    stamps = {
+        line.split(",sensor=")[1].split(",")[0]: int(line.rsplit(" ", 1)[1])
+        for line in committed_lines(cfg.state_dir)
+        if line.startswith("climate,")
+    }
+    assert stamps["tasmota_ep1"] >= before  # the gateway's clock: nothing is lost
+    assert stamps["tasmota_ep2"] == int(datetime(2024, 3, 1, 8, tzinfo=UTC).timestamp()) * 10**9
+
+
+def test_a_time_zone_is_checked_when_the_profile_loads(tmp_path: Path) -> None:
+    text = (ROOT / "firmware_configs" / "tasmota-sht3x.yaml").read_text()
+    bad = tmp_path / "tasmota-sht3x.yaml"
+    bad.write_text(text.replace("timezone: local", "timezone: Europe/Pariss"))
+    with pytest.raises(ConfigError, match=r"tasmota-sht3x.yaml:\d+: timestamp.timezone: "
+                       r"'Europe/Pariss' is not a time zone: use an IANA name"):  # fmt: skip
+        load_profile(bad)
+    bad.write_text(text.replace("source: device, field: Time, unit: iso8601, ", ""))
+    with pytest.raises(ConfigError, match=r"timestamp\.fallback: only used with source: device"):
+        load_profile(bad)

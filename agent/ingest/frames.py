@@ -33,6 +33,7 @@ class SourceHealth:
     invalid: int = 0
     reconnects: int = 0
     discarded_bytes: int = 0
+    time_fallbacks: int = 0
 
     def fields(self) -> dict[str, int | bool]:
         """As InfluxDB fields."""
@@ -45,6 +46,7 @@ class SourceHealth:
             "invalid": self.invalid,
             "reconnects": self.reconnects,
             "discarded_bytes": self.discarded_bytes,
+            "time_fallbacks": self.time_fallbacks,
         }
 
 
@@ -140,6 +142,14 @@ class FrameHandler:
         """Hand decoded values to the pipeline; dead-letter the invalid ones."""
         pipeline = self.pipeline
         ingest = pipeline.ingest
+        if result.time_fallback is not None:
+            self.health.time_fallbacks += 1
+            log.warning(
+                "device time not usable: readings stamped on arrival",
+                source=self.source,
+                reason=result.time_fallback,
+                hint="set the device's clock (NTP) and its time zone",
+            )
         for value in result.values:
             channel, own = self._route(value)
             ingest(channel, value.ts_ns, value.value, self._prefix(channel, own) if own else None)
