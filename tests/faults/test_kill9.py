@@ -97,6 +97,7 @@ class Variant:
     device_time: bool
     kills: int
     soak_kills: int
+    gap: tuple[float, float] = (0.5, 2.3)  # seconds from a start to its kill
 
     def name(self, kills: int) -> str:
         influx = "InfluxDB up" if self.influx_up else "InfluxDB down until the end"
@@ -109,7 +110,9 @@ VARIANTS = {
     "floor-rate-influx-down": Variant(
         60, influx_up=False, device_time=False, kills=20, soak_kills=100
     ),
-    "5000-per-s": Variant(5000, influx_up=True, device_time=True, kills=20, soak_kills=60),
+    "5000-per-s": Variant(
+        5000, influx_up=True, device_time=True, kills=20, soak_kills=60, gap=(0.4, 1.4)
+    ),
 }
 SOAK_ONLY = {
     "5000-per-s-influx-down": Variant(
@@ -184,7 +187,7 @@ def run_kills(
     db: str,
     report: Callable[[FaultRow], None],
 ) -> FaultRow:
-    traffic = kills * 1.4  # seconds: the mean gap between kills below, times the kills
+    traffic = kills * sum(variant.gap) / 2  # seconds
     # Sized for everything the publisher sends while the agent is away: the default queue
     # (1000) drops QoS 1 messages silently (deploy/mosquitto/README.md).
     queue = int(variant.rate * (traffic + 60) * 2)
@@ -214,7 +217,7 @@ def run_kills(
              str(out), str(stop_file), str(SENSORS)]
         )  # fmt: skip
         for _ in range(kills):
-            time.sleep(rng.uniform(0.5, 2.3))  # from the start: during import, connect, flow
+            time.sleep(rng.uniform(*variant.gap))  # from the start: import, connect, flow
             assert proc.poll() is None, (tmp_path / "agent.err").read_text()[-3000:]
             proc.kill()
             proc.wait()
