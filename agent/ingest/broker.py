@@ -273,6 +273,7 @@ class MqttLink:
             tls_params=tls,
             queue_type=_inbox(self._dispatch),
         )
+        self._unacked.clear()  # a new client is a new connection: old packet ids mean nothing
         if self._manual_ack:
             paho = self._paho = _paho(client)
             paho.manual_ack_set(True)
@@ -320,6 +321,7 @@ class MqttLink:
                         self._dispatch(message)
             except MqttError as exc:
                 self._set_connected(False)
+                self._unacked.clear()  # the broker sends them again on the next connection
                 if self.stopping():
                     break
                 failures += 1
