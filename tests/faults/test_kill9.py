@@ -45,7 +45,7 @@ fields:
 DEVICE_TIME = "timestamp: {source: device, field: ts, unit: ns}\n"
 
 PUBLISHER = """\
-import collections, json, os, sys, time
+import json, os, sys, time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -54,36 +54,38 @@ stop_file, sensors = sys.argv[5], int(sys.argv[6])
 c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="kill9-publisher", protocol=mqtt.MQTTv5)
 c.max_inflight_messages_set(1000)
 c.max_queued_messages_set(0)
-# No lock of ours around publish(): paho's network thread holds its own while it calls
-# on_publish. A packet id is used again only after its PUBACK, so the k-th PUBACK of an id
-# answers the k-th message sent with it.
-sent, answers = [], []
-c.on_publish = lambda client, userdata, mid, reason, props: answers.append((mid, reason.is_failure))
+answered, refused = [0], [0]
+
+def on_publish(client, userdata, mid, reason, properties):
+    answered[0] += 1
+    refused[0] += reason.is_failure
+
+c.on_publish = on_publish
 c.connect(host, port)
 c.loop_start()
+# paho numbers every message it holds with a 16-bit packet id and forgets one of two messages
+# with the same id: keep far fewer than 65,536 unanswered (the rate drops if the broker lags).
+OPEN_MAX = 10_000
 start = time.monotonic()
-seq = 0
+infos = []
 while not os.path.exists(stop_file):
-    due = min(int((time.monotonic() - start) * rate), seq + 1000)
-    while seq < due:
+    due = min(int((time.monotonic() - start) * rate), len(infos) + 1000)
+    while len(infos) < due and len(infos) - answered[0] < OPEN_MAX:
+        seq = len(infos)
         payload = json.dumps({"seq": seq, "ts": time.time_ns()})
-        sent.append((c.publish(f"kill9/s{seq % sensors}", payload, qos=1).mid, seq))
-        seq += 1
+        infos.append(c.publish(f"kill9/s{seq % sensors}", payload, qos=1))
     time.sleep(0.005)
 elapsed = time.monotonic() - start
-deadline = time.monotonic() + 30
-while len(answers) < len(sent) and time.monotonic() < deadline:
+deadline = time.monotonic() + 60
+while answered[0] < len(infos) and time.monotonic() < deadline:
     time.sleep(0.01)
 c.disconnect()
 c.loop_stop()
-by_mid = collections.defaultdict(collections.deque)
-for mid, n in sent:
-    by_mid[mid].append(n)
-acked, refused = [], []
-for mid, failed in answers:
-    (refused if failed else acked).append(by_mid[mid].popleft())
+# acknowledged: the broker's PUBACK came for that very message (not just for its packet id)
+acked = [seq for seq, info in enumerate(infos) if info.is_published()]
 with open(out, "w") as f:
-    json.dump({"sent": seq, "acked": acked, "refused": refused, "rate": seq / elapsed}, f)
+    json.dump({"sent": len(infos), "acked": acked, "refused": refused[0],
+               "rate": len(infos) / elapsed}, f)
 """
 
 
@@ -251,7 +253,7 @@ def run_kills(
         duplicates=len(rows) - len(stored),
     )
     report(row)
-    assert not published["refused"], "the broker refused messages"
+    assert published["refused"] == 0, "the broker refused messages"
     return row
 
 
