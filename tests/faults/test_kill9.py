@@ -65,7 +65,7 @@ c.connect(host, port)
 c.loop_start()
 # paho numbers every message it holds with a 16-bit packet id and forgets one of two messages
 # with the same id: keep far fewer than 65,536 unanswered (the rate drops if the broker lags).
-OPEN_MAX = 10_000
+OPEN_MAX = 30_000
 start = time.monotonic()
 infos = []
 while not os.path.exists(stop_file):
