@@ -469,7 +469,7 @@ BENCHES: dict[str, Bench] = {
         ),
     ),
     "mqtt_ack": Bench(
-        quick="5 kills per mode and 4 s per rate, instead of 10 kills and 8 s",
+        quick="5 kills per mode and one 4 s run per rate, instead of 10 kills and two 8 s runs",
         title="MQTT acknowledged after the commit: loss per kill -9, and what the wait costs",
         measures="A private Mosquitto and a paho publisher (QoS 1, JSON with a sequence "
         "number and the device's time, 60 sensors). *Kills*: the agent as a subprocess, "
@@ -477,15 +477,16 @@ BENCHES: dict[str, Bench] = {
         "= messages the broker acknowledged to the publisher that are not in the spool, with "
         "`mqtt.ack: on_arrival` (the old behaviour) and `on_commit` (the default). *Paced*: the "
         "real `Agent` connected, the publisher at 1,000 and 5,000 msgs/s, both modes, and "
-        "`receive_maximum: 20` for the window's limit. *Drain*: 30,000 messages queued for the "
-        "offline session, taken at full speed. Cost = how much lower `on_commit`'s messages/s "
-        "are than `on_arrival`'s.",
-        target="0 lost per kill; cost ≤ 10 % at 1,000 and 5,000 msgs/s",
+        "`receive_maximum: 20` for the window's limit; two runs each, the modes taking turns to "
+        "go first, averaged. *Drain*: 30,000 messages queued for the offline session, taken "
+        "at full speed (best of two). Cost = `on_commit`'s CPU per message over "
+        "`on_arrival`'s at the paced rates, and its messages/s below `on_arrival`'s draining.",
+        target="0 lost per kill; on_commit at most 10 % costlier than on_arrival",
         verdict=lambda r: r.get("meets_target"),
         headline=lambda r: (
-            f"lost per kill {_ack_loss(r, 'on_arrival')} → {_ack_loss(r, 'on_commit')}; cost "
-            f"{r['cost']['rate_1000']:+.1%} at 1,000/s, {r['cost']['rate_5000']:+.1%} at "
-            f"5,000/s, {r['cost']['drain']:+.1%} draining"
+            f"lost per kill {_ack_loss(r, 'on_arrival')} → {_ack_loss(r, 'on_commit')}; CPU "
+            f"per message {r['cost']['cpu_1000']:+.1%} at 1,000/s, {r['cost']['cpu_5000']:+.1%} "
+            f"at 5,000/s; full-speed throughput {-r['cost']['drain']:+.1%}"
         ),
         tables=(
             Table(
@@ -509,8 +510,8 @@ BENCHES: dict[str, Bench] = {
                     Col("mqtt.ack", "ack", right=False),
                     Col("receive_maximum", "receive_maximum", num()),
                     Col("rate", "rate", lambda v: f"{v:,.0f}/s"),
-                    Col("received", "received", num()),
-                    Col("msgs/s", "msgs_per_s", num()),
+                    Col("published/s", "publisher_msgs_per_s", num()),
+                    Col("received/s", "msgs_per_s", num()),
                     Col("CPU µs/msg", "cpu_us_per_msg", num(1)),
                     Col("behind at end (s)", "behind_at_end_s", num(2)),
                 ),

@@ -165,7 +165,7 @@ def seq_count(server: InfluxDB1Server, db: str) -> int:
 
 def settle(server: InfluxDB1Server, db: str, state: Path, acked: set[int]) -> None:
     """Wait until every acknowledged message is in InfluxDB, or until nothing has changed
-    for a while with the spool empty (what is missing then is lost: the ledger says how
+    for 30 s with the spool empty (what is missing then is lost: the ledger says how
     much)."""
     deadline = time.monotonic() + 180
     last, since = -1, time.monotonic()
@@ -176,7 +176,7 @@ def settle(server: InfluxDB1Server, db: str, state: Path, acked: set[int]) -> No
             return
         if count != last or spooled:
             last, since = count, time.monotonic()
-        elif time.monotonic() - since > 10:
+        elif time.monotonic() - since > 30:
             return
         time.sleep(0.5)
 
