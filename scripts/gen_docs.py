@@ -478,7 +478,7 @@ BENCHES: dict[str, Bench] = {
         "`mqtt.ack: on_arrival` (the old behaviour) and `on_commit` (the default). *Paced*: the "
         "real `Agent` connected, the publisher at 1,000 and 5,000 msgs/s, both modes, and "
         "`receive_maximum: 20` for the window's limit; two runs each, the modes taking turns to "
-        "go first, averaged. *Drain*: 30,000 messages queued for the offline session, taken "
+        "go first, averaged. *Drain*: 20,000 messages queued for the offline session, taken "
         "at full speed (best of two). Cost = `on_commit`'s CPU per message over "
         "`on_arrival`'s at the paced rates, and its messages/s below `on_arrival`'s draining.",
         target="0 lost per kill; on_commit at most 10 % costlier than on_arrival",
@@ -525,7 +525,7 @@ BENCHES: dict[str, Bench] = {
                     Col("seconds", "seconds", num(2)),
                     Col("msgs/s", "msgs_per_s", num()),
                 ),
-                caption="Drain, 30,000 queued messages:",
+                caption="Drain, 20,000 queued messages:",
             ),
         ),
     ),
