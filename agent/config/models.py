@@ -439,6 +439,16 @@ class MqttConfig(Section):
         default=256 * 1024,
         description="larger messages are counted and dropped without being decoded",
     )
+    ack: Literal["on_commit", "on_arrival"] = Field(
+        default="on_commit",
+        description="acknowledge a message once the spool committed what it produced (safe), "
+        "or on arrival (a crash loses the last spool.flush_interval of acknowledged messages)",
+    )
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=2000,
+        description="unacknowledged messages the broker may send us at once (MQTT v5 "
+        "Receive Maximum): the rate is at most this many per spool commit",
+    )
     password: SecretStr | None = None
 
     @field_validator("password", mode="before")

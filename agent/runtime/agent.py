@@ -26,7 +26,7 @@ from agent.config.notify import StacklightTarget
 from agent.drift.alerts import AlertEvent
 from agent.errors import DriftgateError, SpoolError
 from agent.incidents.model import Incident
-from agent.ingest.broker import MqttLink
+from agent.ingest.broker import Ledger, MqttLink
 from agent.ingest.profiles import load_profile
 from agent.ingest.simulated import SimulatedSource
 from agent.logs import flush_bursts, get_logger
@@ -130,6 +130,8 @@ class Agent:
             if cfg.mqtt is not None
             else None
         )
+        if self.mqtt is not None:
+            self._ack_after_commit(self.mqtt)
         self.sources = build_sources(core, self.mqtt)
         self.record = EventRecord(self.metrics)
         self.pipeline.sinks.append(self.record)
@@ -166,6 +168,27 @@ class Agent:
         self.lag = LoopLag()
         self.stop_event = asyncio.Event()
 
+    def _ack_after_commit(self, mqtt: MqttLink) -> None:
+        """Tell the MQTT link where a message's output becomes durable (``mqtt.ack``)."""
+        spool, pipeline, context = self.spool, self.pipeline, self.context
+        mqtt.ack_after(
+            (
+                Ledger("spool", lambda: spool.appended_seq, lambda: spool.durable_seq),
+                Ledger(
+                    "dead letters",
+                    lambda: pipeline.rejects_queued,
+                    lambda: pipeline.rejects_durable,
+                ),
+                Ledger("context", lambda: context.version, lambda: context.saved_version),
+            ),
+            commit_soon=spool.commit_soon,
+        )
+        spool.durable_listeners.append(lambda _seq: mqtt.release())
+
+    def _release_acks(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.release()
+
     @property
     def events(self) -> list[AlertEvent]:
         """The newest alert events of this run (at most EVENTS_KEPT)."""
@@ -188,6 +211,7 @@ class Agent:
         metrics.spool_buffered = self.spool.buffered
         oldest = self.spool.oldest_ns
         metrics.spool_oldest_age_s = round(max(now - oldest, 0) / 1e9, 1) if oldest else 0.0
+        metrics.mqtt_unacked = self.mqtt.unacked if self.mqtt is not None else 0
         lines = [encode_point("driftgate_agent", tags, metrics.fields(), now)]
         for source in self.sources:
             health = getattr(source, "health", None)
@@ -212,6 +236,7 @@ class Agent:
                 waiting.clear()
                 self.pipeline.process()
                 await self.pipeline.flush_rejected()
+                self._release_acks()  # messages whose frames were dead-lettered
         finally:
             self.pipeline.on_waiting = None
 
@@ -226,6 +251,7 @@ class Agent:
         """One maintenance tick: save and reload the state dir's files, check staleness."""
         if self.context.dirty:
             await self._save(self.context.save, "the production context")
+            self._release_acks()  # the context messages behind the change
         try:
             if await asyncio.to_thread(self.context.reload):
                 self.apply_context()
@@ -452,11 +478,16 @@ class Agent:
             # Give queued messages a moment to go out before the link says goodbye.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.publisher.drained.wait(), 1.0)
-        if self.mqtt is not None:
-            await self.mqtt.stop()  # `offline` (retained), then a clean disconnect: no will
+        mqtt = self.mqtt
+        if mqtt is not None:
+            # Take no more messages: those arriving now stay un-acknowledged and come again in
+            # the next session. With ack: on_arrival paho would acknowledge them: stop at once.
+            mqtt.quiesce()
+            if self.cfg.mqtt is not None and self.cfg.mqtt.ack == "on_arrival":
+                await mqtt.stop()
         # Stop everything that produces lines first (sources, detection, self-metrics), so
         # nothing is appended after the final flush and drain below (it would be left unsent).
-        await sup.stop([*sup.names("source:"), *PRODUCERS, "mqtt", "mqtt-publisher"])
+        await sup.stop([*sup.names("source:"), *PRODUCERS, "mqtt-publisher"])
         self.pipeline.process()
         await self._finally(self.pipeline.flush_rejected(), "cannot dead-letter rejected frames")
         if self.lots is not None:
@@ -476,6 +507,11 @@ class Agent:
             pass  # the spool has logged its outage; its close says what that cost
         except Exception:
             log.exception("spool commit failed at shutdown")
+        if mqtt is not None:
+            # The final commit released the last PUBACKs: they go out before `offline`
+            # (retained) and a clean disconnect (no will).
+            await self._finally(mqtt.stop(), "cannot stop the MQTT link")
+            await sup.stop(["mqtt"])
         forward = sup.task("forwarder")
         if forward is not None and self.forwarder is not None:
             # Let the batch in flight finish rather than cancel it: a cancelled write may have
