@@ -45,6 +45,7 @@ from agent.store.disk import disk_full_hint, disk_words, error_name, is_disk_ful
 from agent.store.forwarder import Forwarder, ForwarderSettings
 from agent.store.lineprotocol import encode_point
 from agent.store.spool import SpoolStats
+from agent.web.server import StatusServer
 
 log = get_logger("driftgate.agent")
 
@@ -103,7 +104,11 @@ class Agent:
     """One running agent: owns the spool, the forwarder, the sources and their tasks."""
 
     def __init__(
-        self, cfg: AgentConfig, *, sinks: list[Callable[[AlertEvent], None]] | None = None
+        self,
+        cfg: AgentConfig,
+        *,
+        sinks: list[Callable[[AlertEvent], None]] | None = None,
+        status_fallback: bool = False,
     ):
         self.cfg = cfg
         self.state_dir = cfg.state_dir
@@ -165,6 +170,11 @@ class Agent:
         self.supervisor = Supervisor()
         self.lag = LoopLag()
         self.stop_event = asyncio.Event()
+        # The gateway's own screen (status page, /healthz, /metrics): it reads this agent.
+        self.status: StatusServer | None = None
+        if cfg.status.enabled:
+            self.status = StatusServer(self, fallback_port=status_fallback)
+            self.pipeline.stages.append(self.status.latest)
 
     @property
     def events(self) -> list[AlertEvent]:
@@ -433,6 +443,8 @@ class Agent:
             sup.start(f"notify:{name}", _worker(incidents.outbox, name))
         for light in self.lights:  # after the restore: the first state shown includes it
             sup.start(f"stacklight:{light.name}", light.run)
+        if self.status is not None:
+            sup.start("status", self.status.run)
         for source in self.sources:
             sup.start(f"source:{source.name}", _runner(source, self.pipeline), finite=True)
 
