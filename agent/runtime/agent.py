@@ -366,10 +366,13 @@ class Agent:
 
     # -- run and stop ----------------------------------------------------------------------
 
-    async def run(self, *, drain_at_end: float = 0.0, handle_signals: bool = True) -> RunResult:
+    async def run(
+        self, *, drain_at_end: float = 0.0, handle_signals: bool = True, linger: bool = False
+    ) -> RunResult:
         """Run until the sources finish (a bounded simulation), SIGINT/SIGTERM, or the
         supervisor gives up on a task; then shut down. ``drain_at_end``: seconds to keep
-        forwarding after the sources finished on their own."""
+        forwarding after the sources finished on their own. ``linger``: keep running (the
+        status page, forwarding) after they finished, until a signal or ``stop_event``."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         if handle_signals:
@@ -380,9 +383,8 @@ class Agent:
         clock.WALL.listeners.append(self.clock_stepped)
         try:
             await self._start()
-            failure = await self.supervisor.wait(
-                self.stop_event, [f"source:{s.name}" for s in self.sources]
-            )
+            finite = [] if linger else [f"source:{s.name}" for s in self.sources]
+            failure = await self.supervisor.wait(self.stop_event, finite)
             by_signal = self.stop_event.is_set() and failure is None
         finally:
             final = await self._shutdown(by_signal or failure is not None, drain_at_end)

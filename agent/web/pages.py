@@ -244,7 +244,9 @@ def health_html(health: Mapping[str, Any]) -> str:
         rows.append((f"Source {s['name']} ({s['kind']})", text, cls))
     sp = health["spool"]
     drain = sp["drain_s"]
-    if sp["backlog_lines"] == 0:
+    if health["influx"] is None:
+        drains = "kept: no InfluxDB configured"
+    elif sp["backlog_lines"] == 0:
         drains = "nothing waiting"
     elif drain is None:
         drains = "not draining now"
