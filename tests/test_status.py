@@ -313,9 +313,14 @@ async def test_the_kiosk_has_no_controls_and_the_channel_page_its_chart(floor: R
             kiosk = await resp.text()
         async with http.get(floor.url + "channels/edge_paint.humidity?days=1") as resp:
             channel = await resp.text()
+        async with http.get(floor.url + "kiosk?zone=sewing") as resp:
+            one_room = await resp.text()
         async with http.get(floor.url + "channels/no.such") as resp:
             assert resp.status == 404
     assert "Edge paint room humidity" in kiosk
+    shown = set(re.findall(r'<div class="card st-\w+" data-channel="([^"]+)"', one_room))
+    assert shown == {"sewing.m02.tension", "sewing.m05.tension"}  # a wall screen per room
+    assert 'data-incident="' in one_room  # incidents of the whole gateway stay on every wall
     assert not re.search(r"<(form|button|input|select|textarea)\b|<a\s", kiosk), kiosk
     assert 'class="chart"' in channel
     assert 'class="chart-mean" d="M' in channel

@@ -183,11 +183,19 @@ def _context_words(context: Mapping[str, str]) -> str:
     return " · ".join(f"{e(k)} {e(v)}" for k, v in context.items())
 
 
-def floor_html(snap: Mapping[str, Any], sparks: Mapping[str, str], *, kiosk: bool) -> str:
-    """Every zone with its channels, and the production context of its lines."""
+def floor_html(
+    snap: Mapping[str, Any],
+    sparks: Mapping[str, str],
+    *,
+    kiosk: bool,
+    only: frozenset[str] = frozenset(),
+) -> str:
+    """Every zone with its channels (``only`` these zones, when given: one wall screen per
+    room), and the production context of its lines."""
     zones: dict[str, list[Mapping[str, Any]]] = {}
     for ch in snap["channels"]:
-        zones.setdefault(ch["zone"], []).append(ch)
+        if not only or ch["zone"] in only:
+            zones.setdefault(ch["zone"], []).append(ch)
     context = snap["context"]
     out = []
     for zone, channels in zones.items():
@@ -379,7 +387,7 @@ def channel_page(
     )
     if base is not None and base["mean"] is not None:
         std = f" ± {number(base['std'], unit)} (1σ)" if base["std"] is not None else ""
-        baseline = f"{number(base['mean'], unit)}{std}, {e(base['describe'])}"
+        baseline = e(f"{number(base['mean'], unit)}{std}, {base['describe']}")
     else:
         baseline = "none yet: the channel is learning its baseline"
     if band is not None and band["what"] == "spec":
@@ -396,7 +404,7 @@ def channel_page(
         )
     elif band is not None:
         band_text = (
-            f"normal range {number(band['low'])}–{number(band['high'], unit)} "
+            f"normal range {e(number(band['low']))}–{e(number(band['high'], unit))} "
             "(baseline ± 2σ; no spec band configured)"
         )
     else:

@@ -182,7 +182,7 @@ class StatusServer:
         self._sparks_lock = asyncio.Lock()
         self._wanted = -math.inf
         self._charts: dict[tuple[str, str], tuple[float, list[Bucket]]] = {}
-        self._floor_cache: tuple[tuple[bool, int, float], str] | None = None
+        self._floor_cache: tuple[tuple[bool, frozenset[str], int, float], str] | None = None
         self._api_cache: tuple[int, bytes] = (-1, b"")
         self._published: dict[str, list[str]] = {}
         self._health_shown = ""
@@ -402,25 +402,30 @@ class StatusServer:
     def _message(self, request: web.Request) -> str:
         return pages.DONE.get(request.query.get("done", ""), "")
 
-    async def _floor(self, *, kiosk: bool) -> str:
+    @staticmethod
+    def _zones(request: web.Request) -> frozenset[str]:
+        """``?zone=sewing,cutting``: the zones a screen shows (all when not given)."""
+        return frozenset(z for z in request.query.get("zone", "").split(",") if z)
+
+    async def _floor(self, *, kiosk: bool, only: frozenset[str] = frozenset()) -> str:
         self._wanted = time.monotonic()
         if not self._sparks:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(3.0):
                     await self._refresh_sparks()
         snap = self.floor.snapshot()
-        key = (kiosk, self.floor.version, self._sparks_at)
+        key = (kiosk, only, self.floor.version, self._sparks_at)
         cached = self._floor_cache
         if cached is not None and cached[0] == key:
             return cached[1]
-        html = pages.floor_html(snap, self._sparks, kiosk=kiosk)
+        html = pages.floor_html(snap, self._sparks, kiosk=kiosk, only=only)
         self._floor_cache = (key, html)
         return html
 
     async def floor_page(self, request: web.Request) -> web.Response:
         """The floor, full mode."""
         session = self._session(request)
-        floor = await self._floor(kiosk=False)
+        floor = await self._floor(kiosk=False, only=self._zones(request))
         return self._html(
             pages.floor_page(
                 self.floor.snapshot(),
@@ -435,7 +440,7 @@ class StatusServer:
 
     async def kiosk_page(self, request: web.Request) -> web.Response:
         """The floor for a wall screen: large type, live, no controls, no login."""
-        floor = await self._floor(kiosk=True)
+        floor = await self._floor(kiosk=True, only=self._zones(request))
         return self._html(
             pages.floor_page(
                 self.floor.snapshot(),
