@@ -186,7 +186,8 @@ def screen(status: dict[str, Any], url: str, *, colour: bool, rows: int | None) 
     else:
         drains = f"drains in {duration_words(drain) if drain >= 60 else f'{drain:.0f} s'}"
     state = "" if sp["healthy"] else ("DISK FULL, " if sp["disk_full"] else "CANNOT WRITE, ")
-    out.append(f"  spool: {state}{sp['backlog_lines']:,} lines waiting, {drains}")
+    waiting = f"{sp['backlog_lines']:,} lines waiting, " if sp["backlog_lines"] else ""
+    out.append(f"  spool: {state}{waiting}{drains}")
     influx = health["influx"]
     if influx is None:
         out.append("  InfluxDB: not configured (readings stay in the spool)")
