@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ import pytest
 import pytest_asyncio
 import yaml
 from servers import free_port
+from structlog.testing import capture_logs
 from waiting import until
 
 from agent.backoff import Backoff
@@ -397,6 +399,10 @@ async def test_acknowledging_needs_a_login_a_token_and_this_sites_origin(floor: 
             assert inc.state == "open"
         resp = await ack(http, floor, incident, origin, csrf=token, note="dehumidifier on")
         assert resp.status == 303
+        told = inc.seq
+        resp = await ack(http, floor, incident, origin, csrf=token)  # a second click
+        assert resp.status == 303
+        assert inc.seq == told  # not acknowledged (and told to every route) twice
     assert (inc.state, inc.acked_by, inc.acked_note) == ("acknowledged", "marie", "dehumidifier on")
     await floor.agent.incidents.store.flush()
     stored = {i.id: i for i in read_incidents(store_path(floor.state))}
@@ -413,8 +419,9 @@ async def test_acknowledging_needs_a_login_a_token_and_this_sites_origin(floor: 
         ("acknowledge", "marie", "refused: request from another site (Origin missing)"),
         ("acknowledge", "marie", "refused: request from another site (Origin missing)"),
         ("acknowledge", "marie", "done"),
+        ("acknowledge", "marie", "refused: already acknowledged by marie"),
     ]
-    entry = floor.audit()[-1]
+    entry = floor.audit()[-2]
     assert (entry["target"], entry["via"], entry["detail"]) == (
         incident,
         "password:marie",
@@ -642,20 +649,25 @@ async def test_a_taken_port_is_tried_again_while_the_agent_works_on(
     holder.listen()
     port = holder.getsockname()[1]
     agent = Agent(config_from_dict(config(tmp_path, listen=f"127.0.0.1:{port}")))
-    task = asyncio.create_task(agent.run(handle_signals=False))
-    try:
-        await asyncio.sleep(0.5)
-        assert agent.status is not None
-        assert not agent.status.bound.is_set()
-        assert not task.done()
-        assert agent.supervisor.restarts == 0
-        holder.close()
-        await asyncio.wait_for(agent.status.bound.wait(), 10)
-        assert agent.status.port == port
-    finally:
-        holder.close()
-        agent.stop_event.set()
-        await asyncio.wait_for(task, 20)
+    with capture_logs() as logs:
+        task = asyncio.create_task(agent.run(handle_signals=False))
+        try:
+            await asyncio.sleep(0.5)
+            assert agent.status is not None
+            assert not agent.status.bound.is_set()
+            assert not task.done()
+            assert agent.supervisor.restarts == 0
+            holder.close()
+            await asyncio.wait_for(agent.status.bound.wait(), 10)
+            assert agent.status.port == port
+        finally:
+            holder.close()
+            agent.stop_event.set()
+            await asyncio.wait_for(task, 20)
+    told = [(e["log_level"], e["event"]) for e in logs if "status page" in e["event"]]
+    assert told[0] == ("warning", "status page cannot listen")  # once, then quietly
+    assert set(told[1:-1]) <= {("debug", "status page cannot listen")}
+    assert told[-1] == ("info", "status page listening")
     # The demo's agent takes another port instead.
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
@@ -733,6 +745,23 @@ def test_users_are_added_as_hashes_listed_and_removed(
     assert "  marie" in listed
     assert "@L2" in listed
     assert "scrypt" not in listed
+    # A new file takes its directory's group (/etc/driftgate is root:driftgate): the agent
+    # reads it, other accounts do not; a file that every account could read is warned about.
+    group = tmp_path / "etc"
+    group.mkdir()
+    os.chown(group, -1, 1)
+    UsersFile(group / "status-users").put("marie", PASSWORD)
+    assert (group / "status-users").stat().st_gid == 1
+    (tmp_path / "status-users").chmod(0o644)
+    assert cli_main(["check-config", "-c", str(_config_file(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "status.users_file: warning: secret file readable by every user" in out, out
     assert cli_main(["users", "remove", "@L2", "--state-dir", state]) == 0
     assert cli_main(["users", "remove", "nobody", "--state-dir", state]) == 1
     assert set(UsersFile(tmp_path / "status-users").logins()) == {"marie"}
+
+
+def _config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump({"site": "s", "gateway": "g", "state_dir": str(tmp_path)}))
+    return path

@@ -107,6 +107,10 @@ def risks(cfg: AgentConfig) -> list[Risk]:
                 )
             )
     status = cfg.status
+    if status.enabled:
+        # A line's PIN has 10,000 values: whoever reads its scrypt hash has it within minutes.
+        users = status.users_file or cfg.state_dir / "status-users"
+        found += _world_readable(("status", "users_file"), users if users.exists() else None)
     if status.enabled and status.tls_cert_file is None and not _loopback(status.address[0]):
         found.append(
             Risk(

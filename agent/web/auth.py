@@ -15,6 +15,7 @@ the file does not give the passwords away. Reading the page needs no login; ever
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -219,10 +220,16 @@ class UsersFile:
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            mode = self.path.stat().st_mode & 0o777 if self.path.exists() else 0o640
+            # Keep the file's owner, group and mode; a new one is 0640 in its directory's group
+            # (/etc/driftgate is root:driftgate): the agent reads it, other accounts do not.
+            held = self.path.stat() if self.path.exists() else None
+            mode = held.st_mode & 0o777 if held is not None else 0o640
+            owner = (held.st_uid, held.st_gid) if held else (-1, self.path.parent.stat().st_gid)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write("\n".join(lines) + "\n")
+            with contextlib.suppress(PermissionError):  # not root: the file stays ours
+                os.chown(tmp, *owner)
             os.chmod(tmp, mode)
             os.replace(tmp, self.path)
         except OSError as exc:

@@ -166,7 +166,13 @@ def redirect(location: str) -> web.Response:
 
 def safe_next(path: str | None) -> str:
     """A path on this site to go back to after a login or an action ('/' otherwise)."""
-    if not path or not path.startswith("/") or path.startswith("//") or "\\" in path:
+    if (
+        not path
+        or not path.startswith("/")
+        or path.startswith("//")
+        or "\\" in path
+        or any(ord(c) < 0x20 for c in path)
+    ):
         return "/"
     return path[:300]
 
@@ -234,6 +240,7 @@ class StatusServer:
         host, port = self.cfg.address
         tls = self._tls()
         retries = Retries(STATUS_LISTEN)
+        told: int | None = None
         while True:
             site = web.TCPSite(runner, host, port, ssl_context=tls, reuse_address=True)
             try:
@@ -244,13 +251,16 @@ class StatusServer:
                     port = 0
                     continue
                 delay = retries.next_delay()
-                log.error(
+                # A warning once (the data path is not affected), then quietly until it listens.
+                level = log.warning if exc.errno != told else log.debug
+                told = exc.errno
+                level(
                     "status page cannot listen",
                     listen=self.cfg.listen,
                     error=exc.strerror or str(exc),
                     retry_in_s=round(delay, 1),
                     hint="another program holds the port (set status.listen to another), or "
-                    "the address is not one of this gateway's",
+                    "the address is not one of this gateway's; readings and alerts go on",
                 )
                 await asyncio.sleep(delay)
                 continue
@@ -617,8 +627,8 @@ class StatusServer:
             claimed = request.headers.get("Referer")
         if not claimed:
             return False
-        parts = urlsplit(claimed)
-        return (parts.scheme, parts.netloc.lower()) == (request.scheme, request.host.lower())
+        # The host and port decide; the scheme may differ behind a proxy that ends TLS.
+        return urlsplit(claimed).netloc.lower() == request.host.lower()
 
     async def _guard(
         self, request: web.Request, action: str, target: str, line: str | None
@@ -681,6 +691,13 @@ class StatusServer:
         if inc is None:
             return self._not_found(f"No incident {incident_id!r}.")
         note = form.get("note", "").strip()[:200]
+        if inc.state != "open":  # a second click, or another screen was faster: told once
+            already = f"already acknowledged by {inc.acked_by}" if inc.acked_by else inc.state
+            await self.audit.record(
+                "acknowledge", who=session.who, via=self._via(session),
+                remote=request.remote or "", result=f"refused: {already}", target=incident_id,
+            )  # fmt: skip
+            return redirect("/?done=ack")
         self.view.acknowledge(incident_id, session.who, note)
         await self.audit.record(
             "acknowledge",
