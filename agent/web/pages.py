@@ -31,6 +31,10 @@ DONE = {
 """Messages after an action (fixed texts: nothing from the request is shown back)."""
 
 
+EMPTY_SPARK = '<svg class="spark" viewBox="0 0 240 48" aria-hidden="true"></svg>'
+"""Where a sparkline goes until it is drawn (the event stream brings it)."""
+
+
 def e(value: object) -> str:
     """Escape for HTML text and attribute values."""
     return html.escape(str(value), quote=True)
@@ -211,7 +215,9 @@ def floor_html(
                 else f"<span><b>Line {e(line)}</b> no lot set</span>"
             )
         ctx = f'<p class="context">{"".join(told)}</p>' if told else ""
-        cards = "".join(card_html(ch, sparks.get(ch["name"], ""), kiosk=kiosk) for ch in channels)
+        cards = "".join(
+            card_html(ch, sparks.get(ch["name"], EMPTY_SPARK), kiosk=kiosk) for ch in channels
+        )
         out.append(
             f'<section class="zone"><h2>{e(zone_words(zone))}</h2>{ctx}'
             f'<div class="cards">{cards}</div></section>'

@@ -58,6 +58,7 @@ SPARK_SPAN_S = 86400.0
 SPARK_BUCKET_S = 900.0
 SPARK_REFRESH_S = 60.0
 SPARK_WANTED_S = 600.0  # sparklines are refreshed while a page was served this recently
+SPARK_FIRST_WAIT_S = 0.5  # the first page waits this long for them, then goes without
 CHART_BUCKETS = {"1": 300.0, "7": 3600.0, "30": 3 * 3600.0}
 CHART_CACHE_S = 30.0
 VALUES_EVERY_S = 2.0
@@ -203,6 +204,8 @@ class StatusServer:
         }
         self.asset_version = hashlib.sha256(b"".join(self._assets.values())).hexdigest()[:10]
         self._changed = asyncio.Event()
+        self._sparks_wanted = asyncio.Event()
+        self._sparks_ready = asyncio.Event()
         self._sparks: dict[str, str] = {}
         self._sparks_at = -math.inf
         self._sparks_lock = asyncio.Lock()
@@ -230,7 +233,9 @@ class StatusServer:
         self.hub = Hub()
         try:
             await self._listen(runner)
-            await self._tick()
+            async with asyncio.TaskGroup() as group:  # one fails: both end, the task restarts
+                group.create_task(self._tick(), name="status-tick")
+                group.create_task(self._sparks_loop(), name="status-sparks")
         finally:
             self.hub.close()
             self.bound.clear()
@@ -312,8 +317,17 @@ class StatusServer:
                 self._publish_values()
             if ticks % int(HEALTH_EVERY_S) == 0:
                 self._publish_health()
-            stale = time.monotonic() - self._sparks_at >= SPARK_REFRESH_S
-            if stale and await self._refresh_sparks():
+            if time.monotonic() - self._sparks_at >= SPARK_REFRESH_S:
+                self._sparks_wanted.set()
+
+    async def _sparks_loop(self) -> None:
+        """Draw the sparklines when asked (a first page, then every minute while watched), apart
+        from the tick: a slow history read must not hold up an incident's update."""
+        while True:
+            await self._sparks_wanted.wait()
+            self._sparks_wanted.clear()
+            if await self._refresh_sparks():
+                self._sparks_ready.set()
                 self.hub.publish("sparks", dumps(self._sparks))
 
     def _publish_incidents(self) -> None:
@@ -435,9 +449,12 @@ class StatusServer:
     async def _floor(self, *, kiosk: bool, only: frozenset[str] = frozenset()) -> str:
         self._wanted = time.monotonic()
         if not self._sparks:
+            # The first page asks for them and waits a moment; on a busy gateway it is served
+            # without, and the sparklines follow by the event stream.
+            self._sparks_wanted.set()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(3.0):
-                    await self._refresh_sparks()
+                async with asyncio.timeout(SPARK_FIRST_WAIT_S):
+                    await self._sparks_ready.wait()
         snap = self.floor.snapshot()
         key = (kiosk, only, self.floor.version, self._sparks_at)
         cached = self._floor_cache
