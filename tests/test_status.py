@@ -13,6 +13,7 @@ import math
 import os
 import re
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import yaml
+from mailserver import self_signed
 from servers import free_port
 from structlog.testing import capture_logs
 from waiting import until
@@ -765,3 +767,35 @@ def _config_file(tmp_path: Path) -> Path:
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump({"site": "s", "gateway": "g", "state_dir": str(tmp_path)}))
     return path
+
+
+async def test_the_page_is_served_over_https_with_a_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert, key = self_signed(tmp_path)
+    data = config(tmp_path / "state", tls_cert_file=str(cert), tls_key_file=str(key))
+    users = UsersFile(tmp_path / "state" / "status-users")
+    users.put("marie", PASSWORD)
+    async with running(data) as r, client() as http:
+        assert r.url.startswith("https://127.0.0.1:")
+        trusted = ssl.create_default_context(cafile=str(cert))
+        async with http.get(r.url + "healthz", ssl=trusted) as resp:
+            assert (resp.status, await resp.text()) == (200, "ok\n")
+        async with http.post(
+            r.url + "login",
+            data={"kind": "password", "name": "marie", "secret": PASSWORD},
+            headers={"Origin": r.origin},
+            ssl=trusted,
+            allow_redirects=False,
+        ) as resp:
+            assert resp.status == 303
+            cookie = resp.headers["Set-Cookie"]
+        assert "Secure" in cookie
+        assert "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie
+        with pytest.raises(aiohttp.ClientError):  # plain http is not answered
+            await http.get(r.url.replace("https://", "http://") + "healthz")
+        # `driftgate status` asks the loopback address, which the certificate need not name.
+        capsys.readouterr()
+        assert await asyncio.to_thread(cli_main, ["status", "--url", r.url]) == 0
+        assert f"The page: {r.url}" in capsys.readouterr().out
