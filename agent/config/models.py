@@ -38,6 +38,7 @@ from agent.config.bounds import within
 from agent.config.detectors import BaselineSpecConfig, DetectorConfig, LimitConfig
 from agent.config.notify import IncidentsConfig, NotifyConfig
 from agent.config.secrets import SecretFile, find_secret, inline_secret
+from agent.config.status import StatusConfig
 from agent.context import ContextError, check_tag
 
 # --------------------------------------------------------------------------- the models
@@ -668,6 +669,7 @@ class AgentConfig(Section):
     incidents: IncidentsConfig = Field(default_factory=IncidentsConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     input_limits: InputLimitsConfig = Field(default_factory=InputLimitsConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
     _warnings: list[ConfigWarning] = PrivateAttr(default_factory=list)
 
     @property

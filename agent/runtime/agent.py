@@ -45,6 +45,7 @@ from agent.store.disk import disk_full_hint, disk_words, error_name, is_disk_ful
 from agent.store.forwarder import Forwarder, ForwarderSettings
 from agent.store.lineprotocol import encode_point
 from agent.store.spool import SpoolStats
+from agent.web.server import StatusServer
 
 log = get_logger("driftgate.agent")
 
@@ -103,7 +104,11 @@ class Agent:
     """One running agent: owns the spool, the forwarder, the sources and their tasks."""
 
     def __init__(
-        self, cfg: AgentConfig, *, sinks: list[Callable[[AlertEvent], None]] | None = None
+        self,
+        cfg: AgentConfig,
+        *,
+        sinks: list[Callable[[AlertEvent], None]] | None = None,
+        status_fallback: bool = False,
     ):
         self.cfg = cfg
         self.state_dir = cfg.state_dir
@@ -167,6 +172,11 @@ class Agent:
         self.supervisor = Supervisor()
         self.lag = LoopLag()
         self.stop_event = asyncio.Event()
+        # The gateway's own screen (status page, /healthz, /metrics): it reads this agent.
+        self.status: StatusServer | None = None
+        if cfg.status.enabled:
+            self.status = StatusServer(self, fallback_port=status_fallback)
+            self.pipeline.stages.append(self.status.latest)
 
     def _ack_after_commit(self, mqtt: MqttLink) -> None:
         """Tell the MQTT link where a message's output becomes durable (``mqtt.ack``)."""
@@ -391,10 +401,13 @@ class Agent:
 
     # -- run and stop ----------------------------------------------------------------------
 
-    async def run(self, *, drain_at_end: float = 0.0, handle_signals: bool = True) -> RunResult:
+    async def run(
+        self, *, drain_at_end: float = 0.0, handle_signals: bool = True, linger: bool = False
+    ) -> RunResult:
         """Run until the sources finish (a bounded simulation), SIGINT/SIGTERM, or the
         supervisor gives up on a task; then shut down. ``drain_at_end``: seconds to keep
-        forwarding after the sources finished on their own."""
+        forwarding after the sources finished on their own. ``linger``: keep running (the
+        status page, forwarding) after they finished, until a signal or ``stop_event``."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         if handle_signals:
@@ -405,9 +418,8 @@ class Agent:
         clock.WALL.listeners.append(self.clock_stepped)
         try:
             await self._start()
-            failure = await self.supervisor.wait(
-                self.stop_event, [f"source:{s.name}" for s in self.sources]
-            )
+            finite = [] if linger else [f"source:{s.name}" for s in self.sources]
+            failure = await self.supervisor.wait(self.stop_event, finite)
             by_signal = self.stop_event.is_set() and failure is None
         finally:
             final = await self._shutdown(by_signal or failure is not None, drain_at_end)
@@ -468,6 +480,8 @@ class Agent:
             sup.start(f"notify:{name}", _worker(incidents.outbox, name))
         for light in self.lights:  # after the restore: the first state shown includes it
             sup.start(f"stacklight:{light.name}", light.run)
+        if self.status is not None:
+            sup.start("status", self.status.run)
         for source in self.sources:
             sup.start(f"source:{source.name}", _runner(source, self.pipeline), finite=True)
 
