@@ -186,3 +186,47 @@ def test_a_profile_that_does_not_fit_its_source_is_a_check_config_problem(
     assert "sources.a.profile: tasmota-sht3x is an MQTT device profile" in out
     assert "sources.b.profile: sht4x-serial is a serial device profile" in out
     assert "no-such-device: no such device profile" in out
+
+
+async def test_modbus_channels_listed_are_the_channels_its_devices_make(tmp_path: Path) -> None:
+    """A Modbus bus (merged from h14 after check-config learnt to list channels): check-config
+    crashed on it (a Modbus source has no `profile`). Two devices over TCP on the loopback, one
+    with its own sensor id, one named by default: every listed name is made, nothing else."""
+    import asyncio
+
+    from servers import free_port
+    from waiting import until
+
+    from agent.ingest.registers import load_register_map
+    from agent.runtime.agent import Agent
+    from agent.sim.modbus import ModbusEmulator, fixed_slave
+
+    port = free_port()
+    values = {"humidity": 30.5, "temperature": 22.4, "dew_point": 4.1}
+    slaves = [fixed_slave(load_register_map("vaisala-hmp"), n, values) for n in (1, 2)]
+    cfg = config_from_dict(
+        {"site": "s", "gateway": "g", "state_dir": str(tmp_path),
+         "sources": [{"type": "modbus", "name": "bus1", "zone": "cutting",
+                      "host": "127.0.0.1", "tcp_port": port, "timeout": 0.5,
+                      "devices": [{"slave": 1, "profile": "vaisala-hmp", "sensor": "hmp-ct1",
+                                   "poll": 0.1},
+                                  {"slave": 2, "profile": "vaisala-hmp", "poll": 0.1}]}]},
+        env={},
+    )  # fmt: skip
+    (plan,) = plan_sources(cfg)
+    assert plan.what == f"modbus tcp on 127.0.0.1:{port}"
+    listed = sorted(plan.patterns)
+    assert listed == [
+        f"cutting.{sensor}.{name}"
+        for sensor in ("hmp-ct1", "vaisala-hmp-2")
+        for name in ("dew_point", "humidity", "temperature")
+    ]
+    async with ModbusEmulator(slaves, host="127.0.0.1", tcp_port=port):
+        agent = Agent(cfg)
+        task = asyncio.create_task(agent.run(handle_signals=False))
+        try:
+            await until(lambda: len(agent.registry.channels) >= len(listed), 15, "channels")
+        finally:
+            agent.stop_event.set()
+            await asyncio.wait_for(task, 10)
+    assert sorted(agent.registry.channels) == listed

@@ -246,3 +246,35 @@ def test_http_request_helper_logs_in(influx_with_logins: InfluxDB1Server) -> Non
     status, _ = http_request(f"{influx_with_logins.url}/query?q=SHOW%20DATABASES")
     assert status == 401
     assert "plant" in influx_with_logins.databases()
+
+
+async def test_modbus_buses(tmp_path: Path, serial_pair: SerialPair) -> None:
+    """A Modbus bus is probed as what it runs on: an RTU bus's serial port, a TCP device's
+    connection (the emulator on the loopback; a closed port after it stops)."""
+    from servers import free_port
+
+    from agent.config.models import ModbusSourceConfig
+    from agent.ingest.registers import load_register_map
+    from agent.runtime.probes import probe_modbus_tcp
+    from agent.sim.modbus import ModbusEmulator, fixed_slave
+
+    device = {"slave": 1, "profile": "xy-md02"}
+    rtu = ModbusSourceConfig.model_validate(
+        {"type": "modbus", "name": "bus1", "port": serial_pair.device, "devices": [device]}
+    )
+    assert str(probe_serial(rtu)).startswith(f"modbus bus1 {serial_pair.device}: ok: user ")
+    port = free_port()
+    tcp = ModbusSourceConfig.model_validate(
+        {"type": "modbus", "name": "bus2", "host": "127.0.0.1", "tcp_port": port,
+         "devices": [device]}
+    )  # fmt: skip
+    slave = fixed_slave(load_register_map("xy-md02"), 1, {"temperature": 21.0, "humidity": 50.0})
+    async with ModbusEmulator([slave], host="127.0.0.1", tcp_port=port):
+        assert str(await probe_modbus_tcp(tcp)) == (
+            f"modbus bus2 127.0.0.1:{port}: ok: takes a connection"
+        )
+    refused = await probe_modbus_tcp(tcp)
+    assert str(refused) == (
+        f"modbus bus2 127.0.0.1:{port}: NOT OK: cannot connect (Connection refused): is the "
+        "device on, and sources[].host and tcp_port right?"
+    )

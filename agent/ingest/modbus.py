@@ -50,7 +50,7 @@ from agent.reading import Channel
 if TYPE_CHECKING:
     from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
-__all__ = ["EXCEPTION_CODES", "ModbusDevice", "ModbusSource", "import_pymodbus"]
+__all__ = ["EXCEPTION_CODES", "ModbusDevice", "ModbusSource", "import_pymodbus", "modbus_device"]
 
 log = get_logger("driftgate.sources.modbus")
 
@@ -116,6 +116,21 @@ class ModbusDevice:
         return {"sensor": self.health.sensor}
 
 
+def modbus_device(cfg: ModbusSourceConfig, device: ModbusDeviceConfig) -> ModbusDevice:
+    """One configured device as the source polls it (and check-config names its channels):
+    its register map, requests, channel prefix and tags. ConfigError for a bad register map."""
+    registers = load_register_map(device.profile)
+    tags = cfg.base_tags()
+    for key in ("zone", "line", "station"):
+        value = getattr(device, key)
+        if value is not None:
+            tags[key] = value
+    tags.update(device.tags)
+    prefix = cfg.channel_prefix or device.zone or cfg.prefix()
+    health = SlaveHealth(device.slave, device.sensor_id)
+    return ModbusDevice(device, registers, read_plan(registers.registers), health, prefix, tags)
+
+
 class ModbusSource:
     """Polls the devices of one Modbus bus (``sources: - type: modbus``) into the pipeline."""
 
@@ -136,17 +151,7 @@ class ModbusSource:
             self._bind(pipeline)
 
     def _device(self, device: ModbusDeviceConfig) -> ModbusDevice:
-        cfg = self.cfg
-        registers = load_register_map(device.profile)
-        tags = cfg.base_tags()
-        for key in ("zone", "line", "station"):
-            value = getattr(device, key)
-            if value is not None:
-                tags[key] = value
-        tags.update(device.tags)
-        prefix = cfg.channel_prefix or device.zone or cfg.prefix()
-        health = SlaveHealth(device.slave, device.sensor_id)
-        return ModbusDevice(device, registers, read_plan(registers.registers), health, prefix, tags)
+        return modbus_device(self.cfg, device)
 
     def channels(self) -> list[Channel]:
         """None known up front: channels are created as the devices answer."""

@@ -16,13 +16,21 @@ from agent.color.colorimetry import illuminant_slug
 from agent.color.stage import measurement_channel
 from agent.config.models import (
     AgentConfig,
+    ModbusSourceConfig,
     MqttSourceConfig,
     SerialSourceConfig,
     SimulatedSourceConfig,
 )
 from agent.errors import ConfigError
+from agent.ingest.modbus import modbus_device
 from agent.ingest.mqtt import MqttSource
-from agent.ingest.naming import PlannedChannel, placeholder, planned_channels
+from agent.ingest.naming import (
+    PlannedChannel,
+    channel_name,
+    placeholder,
+    planned_channels,
+    split_tags,
+)
 from agent.ingest.profiles import Profile, load_profile
 from agent.ingest.serial import SerialSource
 from agent.sim.workshop import Workshop
@@ -84,6 +92,12 @@ def plan_sources(cfg: AgentConfig) -> list[SourcePlan]:
             ]
             plans.append(SourcePlan(index, sc.name, "simulated workshop", channels))
             continue
+        if isinstance(sc, ModbusSourceConfig):
+            try:
+                plans.append(_modbus_plan(index, sc))
+            except ConfigError as exc:
+                problems += exc.problems
+            continue
         try:
             profile = load_profile(sc.profile)
             if isinstance(sc, MqttSourceConfig):
@@ -102,6 +116,23 @@ def plan_sources(cfg: AgentConfig) -> list[SourcePlan]:
     if problems:
         raise ConfigError(problems)
     return plans
+
+
+def _modbus_plan(index: int, sc: ModbusSourceConfig) -> SourcePlan:
+    """A Modbus bus: each device's registers, named as its FrameHandler names them (the
+    device's ``sensor`` tag is the frame's, so it is part of the name unless the device's
+    ``tags:`` set the same)."""
+    channels: list[PlannedChannel] = []
+    for device_cfg in sc.devices:
+        device = modbus_device(sc, device_cfg)
+        identity = split_tags(device.tags, device.base_tags)[0]
+        for item in device.registers.registers:
+            name = channel_name(device.prefix, identity, item.channel)
+            channels.append(
+                PlannedChannel(name, item.measurement, item.field, item.unit, item.kind)
+            )
+    bus = sc.port if sc.port is not None else f"{sc.host}:{sc.tcp_port}"
+    return SourcePlan(index, sc.name, f"modbus {sc.transport} on {bus}", channels)
 
 
 def _matcher(pattern: str) -> Callable[[str], bool]:

@@ -8,7 +8,8 @@
   code read: a broker that refuses a subscription says so there (Mosquitto's dynamic-security
   plugin does; its ``acl_file`` grants every subscription and only drops what it forbids);
   under a client id of its own, so a running agent's session is left alone;
-- each serial port: it exists, is a serial device, and this user may open it.
+- each serial port (a Modbus RTU bus's too): it exists, is a serial device, and this user
+  may open it; a Modbus TCP device or gateway: it takes a connection.
 
 Each probe gives one line: ``ok`` and what was found, or what is wrong and what to do.
 """
@@ -16,6 +17,7 @@ Each probe gives one line: ``ok`` and what was found, or what is wrong and what 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import grp
@@ -28,7 +30,13 @@ from pathlib import Path
 
 import aiohttp
 
-from agent.config.models import AgentConfig, InfluxConfig, MqttConfig, SerialSourceConfig
+from agent.config.models import (
+    AgentConfig,
+    InfluxConfig,
+    ModbusSourceConfig,
+    MqttConfig,
+    SerialSourceConfig,
+)
 from agent.ingest.mqtt import subscription_filter
 from agent.runtime.plan import SourcePlan
 
@@ -296,10 +304,11 @@ async def probe_broker(cfg: AgentConfig, plans: Sequence[SourcePlan]) -> list[Pr
 # --------------------------------------------------------------------------- serial ports
 
 
-def probe_serial(sc: SerialSourceConfig) -> Probe:
+def probe_serial(sc: SerialSourceConfig | ModbusSourceConfig) -> Probe:
     """The port exists, is a serial device, and this user may open it (opened and closed at
     once: a board that resets when its port is opened, as some Arduinos do, restarts)."""
-    target = f"serial {sc.name} {sc.port}"
+    assert sc.port is not None
+    target = f"{'serial' if sc.type == 'serial' else 'modbus'} {sc.name} {sc.port}"
     user = _user()
     port = Path(sc.port)
     try:
@@ -347,6 +356,28 @@ def probe_serial(sc: SerialSourceConfig) -> Probe:
     return Probe(target, True, f"user {user} may open it")
 
 
+async def probe_modbus_tcp(sc: ModbusSourceConfig) -> Probe:
+    """A Modbus TCP device or gateway takes a connection (closed at once, nothing asked)."""
+    target = f"modbus {sc.name} {sc.host}:{sc.tcp_port}"
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(sc.host, sc.tcp_port), TIMEOUT_S)
+    except TimeoutError:
+        return Probe(
+            target, False, f"no answer in {TIMEOUT_S:g} s: a firewall, or the wrong host; fix "
+            "sources[].host"
+        )  # fmt: skip
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        return Probe(
+            target, False, f"cannot connect ({why}): is the device on, and sources[].host "
+            "and tcp_port right?"
+        )  # fmt: skip
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return Probe(target, True, "takes a connection")
+
+
 def _group(gid: int) -> str:
     try:
         return grp.getgrgid(gid).gr_name
@@ -374,8 +405,13 @@ async def probe_all(cfg: AgentConfig, plans: Sequence[SourcePlan]) -> list[Probe
         return await probe_broker(cfg, plans) if cfg.mqtt is not None else []
 
     async def ports() -> list[Probe]:
-        serial = [sc for sc in cfg.sources if isinstance(sc, SerialSourceConfig)]
-        return [await asyncio.to_thread(probe_serial, sc) for sc in serial]
+        found: list[Probe] = []
+        for sc in cfg.sources:
+            if isinstance(sc, ModbusSourceConfig) and sc.port is None:
+                found.append(await probe_modbus_tcp(sc))
+            elif isinstance(sc, (SerialSourceConfig, ModbusSourceConfig)):
+                found.append(await asyncio.to_thread(probe_serial, sc))
+        return found
 
     found = await asyncio.gather(influx(), broker(), ports())
     return [probe for group in found for probe in group]
