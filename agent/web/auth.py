@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import os
@@ -73,9 +74,12 @@ def hash_secret(secret: str, *, salt: bytes | None = None) -> str:
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
 
 
-_DUMMY = hash_secret("not a password", salt=b"\0" * SALT_BYTES)
-"""Checked against when the account does not exist: a wrong name takes as long as a wrong
-password, so the time of an answer does not tell which names exist."""
+@functools.cache
+def _dummy() -> str:
+    """Checked against when the account does not exist: a wrong name takes as long as a wrong
+    password, so the time of an answer does not tell which names exist. Made at the first
+    unknown name, not at import: a scrypt costs every start (and every CLI command) 0.3 s."""
+    return hash_secret("not a password", salt=b"\0" * SALT_BYTES)
 
 
 def verify_secret(secret: str, stored: str) -> bool:
@@ -240,7 +244,7 @@ def authenticate(users: UsersFile, account: str, secret: str) -> Login | None:
     """The login if ``secret`` is its password or PIN (slow on purpose: call from a thread)."""
     found = users.logins().get(account)
     if found is None:
-        verify_secret(secret, _DUMMY)
+        verify_secret(secret, _dummy())
         return None
     return found if verify_secret(secret, found.stored) else None
 
