@@ -45,6 +45,7 @@ from agent.config import config_from_dict
 from agent.runtime.agent import Agent
 
 TARGET_RATIO = 0.9
+TARGET_CPU_RATIO = 1.5  # the agent's CPU per message ÷ the plain subscriber's (issue 12)
 DEVICES = 20
 TASMOTA = (
     '{"Time":"2024-03-01T08:00:00","SHT3X":{"Temperature":21.4,"Humidity":48.2,'
@@ -59,6 +60,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 host, port, total, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 tasmota = sys.argv[5]
+only_tasmota = len(sys.argv) > 6 and sys.argv[6] == "tasmota"
 c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
 c.max_inflight_messages_set(1000)
 c.max_queued_messages_set(0)
@@ -72,10 +74,14 @@ c.loop_start()
 start = time.monotonic()
 for i in range(total):
     k = (i // 2) % 20
-    if i % 2 == 0:
+    if i % 1000 == 0:  # the devices' clocks are right: Tasmota's local time, no zone
+        payload = tasmota.replace("2024-03-01T08:00:00", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if only_tasmota:
+        c.publish(f"tele/tasmota_{i % 20}/SENSOR", payload, qos=1)
+    elif i % 2 == 0:
         c.publish(f"ep{k}/sensor/humidity/state", "48.2", qos=1)
     else:
-        c.publish(f"tele/tasmota_{k}/SENSOR", tasmota, qos=1)
+        c.publish(f"tele/tasmota_{k}/SENSOR", payload, qos=1)
     if rate > 0:
         delay = start + (i + 1) / rate - time.monotonic()
         if delay > 0:
@@ -92,10 +98,12 @@ print(f"{total / elapsed:.0f}")
 """
 
 
-def publish(script: Path, broker: Any, total: int, rate: float = 0.0) -> subprocess.Popen[str]:
+def publish(
+    script: Path, broker: Any, total: int, rate: float = 0.0, mix: str = "mix"
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(script), broker.host, str(broker.port), str(total), str(rate),
-         TASMOTA],
+         TASMOTA, mix],
         stdout=subprocess.PIPE,
         text=True,
     )  # fmt: skip
@@ -260,16 +268,128 @@ async def live_phase(
     return out
 
 
+async def _publish_and_wait(script: Path, broker: Any, total: int, rate: float) -> float:
+    proc = publish(script, broker, total, rate, "tasmota")
+    printed, _ = await asyncio.to_thread(proc.communicate, timeout=300)
+    return float(printed.strip() or 0)
+
+
+async def cpu_plain(script: Path, broker: Any, total: int, rate: float) -> dict[str, Any]:
+    """A plain aiomqtt subscriber that counts, connected while ``total`` messages arrive."""
+    count = 0
+    async with aiomqtt.Client(
+        broker.host, broker.port, identifier="bench-cpu-plain",
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as client:  # fmt: skip
+        await client.subscribe("tele/+/SENSOR", qos=1)
+
+        async def consume() -> None:
+            nonlocal count
+            async for _message in client.messages:
+                count += 1
+                if count >= total:
+                    return
+
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        consumer = asyncio.create_task(consume())
+        pub_rate = await _publish_and_wait(script, broker, total, rate)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(consumer, 10.0)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+    return _cpu_figures("plain", count, 0, cpu, wall, pub_rate)
+
+
+async def cpu_agent(
+    script: Path, broker: Any, work: Path, total: int, rate: float, profile: Path | None = None
+) -> dict[str, Any]:
+    """The real agent, connected while ``total`` messages arrive, until all is in the spool."""
+    tag = "profiled" if profile else "agent"
+    agent = Agent(agent_config(broker, work / f"cpu-{tag}-{rate:.0f}", f"bench-cpu-{tag}"))
+    task = asyncio.create_task(agent.run(handle_signals=False))
+    assert agent.mqtt is not None
+    await agent.mqtt.connected_event.wait()
+    profiler = None
+    if profile is not None:
+        from pyinstrument import Profiler  # the bench extra
+
+        profiler = Profiler(interval=0.0005, async_mode="disabled")
+        profiler.start()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    publisher = asyncio.create_task(_publish_and_wait(script, broker, total, rate))
+    last, last_change = -1, t0
+    while not (agent.metrics.mqtt_messages >= total and agent.spool.buffered == 0):
+        now, seen = time.perf_counter(), agent.metrics.mqtt_messages
+        if seen != last:
+            last, last_change = seen, now
+        elif publisher.done() and now - last_change > 5.0:
+            break  # lost messages: the figures say how many arrived
+        await asyncio.sleep(0.02)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+    if profiler is not None:
+        profiler.stop()
+        assert profile is not None
+        text = profiler.output_text(unicode=True, color=False, show_all=False)
+        await asyncio.to_thread(profile.write_text, text)
+    pub_rate = await publisher
+    messages, readings = agent.metrics.mqtt_messages, agent.metrics.readings_in
+    agent.stop_event.set()
+    await task
+    return _cpu_figures("agent", messages, readings, cpu, wall, pub_rate)
+
+
+def _cpu_figures(
+    who: str, messages: int, readings: int, cpu: float, wall: float, pub_rate: float
+) -> dict[str, Any]:
+    return {
+        "consumer": who,
+        "messages": messages,
+        "readings": readings,
+        "cpu_s": round(cpu, 3),
+        "wall_s": round(wall, 2),
+        "cpu_us_per_msg": round(1e6 * cpu / max(messages, 1), 1),
+        "cpu_share": round(cpu / wall, 3),
+        "publisher_msgs_per_s": round(pub_rate),
+    }
+
+
+async def cpu_phase(
+    servers: Any, work: Path, script: Path, rates: list[float], seconds: float,
+    profile: Path | None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """CPU time of this process per message, plain subscriber and agent at the same rates."""
+    broker = servers.MosquittoServer(work / "broker-cpu", "max_queued_messages 10000000\n")
+    broker.start()
+    out = []
+    try:
+        for rate in rates:
+            total = int(rate * seconds)
+            plain = await cpu_plain(script, broker, total, rate)
+            agent = await cpu_agent(script, broker, work, total, rate)
+            ratio = agent["cpu_us_per_msg"] / plain["cpu_us_per_msg"]
+            out.append({"rate": rate, "n": total, "plain": plain, "agent": agent,
+                        "ratio": round(ratio, 2)})  # fmt: skip
+        if profile is not None:
+            await cpu_agent(script, broker, work, int(rates[-1] * seconds), rates[-1], profile)
+    finally:
+        broker.stop()
+    return out
+
+
 async def main_async(args: argparse.Namespace) -> None:
     servers = _common.load_servers()
     m = _common.print_header("MQTT ingest: Mosquitto → MqttLink → decode → pipeline → spool")
     _common.quiet_logs()
     total = 20_000 if args.quick else 50_000
     rates = [1000.0, 3000.0, 0.0] if args.quick else [1000.0, 2000.0, 5000.0, 10000.0, 0.0]
+    cpu_rates = [5000.0] if args.quick else [5000.0, 10000.0]
     with tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp:
         work = Path(tmp)
         script = work / "publisher.py"
         script.write_text(PUBLISHER)
+        cpu = await cpu_phase(servers, work, script, cpu_rates, 6.0, args.profile)
+        if args.cpu_only:
+            print_cpu(cpu)
+            return
         drain = await drain_phase(servers, work, script, total)
         live = await live_phase(servers, work, script, rates, 3.0, 20_000 if args.quick else 40_000)
     print(f"1. drain: {total:,} queued QoS 1 messages (50% ESPHome, 50% Tasmota JSON), "
@@ -303,9 +423,13 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"   highest rate with zero loss: {best['publisher_msgs_per_s']:,} msgs/s "
               f"({'full speed' if best['rate'] == 'full' else 'paced'})")  # fmt: skip
     print()
+    print_cpu(cpu)
+    print()
     _common.emit_json(
         "mqtt_ingest",
         m,
+        cpu=cpu,
+        target_cpu_ratio=TARGET_CPU_RATIO,
         drain=drain,
         live=live,
         zero_loss_rate=best["publisher_msgs_per_s"] if best else 0,
@@ -313,9 +437,31 @@ async def main_async(args: argparse.Namespace) -> None:
     )
 
 
+def print_cpu(cpu: list[dict[str, Any]]) -> None:
+    print("3. CPU per message: QoS 1 Tasmota SENSOR JSON (3 readings each) from 20 devices at a")
+    print("   paced rate for 6 s, each consumer connected while they arrive (process CPU time,")
+    print("   every thread; the agent until all is committed to the spool)")
+    _common.table(
+        ["rate msgs/s", "consumer", "received", "CPU s", "µs CPU/msg", "share of a core",
+         "agent ÷ plain"],
+        [[f"{r['rate']:,.0f}", c["consumer"], c["messages"], c["cpu_s"], c["cpu_us_per_msg"],
+          f"{100 * c['cpu_share']:.0f}%", r["ratio"] if c["consumer"] == "agent" else ""]
+         for r in cpu for c in (r["plain"], r["agent"])],
+    )  # fmt: skip
+    worst = max(r["ratio"] for r in cpu)
+    verdict = "meets" if worst <= TARGET_CPU_RATIO else "ABOVE"
+    print(f"   agent CPU per message ≤ {worst:.2f}× the plain subscriber's ({verdict} the "
+          f"{TARGET_CPU_RATIO}× target)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="N = 20,000 and fewer rates")
+    parser.add_argument("--cpu-only", action="store_true", help="only the CPU per message")
+    parser.add_argument(
+        "--profile", type=Path, help="profile the agent at the highest CPU rate (pyinstrument) "
+        "into this text file"
+    )  # fmt: skip
     asyncio.run(main_async(parser.parse_args()))
 
 
