@@ -33,7 +33,8 @@ def test_ewma_is_lfilter_bit_for_bit_in_any_batching(lam: float) -> None:
 
 def test_default_detectors_run_without_importing_scipy(tmp_path: Path) -> None:
     """Before: the first EWMA batch imported scipy.signal, on every gateway with a tension
-    channel. A simulated workshop (tension channels with cusum, ewma, ...) for three days."""
+    channel. A simulated workshop (tension channels with cusum, ewma, ...) for three days,
+    which needs none of the heavy libraries."""
     script = textwrap.dedent(
         f"""
         import asyncio, sys
@@ -45,7 +46,10 @@ def test_default_detectors_run_without_importing_scipy(tmp_path: Path) -> None:
         agent = Agent(cfg)
         result = asyncio.run(agent.run(handle_signals=False))
         ewma = [d for drift in agent.engine for d in drift.detectors if d.name == "ewma"]
-        print(len(ewma), result.metrics.readings_in, "scipy" in sys.modules)
+        heavy = ("scipy", "colour", "influxdb_client", "apprise", "aiosmtplib", "pymodbus",
+                 "matplotlib", "weasyprint")
+        print(len(ewma), result.metrics.readings_in, "scipy" in sys.modules,
+              ",".join(m for m in heavy if m in sys.modules) or "-")
         """
     )
     out = (
@@ -55,7 +59,10 @@ def test_default_detectors_run_without_importing_scipy(tmp_path: Path) -> None:
         .stdout.splitlines()[-1]
         .split()
     )
-    detectors, readings, scipy = int(out[0]), int(out[1]), out[2]
+    detectors, readings, scipy, heavy = int(out[0]), int(out[1]), out[2], out[3]
     assert detectors == 8  # one per sewing machine
     assert readings >= 12 * 3 * 1440
     assert scipy == "False"
+    # Nor any other heavy library a feature this config does not use would need (footprint:
+    # colour-science is ~120 MiB, influxdb-client ~45 MiB; bench/footprint.py measures them).
+    assert heavy == "-"
