@@ -230,3 +230,26 @@ async def test_modbus_channels_listed_are_the_channels_its_devices_make(tmp_path
             agent.stop_event.set()
             await asyncio.wait_for(task, 10)
     assert sorted(agent.registry.channels) == listed
+
+
+async def test_a_simulated_floor_of_any_size_makes_the_channels_listed(tmp_path: Path) -> None:
+    """`rooms` and `machines` size the simulated workshop (bench/footprint.py's floors of 12,
+    200 and 1,000 channels): every listed channel is made, each name once."""
+    from agent.runtime.agent import Agent
+
+    cfg = config_from_dict(
+        {"site": "s", "gateway": "g", "state_dir": str(tmp_path),
+         "sources": [{"type": "simulated", "name": "floor", "rooms": 5, "machines": 12,
+                      "speed": 1_000_000, "days": 0.05, "start": "2026-01-05T00:00:00Z"}]},
+        env={},
+    )  # fmt: skip
+    (plan,) = plan_sources(cfg)
+    listed = plan.patterns
+    assert len(listed) == len(set(listed)) == 2 * 5 + 12
+    assert {"edge_paint.humidity", "cutting.temperature", "room05.humidity",
+            "sewing.m12.tension"} <= set(listed)  # fmt: skip
+    agent = Agent(cfg)
+    await agent.run(handle_signals=False)
+    assert sorted(agent.registry.channels) == sorted(listed)
+    lines = {ch.tags["line"] for ch in agent.registry.channels.values() if "line" in ch.tags}
+    assert lines == {"L1", "L2", "L3"}
