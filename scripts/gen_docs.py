@@ -819,7 +819,10 @@ BENCHES: dict[str, Bench] = {
         "channel batch of 64 readings, 200 channels, comparing on `[lot]` and on `[lot, "
         "operator, shift]`, while samples fill, for the batch that completes them (summary "
         "points, Welch and KS against the previous sample: once per channel and context "
-        "change) and once they are full (the steady state). Then `driftgate report`'s wall "
+        "change) and once they are full (the steady state); the completing batch runs on the "
+        "event loop for all 200 channels at once when a line's context changes, so its time "
+        "for all of them is the loop's stall. Logs as under systemd (info, JSON). Then "
+        "`driftgate report`'s wall "
         "time on the two demo lots (`agent.sim.lots`, 19 channels) and on 200 channels × 2 "
         "lots × 500 readings: gathering samples and statistics, the HTML, the PDF "
         "(WeasyPrint).",
@@ -840,6 +843,7 @@ BENCHES: dict[str, Bench] = {
                     Col("compare_on", "keys", right=False),
                     Col("phase", "phase", right=False),
                     Col("µs per batch", "us_per_batch", num(1)),
+                    Col("ms for all 200", "loop_ms_all", num(1)),
                 ),
                 caption="`LotTracker.add`, CPU µs per channel batch of 64 readings:",
             ),

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from agents import running
 from servers import MosquittoServer
 from spoolfile import LineSink, committed_lines
 
@@ -24,7 +25,6 @@ from agent.ingest.decode import Decoder
 from agent.ingest.frames import FrameHandler, SourceHealth
 from agent.ingest.profiles import load_profile
 from agent.logs import configure_logging
-from agent.runtime.agent import Agent
 from agent.runtime.build import Core, build
 from agent.sim.devices import DeviceEmulator
 
@@ -55,19 +55,6 @@ def mqtt_config(tmp_path: Path, broker: MosquittoServer, **limits: Any) -> Agent
         },
         env={},
     )
-
-
-@contextlib.asynccontextmanager
-async def running(cfg: AgentConfig) -> AsyncIterator[Agent]:
-    agent = Agent(cfg)
-    task = asyncio.create_task(agent.run(handle_signals=False), name="agent")
-    try:
-        assert agent.mqtt is not None
-        await asyncio.wait_for(agent.mqtt.connected_event.wait(), 10)
-        yield agent
-    finally:
-        agent.stop_event.set()
-        await task
 
 
 @contextlib.asynccontextmanager

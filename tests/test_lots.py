@@ -14,6 +14,7 @@ from scipy import stats
 from spoolfile import committed_lines
 
 from agent.config import config_from_dict
+from agent.drift.compare import compare, summary_fields
 from agent.reading import Channel
 from agent.runtime.agent import Agent
 
@@ -302,3 +303,25 @@ async def test_the_first_versions_lots_json_is_continued(tmp_path: Path) -> None
     saved = json.loads((tmp_path / "lots.json").read_text())
     assert saved["version"] == 2
     assert set(saved["channels"][CHANNEL]) == {"lot"}
+
+
+def test_the_statistics_are_scipys_and_numpys_own() -> None:
+    """compare() and summary_fields() skip scipy.stats' and np.percentile's argument handling
+    (a lot change runs them for every channel on the event loop): same numbers, any size."""
+    rng = np.random.default_rng(5)
+    for n_new, n_prev in [(2, 2), (3, 30), (30, 30), (31, 200), (200, 57), (500, 501)]:
+        for scale in (1e-6, 1.0, 1e6):
+            new = rng.normal(10.0, 2.0, n_new) * scale
+            prev = rng.normal(10.5, 3.0, n_prev) * scale
+            r = compare(new.tolist(), prev.tolist(), alpha=0.01)
+            welch = stats.ttest_ind(new, prev, equal_var=False)
+            ci = welch.confidence_interval(0.99)
+            ks = stats.kstwobign.sf(r.ks_d * math.sqrt(n_new * n_prev / (n_new + n_prev)))
+            assert math.isclose(r.p, welch.pvalue, rel_tol=1e-9, abs_tol=1e-300)
+            assert math.isclose(r.t, welch.statistic, rel_tol=1e-9)
+            assert math.isclose(r.low, ci.low, rel_tol=1e-9)
+            assert math.isclose(r.high, ci.high, rel_tol=1e-9)
+            assert math.isclose(r.ks_d, stats.ks_2samp(new, prev).statistic, rel_tol=1e-12)
+            assert math.isclose(r.ks_p, ks, rel_tol=1e-12)
+            s = summary_fields(new.tolist())
+            assert (s["p5"], s["p95"]) == tuple(float(p) for p in np.percentile(new, [5.0, 95.0]))

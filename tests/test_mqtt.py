@@ -7,7 +7,6 @@ passwords, ACL) started as is."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import os
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 import structlog
 import yaml
+from agents import running
 from aiomqtt import MqttError
 from servers import LOOPBACK, InfluxDB1Server, MosquittoServer, require_binary
 from spoolfile import committed_lines
@@ -37,7 +37,7 @@ from agent.ingest.mqtt import subscription_filter
 from agent.ingest.profiles import load_profile
 from agent.logs import configure_logging, flush_bursts
 from agent.metrics import AgentMetrics
-from agent.runtime.agent import Agent, RunResult
+from agent.runtime.agent import Agent
 
 ROOT = Path(__file__).resolve().parent.parent
 PUB = "/usr/bin/mosquitto_pub"
@@ -87,21 +87,6 @@ def seq_source(tmp_path: Path, **extra: Any) -> dict[str, Any]:
     path = tmp_path / "seq-json.yaml"
     path.write_text(SEQ_PROFILE)
     return {"type": "mqtt", "name": "seq", "profile": str(path), **extra}
-
-
-@contextlib.asynccontextmanager
-async def running(cfg: AgentConfig) -> AsyncIterator[Agent]:
-    """An agent running in this event loop, connected to its broker; stopped at exit."""
-    agent = Agent(cfg)
-    task = asyncio.create_task(agent.run(handle_signals=False), name="agent")
-    try:
-        assert agent.mqtt is not None
-        await asyncio.wait_for(agent.mqtt.connected_event.wait(), 10)
-        yield agent
-    finally:
-        agent.stop_event.set()
-        result: RunResult = await task
-        assert result.stopped_by_signal
 
 
 async def until(predicate: Callable[[], bool], within: float = 10.0) -> None:

@@ -186,6 +186,7 @@ class LotTracker:
         self._state: dict[str, dict[str, _KeyState]] = {}
         self._dirty = False
         self._saved_at = time.monotonic()
+        self.collecting = False  # some sample is filling: its comparison is coming
         self._load()
 
     # -- from the agent ----------------------------------------------------------------------
@@ -238,7 +239,9 @@ class LotTracker:
                 self._save_soon()
             else:
                 collecting = True
-        if not collecting:
+        if collecting:
+            self.collecting = True
+        else:
             self.quiet.add(name)
 
     def due(self) -> bool:
@@ -358,7 +361,9 @@ class LotTracker:
             ks.samples[value] = Sample()
         keep = {ks.previous, ks.current}
         ks.samples = {k: v for k, v in ks.samples.items() if k in keep}
-        log.info(
+        # Per channel at debug: the agent logs the change once ("production context changed"),
+        # and a line's lot change reaches every channel of the line at once.
+        log.debug(
             "context changed", channel=channel.name, key=key, value=value, previous=ks.previous
         )
         self._save_soon()
@@ -396,7 +401,11 @@ class LotTracker:
             against.append(_Against(False, who, note, result, result.verdict(effect, alpha)))
         if not against:
             return
-        log.info(
+        differs = any(a.verdict is Verdict.DIFFERS for a in against)
+        # Info only when it differs (an alert follows): a lot change completes every channel's
+        # sample at once, and the history keeps the samples, so driftgate report recomputes
+        # every comparison with these same numbers.
+        (log.info if differs else log.debug)(
             "context compared",
             channel=channel.name,
             key=key,
@@ -406,7 +415,7 @@ class LotTracker:
             p=[a.result.p for a in against],
             verdict=[a.verdict.value for a in against],
         )
-        if any(a.verdict is Verdict.DIFFERS for a in against):
+        if differs:
             self.pipeline.alert(self._event(channel, key, value, prev_value, sample, against))
 
     def _approved(self, channel: Channel, key: str, value: str) -> ApprovedLot | None:

@@ -20,19 +20,11 @@ from pydantic import (
     AfterValidator,
     BeforeValidator,
     Field,
-    ValidationError,
     model_validator,
 )
 
-from agent.config.base import CONTEXT_KEY, Loading, Loc, Section, raise_problems, reason
-from agent.config.loader import (
-    describe_value,
-    format_path,
-    line_of,
-    locate,
-    problem_text,
-    read_yaml,
-)
+from agent.config.base import Loc, Section, raise_problems, reason
+from agent.config.documents import is_path, load_document, validate_document
 from agent.errors import ConfigError
 
 __all__ = [
@@ -60,7 +52,6 @@ __all__ = [
     "TwoPoint",
     "list_profiles",
     "load_profile",
-    "located_problems",
     "profile_from_dict",
     "profile_path",
 ]
@@ -488,67 +479,19 @@ class Profile(Section):
 _UNION_TYPES = {"framing": _FRAMING_TYPES, "format": _FORMAT_TYPES, "checksum": _CHECKSUM_TYPES}
 
 
-def located_problems(
-    exc: ValidationError,
-    source: str,
-    data: Any,
-    lines: dict[Loc, int],
-    model: type[Section] | None = None,
-) -> list[str]:
-    """``file:line: key.path: reason`` for each error of a profile-like document (``model``,
-    default ``Profile``), sorted by line; unknown keys get a "did you mean"."""
-    loading = Loading(base_dir=None, env={})
-    # Re-run once with the loading context so that unknown keys get "did you mean".
-    try:
-        (model or Profile).model_validate(data, context={CONTEXT_KEY: loading})
-    except ValidationError as again:
-        exc = again
-    out: list[tuple[int, str]] = []
-    for error in exc.errors():
-        path, parent, value = locate(tuple(error["loc"]), data)
-        kind = error["type"]
-        if kind in ("union_tag_invalid", "union_tag_not_found"):
-            choices = ", ".join(_UNION_TYPES.get(str(path[0]) if path else "", ()))
-            if kind == "union_tag_not_found":
-                path, text = (*path, "type"), f"required key is missing; one of: {choices}"
-            else:
-                tag = (error.get("ctx") or {}).get("tag")
-                path, text = (*path, "type"), f"unknown type {tag!r}; one of: {choices}"
-        elif kind == "invalid_key":
-            text = f"key {error['input']!r} is not text; quote it"
-        else:
-            path, text = problem_text(error, path, parent, value, loading)
-        line = line_of(path, lines)
-        where = f"{source}:{line}:" if lines else f"{source}:"
-        out.append((line, f"{where} {format_path(path)}: {text}"))
-    out.sort(key=lambda item: item[0])
-    return list(dict.fromkeys(text for _, text in out))
-
-
 def profile_from_dict(data: Any, source: str = "<profile>") -> Profile:
     """Validate in-memory profile data exactly like a file; ConfigError lists every problem."""
     return _validate(data, source, {})
 
 
 def _validate(data: Any, source: str, lines: dict[Loc, int]) -> Profile:
-    if not isinstance(data, dict):
-        line = lines.get((), 1)
-        raise ConfigError(
-            [
-                f"{source}:{line}: (top level): should be a mapping of keys (name:, framing:, …), "
-                f"got {'nothing' if data is None else describe_value(data)}"
-            ]
-        )
-    try:
-        return Profile.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(located_problems(exc, source, data, lines)) from None
+    return validate_document(data, source, lines, Profile, "name:, framing:", _UNION_TYPES)
 
 
 def profile_path(name_or_path: str | Path, search_path: Sequence[Path] | None = None) -> Path:
     """The file a profile name or path refers to (ConfigError naming the places looked in)."""
     text = str(name_or_path)
-    if isinstance(name_or_path, Path) or "/" in text or text.endswith((".yaml", ".yml")):
+    if is_path(name_or_path):
         path = Path(name_or_path)
         if not path.is_file():
             raise ConfigError([f"{path}: no such profile file"])
@@ -572,23 +515,7 @@ def load_profile(name_or_path: str | Path, search_path: Sequence[Path] | None = 
 
     A name is looked up as ``NAME.yaml`` in ``search_path`` (default: the shipped profiles).
     """
-    path = profile_path(name_or_path, search_path)
-    source = str(path)
-    document = read_yaml(path)
-    if document.problems:
-        raise ConfigError(
-            [
-                f"{source}:{line}: {format_path(loc)}: {text}"
-                for loc, line, text in document.problems
-            ]
-        )
-    profile = _validate(document.data, source, document.lines)
-    if profile.name != path.stem:
-        line = document.lines.get(("name",), 1)
-        raise ConfigError(
-            [f"{source}:{line}: name: {profile.name!r} must match the file name {path.stem!r}"]
-        )
-    return profile
+    return load_document(profile_path(name_or_path, search_path), _validate)
 
 
 def list_profiles(search_path: Iterable[Path] | None = None) -> list[str]:

@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import yaml
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from agent.config.base import Loc, Section, raise_problems, reason
-from agent.config.loader import describe_value, format_path, read_yaml
+from agent.config.documents import is_path, load_document, validate_document
+from agent.config.loader import describe_value
 from agent.errors import ConfigError, DecodeError
 from agent.ingest.decode import DecodedValue, DecodeResult, Invalid
-from agent.ingest.profiles import PROFILE_DIR, Finite, Ident, Range, Scale, located_problems
+from agent.ingest.profiles import PROFILE_DIR, Finite, Ident, Range, Scale
 
 __all__ = [
     "FUNCTIONS",
@@ -194,15 +195,7 @@ class RegisterMap(Section):
 
 
 def _validate(data: Any, source: str, lines: dict[Loc, int]) -> RegisterMap:
-    if not isinstance(data, dict):
-        line = lines.get((), 1)
-        raise ConfigError(
-            [
-                f"{source}:{line}: (top level): should be a mapping of keys (name:, registers:, "
-                f"…), got {'nothing' if data is None else describe_value(data)}"
-            ]
-        )
-    if "framing" in data and "registers" not in data:
+    if isinstance(data, dict) and "framing" in data and "registers" not in data:
         line = lines.get(("framing",), 1)
         raise ConfigError(
             [
@@ -210,20 +203,12 @@ def _validate(data: Any, source: str, lines: dict[Loc, int]) -> RegisterMap:
                 "source, not a Modbus register map (registers:)"
             ]
         )
-    try:
-        return RegisterMap.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(located_problems(exc, source, data, lines, RegisterMap)) from None
+    return validate_document(data, source, lines, RegisterMap, "name:, registers:")
 
 
 def register_map_from_dict(data: Any, source: str = "<register map>") -> RegisterMap:
     """Validate in-memory register map data exactly like a file; ConfigError lists every problem."""
     return _validate(data, source, {})
-
-
-def _is_path(name_or_path: str | Path) -> bool:
-    text = str(name_or_path)
-    return isinstance(name_or_path, Path) or "/" in text or text.endswith((".yaml", ".yml"))
 
 
 def list_register_maps(directory: Path = REGISTER_MAP_DIR) -> list[str]:
@@ -233,7 +218,7 @@ def list_register_maps(directory: Path = REGISTER_MAP_DIR) -> list[str]:
 
 def is_register_map(name_or_path: str | Path, directory: Path = REGISTER_MAP_DIR) -> bool:
     """Whether a profile name or file is a Modbus register map (it has ``registers:``)."""
-    if not _is_path(name_or_path):
+    if not is_path(name_or_path):
         return (directory / f"{name_or_path}.yaml").is_file()
     try:
         data = yaml.safe_load(Path(name_or_path).read_text(encoding="utf-8"))
@@ -245,7 +230,7 @@ def is_register_map(name_or_path: str | Path, directory: Path = REGISTER_MAP_DIR
 def load_register_map(name_or_path: str | Path, directory: Path = REGISTER_MAP_DIR) -> RegisterMap:
     """A register map by name (``xy-md02``) or path; ConfigError on problems, one
     ``file:line: key: reason`` each."""
-    if _is_path(name_or_path):
+    if is_path(name_or_path):
         path = Path(name_or_path)
         if not path.is_file():
             raise ConfigError([f"{path}: no such register map file"])
@@ -256,19 +241,7 @@ def load_register_map(name_or_path: str | Path, directory: Path = REGISTER_MAP_D
             raise ConfigError(
                 [f"{name_or_path}: no such Modbus register map in {directory}; known: {known}"]
             )
-    source = str(path)
-    document = read_yaml(path)
-    if document.problems:
-        raise ConfigError(
-            [f"{source}:{line}: {format_path(loc)}: {why}" for loc, line, why in document.problems]
-        )
-    found = _validate(document.data, source, document.lines)
-    if found.name != path.stem:
-        line = document.lines.get(("name",), 1)
-        raise ConfigError(
-            [f"{source}:{line}: name: {found.name!r} must match the file name {path.stem!r}"]
-        )
-    return found
+    return load_document(path, _validate)
 
 
 # --------------------------------------------------------------------------- reading

@@ -34,25 +34,17 @@ from typing import Annotated, Any, Literal
 
 import serial
 import serial_asyncio_fast
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from agent.config.base import (
-    CONTEXT_KEY,
     Duration,
-    Loading,
     Loc,
     Section,
     raise_problems,
     reason,
 )
-from agent.config.loader import (
-    describe_value,
-    format_path,
-    line_of,
-    locate,
-    problem_text,
-    read_yaml,
-)
+from agent.config.documents import is_path, load_document, validate_document
+from agent.config.loader import describe_value
 from agent.config.notify import StacklightTarget
 from agent.errors import ConfigError
 from agent.incidents.model import CLOSED, LEVELS, OPEN, Incident, Notice
@@ -222,40 +214,8 @@ class LightProfile(Section):
     commands: Commands
 
 
-def _problems(exc: ValidationError, source: str, data: Any, lines: dict[Loc, int]) -> list[str]:
-    loading = Loading(base_dir=None, env={})
-    # Validated again with the loading context, so that an unknown key gets "did you mean".
-    try:
-        LightProfile.model_validate(data, context={CONTEXT_KEY: loading})
-    except ValidationError as again:
-        exc = again
-    out: list[tuple[int, str]] = []
-    for error in exc.errors():
-        path, parent, value = locate(tuple(error["loc"]), data)
-        if error["type"] == "invalid_key":
-            text = f"key {error['input']!r} is not text; quote it"
-        else:
-            path, text = problem_text(error, path, parent, value, loading)
-        line = line_of(path, lines)
-        where = f"{source}:{line}:" if lines else f"{source}:"
-        out.append((line, f"{where} {format_path(path)}: {text}"))
-    out.sort(key=lambda item: item[0])
-    return list(dict.fromkeys(text for _, text in out))
-
-
 def _validate(data: Any, source: str, lines: dict[Loc, int]) -> LightProfile:
-    if not isinstance(data, dict):
-        line = lines.get((), 1)
-        raise ConfigError(
-            [
-                f"{source}:{line}: (top level): should be a mapping of keys (name:, commands:, "
-                f"…), got {'nothing' if data is None else describe_value(data)}"
-            ]
-        )
-    try:
-        return LightProfile.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_problems(exc, source, data, lines)) from None
+    return validate_document(data, source, lines, LightProfile, "name:, commands:")
 
 
 def light_profile_from_dict(data: Any, source: str = "<light profile>") -> LightProfile:
@@ -272,7 +232,7 @@ def load_light_profile(name_or_path: str | Path, directory: Path = PROFILE_DIR) 
     """A command profile by name (``adafruit-tower-light``) or path; ConfigError on problems,
     one ``file:line: key: reason`` each."""
     text = str(name_or_path)
-    if isinstance(name_or_path, Path) or "/" in text or text.endswith((".yaml", ".yml")):
+    if is_path(name_or_path):
         path = Path(name_or_path)
         if not path.is_file():
             raise ConfigError([f"{path}: no such light profile file"])
@@ -281,19 +241,7 @@ def load_light_profile(name_or_path: str | Path, directory: Path = PROFILE_DIR) 
         if not path.is_file():
             known = ", ".join(list_light_profiles(directory)) or "none"
             raise ConfigError([f"{text}: no such light profile in {directory}; known: {known}"])
-    source = str(path)
-    document = read_yaml(path)
-    if document.problems:
-        raise ConfigError(
-            [f"{source}:{line}: {format_path(loc)}: {why}" for loc, line, why in document.problems]
-        )
-    profile = _validate(document.data, source, document.lines)
-    if profile.name != path.stem:
-        line = document.lines.get(("name",), 1)
-        raise ConfigError(
-            [f"{source}:{line}: name: {profile.name!r} must match the file name {path.stem!r}"]
-        )
-    return profile
+    return load_document(path, _validate)
 
 
 def commands_for(signal: Signal, commands: Commands) -> list[bytes]:

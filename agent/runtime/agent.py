@@ -24,6 +24,7 @@ from agent.color.colorimetry import warm_up_colour
 from agent.config.models import AgentConfig, InfluxConfig, MqttSourceConfig, SerialSourceConfig
 from agent.config.notify import StacklightTarget
 from agent.drift.alerts import AlertEvent
+from agent.drift.compare import load_statistics, statistics_loaded
 from agent.errors import DriftgateError, SpoolError
 from agent.incidents.model import Incident
 from agent.ingest.broker import Ledger, MqttLink
@@ -288,6 +289,8 @@ class Agent:
         clock.wall_ns()  # a quiet agent notices a step of the clock here at the latest
         self.pipeline.check_stale(self.stale_clock())
         if self.lots is not None:
+            if self.lots.collecting and not statistics_loaded():
+                await asyncio.to_thread(load_statistics)  # before the first comparison needs it
             if self.lots.due():
                 await self.lots.save_soon()  # logs its own write errors
             try:
