@@ -596,11 +596,24 @@ BENCHES: dict[str, Bench] = {
             ),
         ),
         notes=(
-            "SciPy (about 95 MiB and 1.5–2 s) is imported only when a lot, operator or shift "
-            "is compared or a report is made; colour-science only for a colour source; "
-            "influxdb-client only for `api: v2`; apprise and aiosmtplib only for their "
-            "notification targets. The EWMA chart no longer needs SciPy "
-            "(`agent/drift/filters.py`).",
+            "SciPy (about 95 MiB and 1.5–2 s for scipy.stats) is imported only once a lot "
+            "(operator, shift) sample is collected or a report is made; colour-science only "
+            "for a colour source; influxdb-client only for `api: v2`; apprise and aiosmtplib "
+            "only for their notification targets; pymodbus only for a Modbus source. The EWMA "
+            "chart no longer needs SciPy (`agent/drift/filters.py`). "
+            "`tests/test_filters.py` checks that a default floor loads none of them.",
+            "Where the RSS goes (measured with tracemalloc and by importing one library after "
+            "another): at ready mostly the libraries every gateway needs, numpy 18 MiB, "
+            "aiohttp 14 (the v1 writer, webhooks, the status page), asyncio's ssl 9, pydantic "
+            "and the configuration's models 14, the interpreter 10; what a day adds is the "
+            "detector windows: about 10 ring buffers per channel (each detector and the "
+            "baseline keep their own), each holding its span at a reading a minute as float64 "
+            "times and values, capacity grown by doubling: about 34 MiB for 200 channels. "
+            "Reaching 80 MB would take the windows of one channel sharing one ring "
+            "(`agent/drift/`), not a change at the edges.",
+            "Start to ready is mostly imports: under a profiler (pyinstrument), 1.8 s of 2.9 s "
+            "for 1,000 channels (the CLI and the configuration's models 1.1 s, the runtime "
+            "with aiohttp 0.7 s), building the 1,000 channels and their detectors 0.4 s.",
         ),
     ),
     "hostile_mqtt": Bench(
