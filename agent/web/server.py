@@ -57,6 +57,7 @@ COOKIE = "driftgate_session"
 SPARK_SPAN_S = 86400.0
 SPARK_BUCKET_S = 900.0
 SPARK_REFRESH_S = 60.0
+SPARK_RETRY_S = 5.0  # sooner while a channel with a value has no history yet (a fresh start)
 SPARK_WANTED_S = 600.0  # sparklines are refreshed while a page was served this recently
 SPARK_FIRST_WAIT_S = 0.5  # the first page waits this long for them, then goes without
 CHART_BUCKETS = {"1": 300.0, "7": 3600.0, "30": 3 * 3600.0}
@@ -208,6 +209,7 @@ class StatusServer:
         self._sparks_ready = asyncio.Event()
         self._sparks: dict[str, str] = {}
         self._sparks_at = -math.inf
+        self._sparks_every = SPARK_REFRESH_S
         self._sparks_lock = asyncio.Lock()
         self._wanted = -math.inf
         self._charts: dict[tuple[str, str], tuple[float, list[Bucket]]] = {}
@@ -317,7 +319,7 @@ class StatusServer:
                 self._publish_values()
             if ticks % int(HEALTH_EVERY_S) == 0:
                 self._publish_health()
-            if time.monotonic() - self._sparks_at >= SPARK_REFRESH_S:
+            if time.monotonic() - self._sparks_at >= self._sparks_every:
                 self._sparks_wanted.set()
 
     async def _sparks_loop(self) -> None:
@@ -378,7 +380,7 @@ class StatusServer:
         if history is None:
             return False
         async with self._sparks_lock:
-            if time.monotonic() - self._sparks_at < SPARK_REFRESH_S:
+            if time.monotonic() - self._sparks_at < self._sparks_every:
                 return False
             end = self.view.incident_clock()
             start = end - int(SPARK_SPAN_S * 1e9)
@@ -395,6 +397,11 @@ class StatusServer:
             self._sparks = await asyncio.to_thread(_draw_sparks, snap["channels"], series, start,
                                                    end)  # fmt: skip
             self._sparks_at = time.monotonic()
+            # A channel that has a value but no history yet (the history writes in batches, from
+            # a thread): try again in seconds, not in a minute.
+            lagging = any(ch["value"] is not None and not series.get(ch["name"])
+                          for ch in snap["channels"])  # fmt: skip
+            self._sparks_every = SPARK_RETRY_S if lagging else SPARK_REFRESH_S
             return True
 
     # -- the web app ---------------------------------------------------------------------------
