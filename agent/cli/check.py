@@ -30,8 +30,8 @@ def add_parser(sub: Subparsers) -> None:
         "--online",
         action="store_true",
         help="also try InfluxDB (login, database or bucket), the MQTT broker (login, the "
-        "sources' subscriptions) and each serial port (exists, may be opened); exit 1 if one "
-        "is not ok",
+        "sources' subscriptions), each serial port (exists, may be opened) and Modbus TCP "
+        "device (takes a connection); exit 1 if one is not ok",
     )
     check.set_defaults(handler=run)
 
