@@ -26,6 +26,10 @@ FORMATS = ("auto", "console", "json")
 
 _STRUCTURAL_KEYS = frozenset({"event", "level", "logger", "timestamp"})
 _SUMMARY_MARK = "_burst_summary"
+_EVERY_TIME_MARK = "_every_time"
+EVERY_TIME = {_EVERY_TIME_MARK: True}
+"""``log.error(event, **EVERY_TIME, ...)``: never summarised, for the answer to something an
+operator did (a reload refused twice in a minute must say why both times)."""
 
 
 def _redact(mapping: MutableMapping[str, Any]) -> None:
@@ -69,7 +73,7 @@ class BurstSummariser:
         self._bursts.clear()
 
     def __call__(self, _logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-        if event_dict.pop(_SUMMARY_MARK, False):
+        if event_dict.pop(_SUMMARY_MARK, False) | event_dict.pop(_EVERY_TIME_MARK, False):
             return event_dict
         now = self.clock()
         self.flush(now=now)

@@ -16,6 +16,7 @@ from agent.cli import (
     check,
     context,
     reference,
+    reload,
     replay,
     run,
     simulate,
@@ -24,7 +25,7 @@ from agent.cli import (
 from agent.cli.common import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED
 from agent.errors import ConfigError, DriftgateError
 
-COMMANDS = (run, check, alerts, spool, context, simulate, replay, reference, baseline)
+COMMANDS = (run, check, reload, alerts, spool, context, simulate, replay, reference, baseline)
 """The subcommands, in the order ``driftgate --help`` lists them."""
 
 

@@ -120,6 +120,11 @@ class FrameHandler:
         timestamp = decoder.profile.timestamp
         self._device_clock = timestamp.source == "device" and timestamp.field is not None
 
+    @property
+    def channels(self) -> list[Channel]:
+        """The channels this handler's frames have created so far."""
+        return list(self._channels.values())
+
     def frame(self, raw: bytes, topic: str | None = None, received_ns: int | None = None) -> None:
         """Decode one frame (or MQTT payload) and ingest what it holds."""
         now = clock.wall_ns() if received_ns is None else received_ns
