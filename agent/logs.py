@@ -7,7 +7,9 @@ Identical warnings and errors in a burst are logged once and then summarised
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import os
 import re
 import sys
 import time
@@ -140,6 +142,35 @@ class _SafeStream:
             self.stream.flush()
 
 
+SYSLOG_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+
+
+def writes_to_journal(stream: TextIO) -> bool:
+    """Whether ``stream`` is connected to journald: systemd sets ``$JOURNAL_STREAM`` to the
+    device and inode of the service's stdout/stderr stream."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    if not expected:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+    return expected == f"{st.st_dev}:{st.st_ino}"
+
+
+class _WithPriority:
+    """Prefix each line with its syslog priority (``<4>`` for a warning), which journald takes
+    off and stores as the line's priority: ``journalctl -u driftgate -p warning`` then selects
+    the agent's warnings and errors. Without it every line of stderr is stored as info."""
+
+    def __init__(self, renderer: Processor) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> Any:
+        priority = SYSLOG_PRIORITY.get(str(event_dict.get("level", "")), 6)
+        return f"<{priority}>" + str(self.renderer(logger, method, event_dict))
+
+
 def configure_logging(
     level: str = "info",
     fmt: str = "auto",
@@ -172,7 +203,7 @@ def configure_logging(
     ]
     if not console:
         processors.append(structlog.processors.format_exc_info)
-    processors.append(renderer)
+    processors.append(_WithPriority(renderer) if writes_to_journal(out) else renderer)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_level_number(level)),

@@ -8,6 +8,7 @@ whole protocol under a real systemd is in tests/system/."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import threading
@@ -20,6 +21,7 @@ import pytest
 from waiting import until
 
 from agent.config import config_from_dict
+from agent.logs import configure_logging, get_logger
 from agent.runtime import agent as agent_module
 from agent.runtime.agent import Agent
 from agent.runtime.systemd import WEDGE_HOOK_ENV, Notifier, wedge_requested
@@ -178,3 +180,25 @@ async def test_ready_status_pings_and_stopping_from_a_running_agent(
     stopping = listener.with_key("STOPPING")
     assert len(stopping) == 1
     assert stopping[0][1]["STATUS"] == "stopping: committing the spool"
+
+
+def test_log_lines_to_the_journal_carry_their_priority(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """journald stores every line of stderr as info unless the line says otherwise (`<4>`):
+    the prefix makes `journalctl -p warning` select the agent's warnings and errors."""
+    with (tmp_path / "journal").open("w+") as journal, (tmp_path / "other").open("w+") as other:
+        st = os.fstat(journal.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        for stream in (journal, other):
+            configure_logging("info", "json", stream)
+            log = get_logger("driftgate.test")
+            log.info("spool opened")
+            log.warning("serial device lost")
+            log.error("cannot reach InfluxDB")
+            stream.seek(0)
+        to_journal = journal.read().splitlines()
+        elsewhere = other.read().splitlines()
+    assert [line[:4] for line in to_journal] == ["<6>{", "<4>{", "<3>{"]
+    assert json.loads(to_journal[1][3:])["event"] == "serial device lost"
+    assert all(line.startswith("{") for line in elsewhere)  # a file, a pipe: plain JSON

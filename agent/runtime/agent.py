@@ -382,13 +382,14 @@ class Agent:
         rate = self.readings_per_s
         parts = [] if rate is None else [f"{rate:,.1f} readings/s"]
         waiting = m.spool_pending_lines + self.spool.buffered
-        parts.append(f"spool {waiting:,} lines waiting")
+        parts.append(f"spool {waiting:,} line{'' if waiting == 1 else 's'} waiting")
         if self.forwarder is None:
             parts.append("no InfluxDB configured")
         elif (outage := self.forwarder.outage()) is not None:
             down_s, status = outage
             answer = f"HTTP {status}" if status else "no answer"
-            parts.append(f"InfluxDB not taking writes for {duration_words(down_s)} ({answer})")
+            down = f"{down_s:.0f} s" if down_s < 60 else duration_words(down_s)
+            parts.append(f"InfluxDB not taking writes for {down} ({answer})")
         elif m.forwarded or m.influx_reachable:
             parts.append(f"InfluxDB ok, {m.forwarded:,} forwarded")
         else:

@@ -10,6 +10,7 @@ next test.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -30,10 +31,22 @@ from container import (
     check_machine,
     ensure_root,
     ensure_wheels,
+    root_cached,
 )
 from floor import INSTALL, SRC, WHEELS, Installed
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+FIGURES_ENV = "DRIFTGATE_SYSTEM_FIGURES"
+"""bench/system_suite.py sets it to a file: the phases of the run are written there."""
+figures: dict[str, object] = {"boot_s": []}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = os.environ.get(FIGURES_ENV)
+    if path and len(figures) > 1:
+        Path(path).write_text(json.dumps(figures))
 
 
 def _unavailable(exc: Unavailable) -> None:
@@ -45,7 +58,11 @@ def system_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The cached bookworm root (debootstrap, once per machine)."""
     try:
         check_machine()
-        return ensure_root(tmp_path_factory.mktemp("system-logs"))
+        started = time.monotonic()
+        figures["root_cached"] = root_cached()
+        root = ensure_root(tmp_path_factory.mktemp("system-logs"))
+        figures["root_s"] = round(time.monotonic() - started, 1)
+        return root
     except Unavailable as exc:
         _unavailable(exc)
         raise
@@ -56,7 +73,10 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory, system_root: Path) -> P
     """The wheels install.sh installs from inside (``--wheels``), from the host's versions."""
     del system_root  # only to skip first where containers cannot run
     try:
-        return ensure_wheels(REPO, Path(sys.executable), tmp_path_factory.mktemp("wheel-logs"))
+        started = time.monotonic()
+        wheels = ensure_wheels(REPO, Path(sys.executable), tmp_path_factory.mktemp("wheel-logs"))
+        figures["wheels_s"] = round(time.monotonic() - started, 1)
+        return wheels
     except Unavailable as exc:
         _unavailable(exc)
         raise
@@ -99,6 +119,7 @@ def installed(
             started = time.monotonic()
             result = gw.sh(f"{INSTALL} --wheels {WHEELS}", timeout=900)
             seconds = time.monotonic() - started
+            figures["install_s"] = round(seconds, 1)
             gw.sh("journalctl --rotate --vacuum-files=1", check=False)
     except Unavailable as exc:
         overlay.unmount()
@@ -126,6 +147,7 @@ def gateway(installed: Installed, scratch: Path) -> Iterator[Container]:
     work = scratch / f"gateway{next(_gateways)}"
     overlay = Overlay([installed.layer, installed.root], work)
     with overlay, Container(overlay.merged, work, binds(installed.wheels)) as gw:
+        figures["boot_s"].append(round(gw.boot_seconds, 2))  # type: ignore[attr-defined]
         yield gw
         if gw.sh("systemctl is-active driftgate", check=False).stdout.strip() != "inactive":
             # What the agent said, for a failing test's report.

@@ -105,10 +105,20 @@ def check_machine() -> None:
                           "run them as root")  # fmt: skip
 
 
+def root_path() -> Path:
+    """Where the cached root of this recipe is (or will be)."""
+    return cache_dir() / f"{SUITE}-{_key(SUITE, MIRROR, PACKAGES, MASKED, RECIPE)}"
+
+
+def root_cached() -> bool:
+    """Whether the root is built already."""
+    return (root_path() / ".driftgate-root").exists()
+
+
 def ensure_root(logs: Path) -> Path:
     """The cached bookworm root, built with debootstrap if it is missing (minutes, once)."""
-    name = f"{SUITE}-{_key(SUITE, MIRROR, PACKAGES, MASKED, RECIPE)}"
-    root = cache_dir() / name
+    root = root_path()
+    name = root.name
     done = root / ".driftgate-root"
     if done.exists():
         return root

@@ -89,6 +89,13 @@ def start_probe(gw: Container) -> None:
     wait_for(lambda: gw.path(PORT).exists() and gw.path(EMULATOR).exists(), 20, "the probe's pty")
 
 
+def wait_connected(gw: Container) -> None:
+    """Until the agent has the probe's port open: READY=1 says the sources started, and a
+    serial device's bytes are read only while the port is open."""
+    wait_for(lambda: '"event": "serial device connected"' in gw.journal("driftgate"), 30,
+             "the agent to open the probe's port")  # fmt: skip
+
+
 @dataclass
 class Probe:
     """An emulated SHT41 humidity probe writing frames into the gateway's pty."""

@@ -14,6 +14,7 @@ from floor import (
     humidity_in_influx,
     probe,
     start_probe,
+    wait_connected,
     write_config,
 )
 from servers import InfluxDB1Server
@@ -44,6 +45,7 @@ def started(gw: Container, influx_url: str, db: str) -> str:
     write_config(gw, with_user(config(influx_url, db)))
     start_probe(gw)
     gw.sh("systemctl enable --now driftgate", timeout=120)
+    wait_connected(gw)
     return gw.show("driftgate", "MainPID")
 
 

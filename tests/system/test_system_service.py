@@ -18,6 +18,7 @@ from floor import (
     humidity_in_influx,
     probe,
     start_probe,
+    wait_connected,
     write_config,
 )
 from servers import InfluxDB1Server
@@ -34,6 +35,7 @@ def start(gw: Container, text: str) -> None:
     start_probe(gw)
     drop_in(gw, "pty", SERIAL_DEVICES)
     gw.sh("systemctl enable --now driftgate", timeout=120)
+    wait_connected(gw)
 
 
 def test_the_service_runs_as_driftgate_and_readings_reach_influxdb(
@@ -77,6 +79,10 @@ def test_restart_loses_nothing_from_the_spool(
     wait_for(lambda: spooled() == 30, 30, "30 readings spooled")
     gateway.sh("systemctl restart driftgate", timeout=120)
     assert spooled() == 30
+    # READY=1 means the sources started, not that the port is open yet: a serial device's
+    # bytes are read only while the port is open (the agent flushes what came before).
+    connected = '"event": "serial device connected"'
+    wait_for(lambda: gateway.journal("driftgate").count(connected) == 2, 30, "the port again")
     after = device.send(30)
     influx.create_database(missing)
     try:
@@ -85,6 +91,31 @@ def test_restart_loses_nothing_from_the_spool(
     finally:
         influx.drop_database(missing)
     assert gateway.show("driftgate", "NRestarts") == "0"  # a restart asked for, not a failure
+    # Lines carry their priority for journald: the error of the missing database is selected.
+    errors = gateway.sh("journalctl -u driftgate -p warning -o cat --no-pager").stdout
+    assert f"database '{missing}' not found: create it with CREATE DATABASE {missing}" in errors
+    assert '"event": "spool opened"' not in errors  # info
+
+
+def test_the_sandbox_opens_only_the_serial_devices_it_allows(gateway: Container) -> None:
+    """A pty is not a serial adapter: without the drop-in the unit's device policy refuses it
+    (DevicePolicy=closed, DeviceAllow= for ttyUSB, ttyACM, ttyAMA, ttyS and GPIO)."""
+    # systemd enforces device policies with BPF on cgroup v2 (a gateway's bookworm) or the
+    # cgroup v1 devices controller; a container may have neither, and then allows every device.
+    probe_policy = "systemd-run --quiet --wait --pipe -p DevicePolicy=strict head -c1 /dev/zero"
+    if gateway.sh(probe_policy, check=False).returncode == 0:
+        pytest.skip(
+            "this machine's containers cannot enforce DevicePolicy= (no BPF device control, "
+            "a read-only devices controller): /dev/zero opened under DevicePolicy=strict"
+        )
+    write_config(gateway, config("http://127.0.0.1:9", "nowhere"))
+    start_probe(gateway)
+    gateway.sh("systemctl enable --now driftgate", timeout=120)
+    wait_for(lambda: "serial device not available" in gateway.journal("driftgate"), 30,
+             "the refusal")  # fmt: skip
+    journal = gateway.journal("driftgate")
+    assert "Operation not permitted" in journal, journal
+    assert gateway.sh("runuser -u driftgate -- sh -c ': < /run/probe/ttyUSB0'").returncode == 0
 
 
 def test_a_wedged_event_loop_is_killed_by_the_watchdog_and_restarted(
