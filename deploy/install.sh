@@ -67,9 +67,11 @@ if ! [[ "$extras" =~ ^[a-z0-9,]*$ ]]; then
 fi
 
 step() { printf '== %s\n' "$*"; }
-# Run a command, printed first; in a dry run only printed.
+# Run a command, printed first (quoted as a shell would need it); in a dry run only printed.
 run() {
-  printf '+ %s\n' "$*"
+  printf '+'
+  printf ' %q' "$@"
+  printf '\n'
   [ "$dry_run" -eq 1 ] || "$@"
 }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
@@ -188,6 +190,7 @@ else
   printf '+ runuser -u %s -- %s --version\n' "$USER_NAME" "$venv/bin/driftgate"
 fi
 
+previous="$(readlink "$PREFIX/venv" 2>/dev/null || true)"
 step "switch $PREFIX/venv to the new virtualenv"
 run ln -sfn "$(basename "$venv")" "$PREFIX/venv.new"
 run mv -T "$PREFIX/venv.new" "$PREFIX/venv"
@@ -213,7 +216,13 @@ if systemd_running; then
   run systemctl daemon-reload
   if [ "$was_active" -eq 1 ]; then
     step "restart the running service on the new version"
-    run systemctl restart driftgate.service
+    if ! run systemctl restart driftgate.service; then
+      hint="see journalctl -u driftgate -n 50"
+      if [ -n "$previous" ] && [ -d "$PREFIX/$previous" ]; then
+        hint="$hint; back to the previous version: ln -sfn $previous $PREFIX/venv && systemctl restart driftgate"
+      fi
+      die "the service did not start on the new version ($hint)"
+    fi
   fi
 else
   echo "systemd is not running here: the unit is installed and takes effect at the next boot"

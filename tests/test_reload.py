@@ -29,6 +29,7 @@ from agent.config import load_config
 from agent.logs import configure_logging
 from agent.runtime.agent import Agent
 from agent.runtime.reload import ANSWER_FILE, plan_reload, read_answer
+from agent.runtime.systemd import hold_sighup, sighup_held
 from agent.sim.devices import DeviceEmulator
 
 PROBE = "bench.sht41-ep1.humidity"  # the serial probe's channel
@@ -365,3 +366,21 @@ def test_driftgate_reload_waits_for_the_agents_answer(tmp_path: Path) -> None:
     finally:
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(30) == 0
+
+
+async def test_a_sighup_while_the_process_starts_is_kept_for_the_agent(tmp_path: Path) -> None:
+    """Imports and building take seconds on a Pi: a SIGHUP then must neither end the process
+    (its default action) nor be lost."""
+    previous = signal.getsignal(signal.SIGHUP)
+    try:
+        hold_sighup()
+        os.kill(os.getpid(), signal.SIGHUP)
+        path = write(tmp_path / "agent.yaml", base(tmp_path / "state"))
+        agent = Agent(load_config(path), reload_config=lambda: load_config(path))
+        task = asyncio.create_task(agent.run())  # handle_signals: takes SIGHUP over
+        await until(lambda: agent.reload_attempts == 1, 30, "the held reload")
+        agent.stop_event.set()
+        await asyncio.wait_for(task, 20)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert not sighup_held()

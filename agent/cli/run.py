@@ -104,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_CONFIG
 
+    from agent.runtime.systemd import hold_sighup
+
+    hold_sighup()  # a reload asked while the imports below take their seconds is kept
+
     from agent.config import AgentConfig, load_config
     from agent.runtime.agent import Agent
 

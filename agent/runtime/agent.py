@@ -45,7 +45,13 @@ from agent.runtime.outage import OutageAlerts
 from agent.runtime.reload import ReloadAnswer, ReloadPlan, answer_path, plan_reload, write_answer
 from agent.runtime.sinks import EventRecord, log_alert
 from agent.runtime.supervisor import Supervisor
-from agent.runtime.systemd import STATUS_INTERVAL_S, Notifier, wedge_forever, wedge_requested
+from agent.runtime.systemd import (
+    STATUS_INTERVAL_S,
+    Notifier,
+    sighup_held,
+    wedge_forever,
+    wedge_requested,
+)
 from agent.store.disk import disk_full_hint, disk_words, error_name, is_disk_full
 from agent.store.forwarder import Forwarder, ForwarderSettings
 from agent.store.lineprotocol import encode_point
@@ -574,6 +580,8 @@ class Agent:
             if self.reload_config is not None:
                 # Before the start: SIGHUP's default action would end the process.
                 loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+                if sighup_held():  # one came while the process started (hold_sighup)
+                    self.reload_requested.set()
         failure: str | None = None
         by_signal = False
         clock.WALL.listeners.append(self.clock_stepped)

@@ -14,7 +14,9 @@ on its own would keep a dead agent looking alive.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 
@@ -112,6 +114,23 @@ def _watchdog_seconds(env: Mapping[str, str]) -> float | None:
     if pid and pid != str(os.getpid()):
         return None  # set for another process (we were started by a wrapper)
     return int(usec) / 1e6
+
+
+_early_hup = threading.Event()
+
+
+def hold_sighup() -> None:
+    """From now until the agent runs, a SIGHUP is kept, not fatal (its default action ends the
+    process). ``driftgate run`` calls it first thing: imports and building take seconds on a
+    Pi, and a reload asked meanwhile is then applied once the agent runs."""
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: _early_hup.set())
+
+
+def sighup_held() -> bool:
+    """Whether a SIGHUP arrived before the agent took the signal over (and forget it)."""
+    held = _early_hup.is_set()
+    _early_hup.clear()
+    return held
 
 
 def wedge_requested(env: Mapping[str, str] | None = None) -> bool:
