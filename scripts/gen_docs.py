@@ -544,6 +544,44 @@ BENCHES: dict[str, Bench] = {
             "stopped.",
         ),
     ),
+    "modbus_poll": Bench(
+        quick="4 s per bus instead of 10 s",
+        title="Modbus polling: polls/s on one bus, agent CPU per poll",
+        measures="A real `Agent` with one `modbus` source in the bench's process (its CPU time "
+        "is the agent's), polling XY-MD02 transmitters (two input registers each) emulated by "
+        "`driftgate simulate` in a subprocess: pymodbus's server, RTU on a `socat` pty pair, "
+        "answering after the wire time of request and answer at the bus's baud rate (8N1), or "
+        "TCP on 127.0.0.1. Every device is polled every 50 ms and there are more than the bus "
+        "can serve, so the figure is the bus's capacity with the agent as master. *Wire limit*: "
+        "1 / (wire time + the 3.5-character frame gap), what a perfect master could do. *Net "
+        "CPU*: less what the same agent spends polling once a day.",
+        target="a figure, no threshold: a bus of 10 probes polled every 10 s is 1 poll/s",
+        headline=lambda r: ", ".join(
+            f"{x['name']}: {x['polls_per_s']:,.0f} polls/s"
+            for x in r["runs"]
+            if x["wire_limit_per_s"] is not None or x["name"].startswith("TCP")
+        ),
+        tables=(
+            Table(
+                "runs",
+                (
+                    Col("bus", "name", right=False),
+                    Col("devices", "slaves", num()),
+                    Col("polls/s", "polls_per_s", num(1)),
+                    Col("wire limit/s", "wire_limit_per_s", num(1)),
+                    Col("CPU ms/poll", "cpu_ms_per_poll", "{:.3f}"),
+                    Col("net CPU ms/poll", "net_cpu_ms_per_poll", "{:.3f}"),
+                    Col("CPU of one core", "cpu_share_of_one_core", pct),
+                    Col("failed tries", "failed_tries", num()),
+                ),
+            ),
+        ),
+        notes=(
+            "The emulator, `socat` and the agent share the machine's two cores; below the wire "
+            "limit is the time the pty, the emulator and the event loop's wake-ups add to each "
+            "exchange.",
+        ),
+    ),
     "color_stage": Bench(
         quick="200 measurements, median of 3 rounds, instead of 1,000, median of 5",
         title="Colour stage: ms per measurement",
@@ -569,6 +607,53 @@ BENCHES: dict[str, Bench] = {
                 ),
                 caption="ms per measurement:",
                 single=True,
+            ),
+        ),
+    ),
+    "report": Bench(
+        quick="3 rounds instead of 7",
+        title="Context comparison and the second-batch report",
+        measures="The lot tracker as the pipeline stage it is: CPU time of `LotTracker.add` per "
+        "channel batch of 64 readings, 200 channels, comparing on `[lot]` and on `[lot, "
+        "operator, shift]`, while samples fill, for the batch that completes them (summary "
+        "points, Welch and KS against the previous sample: once per channel and context "
+        "change) and once they are full (the steady state). Then `driftgate report`'s wall "
+        "time on the two demo lots (`agent.sim.lots`, 19 channels) and on 200 channels × 2 "
+        "lots × 500 readings: gathering samples and statistics, the HTML, the PDF "
+        "(WeasyPrint).",
+        target="steady state ≤ 5 µs per channel batch",
+        verdict=lambda r: r.get("meets_target"),
+        headline=lambda r: (
+            f"{r['tracker_steady_us']:.1f} µs per batch steady; report of 200 channels: "
+            + ", ".join(
+                f"{k} {r['reports'][-1][k + '_ms'] / 1000:.1f} s"
+                for k in ("gather", "html", "pdf")
+                if k + "_ms" in r["reports"][-1]
+            )
+        ),
+        tables=(
+            Table(
+                "tracker",
+                (
+                    Col("compare_on", "keys", right=False),
+                    Col("phase", "phase", right=False),
+                    Col("µs per batch", "us_per_batch", num(1)),
+                ),
+                caption="`LotTracker.add`, CPU µs per channel batch of 64 readings:",
+            ),
+            Table(
+                "reports",
+                (
+                    Col("state dir", "state", right=False),
+                    Col("channels", "channels", num()),
+                    Col("differ", "differ", num()),
+                    Col("gather ms", "gather_ms", num()),
+                    Col("HTML ms", "html_ms", num()),
+                    Col("HTML KiB", "html_kib", num()),
+                    Col("PDF ms", "pdf_ms", num()),
+                    Col("PDF KiB", "pdf_kib", num()),
+                ),
+                caption="`driftgate report`, wall time of one run:",
             ),
         ),
     ),

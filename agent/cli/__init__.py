@@ -15,9 +15,11 @@ from agent.cli import (
     baseline,
     check,
     context,
+    lot,
     reference,
     reload,
     replay,
+    report,
     run,
     simulate,
     spool,
@@ -25,7 +27,20 @@ from agent.cli import (
 from agent.cli.common import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED
 from agent.errors import ConfigError, DriftgateError
 
-COMMANDS = (run, check, reload, alerts, spool, context, simulate, replay, reference, baseline)
+COMMANDS = (
+    run,
+    check,
+    reload,
+    alerts,
+    spool,
+    context,
+    simulate,
+    replay,
+    reference,
+    baseline,
+    lot,
+    report,
+)
 """The subcommands, in the order ``driftgate --help`` lists them."""
 
 

@@ -59,6 +59,15 @@ BOUNDS: Final[dict[str, Bound]] = {
     "sources.interval": Bound(
         0.001, DAY, "one simulated sample per interval and channel"
     ),
+    "sources.poll": Bound(
+        0.05, DAY, "each poll is a request on the bus; one bus carries a few dozen a second"
+    ),
+    "sources.timeout": Bound(
+        0.01, MINUTE, "shorter fails slow devices; longer holds the bus while one is silent"
+    ),
+    "sources.frame_gap": Bound(
+        0.0, 1.0, "the silence between two frames on an RS-485 bus (at least 3.5 characters)"
+    ),
     # -- alerting and detection (reading time, not wall time)
     "alerts.repeat": Bound(
         MINUTE, 30 * DAY, "a reminder more often than every minute is noise"

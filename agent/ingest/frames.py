@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent import clock
@@ -35,6 +35,8 @@ class SourceHealth:
     invalid: int = 0
     reconnects: int = 0
     discarded_bytes: int = 0
+    slaves: list[SlaveHealth] = field(default_factory=list)
+    """The devices of a shared bus (Modbus), each with its own counters."""
 
     def fields(self) -> dict[str, int | bool]:
         """As InfluxDB fields."""
@@ -47,6 +49,49 @@ class SourceHealth:
             "invalid": self.invalid,
             "reconnects": self.reconnects,
             "discarded_bytes": self.discarded_bytes,
+        }
+
+    def points(self) -> list[tuple[dict[str, str], dict[str, int | bool]]]:
+        """``(extra tags, fields)`` of each ``driftgate_source`` point: the source's own, then
+        one per device of a bus (tagged ``slave`` and ``sensor``)."""
+        out: list[tuple[dict[str, str], dict[str, int | bool]]] = [({}, self.fields())]
+        out += [
+            ({"slave": str(slave.slave), "sensor": slave.sensor}, slave.fields())
+            for slave in self.slaves
+        ]
+        return out
+
+
+@dataclass(slots=True)
+class SlaveHealth:
+    """One device on a shared bus (a Modbus slave): how its requests went.
+
+    Each try of a request ends in exactly one of: an answer with data (``reads``), no answer
+    in time (``timeouts``), bytes that were no valid answer (``crc_errors``: noise, a wrong
+    baud rate or parity, two devices at one address) or a Modbus exception (``exceptions``,
+    the last code in ``last_exception``).
+    """
+
+    slave: int
+    sensor: str
+    polls: int = 0
+    reads: int = 0
+    timeouts: int = 0
+    crc_errors: int = 0
+    exceptions: int = 0
+    last_exception: int = 0
+    last_good_ns: int = 0
+
+    def fields(self) -> dict[str, int | bool]:
+        """As InfluxDB fields."""
+        return {
+            "polls": self.polls,
+            "reads": self.reads,
+            "timeouts": self.timeouts,
+            "crc_errors": self.crc_errors,
+            "exceptions": self.exceptions,
+            "last_exception": self.last_exception,
+            "last_good_ns": self.last_good_ns,
         }
 
 
@@ -97,7 +142,7 @@ class FrameHandler:
     def __init__(
         self,
         source: str,
-        decoder: Decoder,
+        decoder: Decoder | None,
         pipeline: Pipeline,
         registry: ChannelRegistry,
         *,
@@ -117,8 +162,11 @@ class FrameHandler:
         self._channels: dict[tuple[str, tuple[tuple[str, str], ...]], Channel] = {}
         self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
         self._context_version = -1
-        timestamp = decoder.profile.timestamp
-        self._device_clock = timestamp.source == "device" and timestamp.field is not None
+        # None: a source that decodes itself (Modbus registers) and calls ``ingest``.
+        timestamp = decoder.profile.timestamp if decoder is not None else None
+        self._device_clock = (
+            timestamp is not None and timestamp.source == "device" and timestamp.field is not None
+        )
 
     @property
     def channels(self) -> list[Channel]:
@@ -127,12 +175,15 @@ class FrameHandler:
 
     def frame(self, raw: bytes, topic: str | None = None, received_ns: int | None = None) -> None:
         """Decode one frame (or MQTT payload) and ingest what it holds."""
+        decoder = self.decoder
+        if decoder is None:
+            raise TypeError(f"{self.source} decodes its own frames: call ingest()")
         now = clock.wall_ns() if received_ns is None else received_ns
         health = self.health
         health.frames += 1
         health.last_frame_ns = now
         try:
-            result = self.decoder.decode(raw, topic, received_ns=now)
+            result = decoder.decode(raw, topic, received_ns=now)
         except DecodeError as exc:
             health.decode_errors += 1
             self.pipeline.metrics.decode_errors += 1
@@ -144,7 +195,7 @@ class FrameHandler:
                 frame=preview(raw),
             )
             sink = self.measurements
-            if sink is not None and self.decoder.profile.spectrum is not None:
+            if sink is not None and decoder.profile.spectrum is not None:
                 sink.bad_frame(self, raw, exc.reason)  # a lost measurement: dead-letter it
             return
         self.ingest(result, raw, now)

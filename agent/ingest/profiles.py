@@ -59,6 +59,7 @@ __all__ = [
     "TwoPoint",
     "list_profiles",
     "load_profile",
+    "located_problems",
     "profile_from_dict",
     "profile_path",
 ]
@@ -306,7 +307,7 @@ class FieldMap(Section):
     measurement: Ident
     field: Ident
     unit: str = ""
-    kind: Literal["climate", "tension", "color"]
+    kind: Literal["climate", "tension", "color", "moisture"]
     scale: Scale = 1.0
     offset: Finite = 0.0
     range: Range = None
@@ -460,11 +461,19 @@ class Profile(Section):
 _UNION_TYPES = {"framing": _FRAMING_TYPES, "format": _FORMAT_TYPES, "checksum": _CHECKSUM_TYPES}
 
 
-def _problems(exc: ValidationError, source: str, data: Any, lines: dict[Loc, int]) -> list[str]:
+def located_problems(
+    exc: ValidationError,
+    source: str,
+    data: Any,
+    lines: dict[Loc, int],
+    model: type[Section] | None = None,
+) -> list[str]:
+    """``file:line: key.path: reason`` for each error of a profile-like document (``model``,
+    default ``Profile``), sorted by line; unknown keys get a "did you mean"."""
     loading = Loading(base_dir=None, env={})
     # Re-run once with the loading context so that unknown keys get "did you mean".
     try:
-        Profile.model_validate(data, context={CONTEXT_KEY: loading})
+        (model or Profile).model_validate(data, context={CONTEXT_KEY: loading})
     except ValidationError as again:
         exc = again
     out: list[tuple[int, str]] = []
@@ -506,7 +515,7 @@ def _validate(data: Any, source: str, lines: dict[Loc, int]) -> Profile:
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc, source, data, lines)) from None
+        raise ConfigError(located_problems(exc, source, data, lines)) from None
 
 
 def profile_path(name_or_path: str | Path, search_path: Sequence[Path] | None = None) -> Path:
@@ -523,8 +532,11 @@ def profile_path(name_or_path: str | Path, search_path: Sequence[Path] | None = 
         if candidate.is_file():
             return candidate
     known = ", ".join(list_profiles(dirs)) or "none"
+    modbus = ""
+    if (PROFILE_DIR / "modbus" / f"{text}.yaml").is_file():
+        modbus = f" ({text} is a Modbus register map: use it in a source of type: modbus)"
     raise ConfigError(
-        [f"{text}: no such device profile in {', '.join(map(str, dirs))}; known: {known}"]
+        [f"{text}: no such device profile in {', '.join(map(str, dirs))}; known: {known}" + modbus]
     )
 
 

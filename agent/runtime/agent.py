@@ -217,7 +217,10 @@ class Agent:
             health = getattr(source, "health", None)
             if health is not None:
                 source_tags = {**tags, "source": source.name}
-                lines.append(encode_point("driftgate_source", source_tags, health.fields(), now))
+                for extra, fields in health.points():
+                    lines.append(
+                        encode_point("driftgate_source", {**source_tags, **extra}, fields, now)
+                    )
         return lines
 
     # -- the long-running tasks (each owned by the supervisor) --------------------------------
@@ -268,8 +271,14 @@ class Agent:
         self.registry.new_channels.flush()  # the summary of a burst of new channels
         clock.wall_ns()  # a quiet agent notices a step of the clock here at the latest
         self.pipeline.check_stale(self.stale_clock())
-        if self.lots is not None and self.lots.due():
-            await self.lots.save_soon()  # logs its own write errors
+        if self.lots is not None:
+            if self.lots.due():
+                await self.lots.save_soon()  # logs its own write errors
+            try:
+                if await asyncio.to_thread(self.lots.approved.reload):
+                    self.lots.approvals_changed()
+            except DriftgateError as exc:
+                log.error("cannot read the approved lots", error=str(exc))
         for row, incident, by, note in await self.incidents.store.pending_acks():
             self.acknowledge(incident, by, note)
             await self.incidents.store.ack_done(row)
@@ -742,10 +751,20 @@ class Agent:
 
 
 def _naming(sc: object) -> tuple[object, ...]:
-    """What a source's channel names are made of (a change renames its channels)."""
-    if isinstance(sc, SerialSourceConfig | MqttSourceConfig):
-        return (sc.profile, sc.prefix(), tuple(sorted(sc.base_tags().items())))
-    return (type(sc).__name__,)
+    """What a source's channel names are made of: when it changes, the old channels are
+    forgotten (a Modbus bus's devices are part of it: a device added restarts the detectors of
+    the bus's channels, as a restart would)."""
+    prefix, tags = getattr(sc, "prefix", None), getattr(sc, "base_tags", None)
+    if prefix is None or tags is None:
+        return (type(sc).__name__,)  # a simulated workshop: always the same channels
+    devices = getattr(sc, "devices", None)
+    return (
+        type(sc).__name__,
+        getattr(sc, "profile", None),
+        prefix(),
+        tuple(sorted(tags().items())),
+        repr(devices) if devices is not None else None,
+    )
 
 
 def _worker(outbox: Outbox, name: str) -> Callable[[], Awaitable[None]]:
