@@ -28,9 +28,10 @@ Options:
   --dry-run        print every step without doing it (needs no root)
   --wheels DIR     install from the wheels in DIR only (no package index): make DIR on a
                    machine with internet, same Python and architecture, with
-                   python3 -m pip wheel --wheel-dir DIR ".[plot]" "setuptools>=77" wheel
-  --extras LIST    optional features to install (default: plot; add gpio for tower lights
-                   on Raspberry Pi pins: --extras plot,gpio)
+                   python3 -m pip wheel --wheel-dir DIR ".[plot,report]" "setuptools>=77" wheel
+  --extras LIST    optional features to install (default: plot,report: replay --plot and
+                   report --pdf; add gpio for tower lights on Raspberry Pi pins:
+                   --extras plot,report,gpio)
   --uninstall      stop and remove the service and the program; config and state stay
   --purge          with --uninstall: also remove /etc/driftgate, /var/lib/driftgate, the user
   -h, --help       this text
@@ -44,7 +45,7 @@ STATE=/var/lib/driftgate
 UNIT=/etc/systemd/system/driftgate.service
 USER_NAME=driftgate
 
-dry_run=0 uninstall=0 purge=0 wheels="" extras="plot"
+dry_run=0 uninstall=0 purge=0 wheels="" extras="plot,report"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry_run=1 ;;
@@ -236,6 +237,10 @@ for old in "$PREFIX"/venv-* "$PREFIX/.venv" "$PREFIX/agent" "$PREFIX/firmware_co
   run rm -rf "$old"
 done
 
+if [[ ",$extras," == *",report,"* ]] && ! ldconfig -p 2>/dev/null | grep -q 'libpango-1.0.so.0'; then
+  echo "note: driftgate report --pdf needs Debian's libpango-1.0-0 (apt install libpango-1.0-0);"
+  echo "      the HTML report and everything else work without it"
+fi
 if [ "$dry_run" -eq 1 ]; then
   echo "dry run: nothing was changed"
 elif [ "$was_active" -eq 1 ]; then

@@ -157,10 +157,11 @@ def ensure_root(logs: Path) -> Path:
 
 def requirements(repo: Path) -> list[str]:
     """What install.sh installs from a wheel directory: the dependencies, the default extras
-    (plot) and what building driftgate itself needs."""
+    (plot, report) and what building driftgate itself needs."""
     project = tomllib.loads((repo / "pyproject.toml").read_text())
     deps = list(project["project"]["dependencies"])
-    deps += project["project"]["optional-dependencies"]["plot"]
+    for extra in ("plot", "report"):
+        deps += project["project"]["optional-dependencies"][extra]
     return deps + list(project["build-system"]["requires"])
 
 

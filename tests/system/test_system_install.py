@@ -63,8 +63,11 @@ def test_install_runs_to_completion_and_checks_itself_as_the_service_user(
                       "/var/lib/driftgate").stdout.split("\n")[:3] == [
         "root:driftgate 750", "root:driftgate 640", "driftgate:driftgate 750",
     ]  # fmt: skip
-    # The extras the README's commands need: replay --plot.
+    # The extras the README's commands need: replay --plot, report --pdf (the container has no
+    # libpango: install.sh says what report --pdf needs; the HTML report works without it).
     gateway.sh("runuser -u driftgate -- /opt/driftgate/venv/bin/python -c 'import matplotlib'")
+    gateway.sh("runuser -u driftgate -- /opt/driftgate/venv/bin/python -m pip show weasyprint")
+    assert "driftgate report --pdf needs Debian's libpango-1.0-0" in out
     assert gateway.show("driftgate", "UnitFileState") == "disabled"  # enabled by the admin
 
 
