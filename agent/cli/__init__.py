@@ -23,12 +23,15 @@ from agent.cli import (
     run,
     simulate,
     spool,
+    status,
+    users,
 )
 from agent.cli.common import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED
 from agent.errors import ConfigError, DriftgateError
 
 COMMANDS = (
     run,
+    status,
     check,
     reload,
     alerts,
@@ -40,6 +43,7 @@ COMMANDS = (
     baseline,
     lot,
     report,
+    users,
 )
 """The subcommands, in the order ``driftgate --help`` lists them."""
 

@@ -95,6 +95,13 @@ BOUNDS: Final[dict[str, Bound]] = {
     "incidents.keep_cleared": Bound(
         HOUR, YEAR, "cleared incidents stay listed (and in incidents.sqlite) this long"
     ),
+    # -- the status page (wall time)
+    "status.session": Bound(
+        5 * MINUTE, 30 * DAY, "a login on the status page lasts this long"
+    ),
+    "status.health_grace": Bound(
+        1.0, DAY, "/healthz tolerates a source or InfluxDB down this long (reconnects)"
+    ),
     # -- device clocks against the gateway's (docs/architecture.md, "Time")
     "input_limits.max_ahead": Bound(
         MINUTE, YEAR, "device readings further ahead of the gateway's clock are refused"

@@ -38,6 +38,7 @@ from agent.config.bounds import within
 from agent.config.detectors import BaselineSpecConfig, DetectorConfig, LimitConfig
 from agent.config.notify import IncidentsConfig, NotifyConfig
 from agent.config.secrets import SecretFile, find_secret, inline_secret
+from agent.config.status import StatusConfig
 from agent.context import ContextError, check_tag
 
 # --------------------------------------------------------------------------- the models
@@ -439,6 +440,16 @@ class MqttConfig(Section):
         default=256 * 1024,
         description="larger messages are counted and dropped without being decoded",
     )
+    ack: Literal["on_commit", "on_arrival"] = Field(
+        default="on_commit",
+        description="acknowledge a message once the spool committed what it produced (safe), "
+        "or on arrival (a crash loses the last spool.flush_interval of acknowledged messages)",
+    )
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=2000,
+        description="unacknowledged messages the broker may send us at once (MQTT v5 "
+        "Receive Maximum): the rate is at most this many per spool commit",
+    )
     password: SecretStr | None = None
 
     @field_validator("password", mode="before")
@@ -658,6 +669,7 @@ class AgentConfig(Section):
     incidents: IncidentsConfig = Field(default_factory=IncidentsConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     input_limits: InputLimitsConfig = Field(default_factory=InputLimitsConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
     _warnings: list[ConfigWarning] = PrivateAttr(default_factory=list)
 
     @property

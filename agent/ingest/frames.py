@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from agent import clock
@@ -37,6 +37,7 @@ class SourceHealth:
     discarded_bytes: int = 0
     slaves: list[SlaveHealth] = field(default_factory=list)
     """The devices of a shared bus (Modbus), each with its own counters."""
+    time_fallbacks: int = 0
 
     def fields(self) -> dict[str, int | bool]:
         """As InfluxDB fields."""
@@ -49,6 +50,7 @@ class SourceHealth:
             "invalid": self.invalid,
             "reconnects": self.reconnects,
             "discarded_bytes": self.discarded_bytes,
+            "time_fallbacks": self.time_fallbacks,
         }
 
     def points(self) -> list[tuple[dict[str, str], dict[str, int | bool]]]:
@@ -167,6 +169,9 @@ class FrameHandler:
         self._device_clock = (
             timestamp is not None and timestamp.source == "device" and timestamp.field is not None
         )
+        # A profile that stamps on arrival when the device's time is unusable (Tasmota's Time)
+        # does so for a clock far off too, instead of refusing the frame.
+        self._restamp = timestamp is not None and timestamp.fallback == "arrival"
 
     @property
     def channels(self) -> list[Channel]:
@@ -209,10 +214,21 @@ class FrameHandler:
         checked against.
         """
         pipeline = self.pipeline
-        if self._device_clock and not self._device_time_ok(result, raw, received_ns):
-            return
+        if self._device_clock:
+            checked = self._device_time_ok(result, raw, received_ns)
+            if checked is None:
+                return
+            result = checked
         ingest = pipeline.ingest
         taken = 0
+        if result.time_fallback is not None:
+            self.health.time_fallbacks += 1
+            log.warning(
+                "device time not usable: readings stamped on arrival",
+                source=self.source,
+                reason=result.time_fallback,
+                hint="set the device's clock (NTP) and its time zone",
+            )
         for value in result.values:
             try:
                 channel, own = self._route(value)
@@ -246,14 +262,17 @@ class FrameHandler:
             elif result.values and result.values[0].kind == "color":
                 sink.lab_values(self, result.values, raw)
 
-    def _device_time_ok(self, result: DecodeResult, raw: bytes, received_ns: int | None) -> bool:
-        """Whether the device's clock is close enough to the gateway's; if not, dead-letter
-        the frame whole (its readings counted) and say so once per burst."""
+    def _device_time_ok(
+        self, result: DecodeResult, raw: bytes, received_ns: int | None
+    ) -> DecodeResult | None:
+        """The frame, if the device's clock is close enough to the gateway's; else stamped on
+        arrival (a profile with ``fallback: arrival``), or None: dead-lettered whole (its
+        readings counted), said once per burst."""
         stamps = [v.ts_ns for v in result.values]
         if result.spectrum is not None:
             stamps.append(result.spectrum.ts_ns)
         if not stamps:
-            return True
+            return result
         pipeline = self.pipeline
         now = clock.wall_ns() if received_ns is None else received_ns
         first, last = min(stamps), max(stamps)
@@ -262,7 +281,16 @@ class FrameHandler:
         elif now - first > pipeline.device_behind_ns:
             off, limit, key, side = now - first, pipeline.device_behind_ns, "max_behind", "behind"
         else:
-            return True
+            return result
+        if self._restamp:
+            why = f"device time {iso(last if side == 'ahead of' else first)} is " \
+                  f"{duration_words(off / 1e9)} {side} the gateway's clock"  # fmt: skip
+            return DecodeResult(
+                [replace(v, ts_ns=now) for v in result.values],
+                result.invalid,
+                replace(result.spectrum, ts_ns=now) if result.spectrum is not None else None,
+                why,
+            )
         held = len(stamps) + len(result.invalid)
         pipeline.metrics.device_time_refused += held
         device = iso(last if side == "ahead of" else first)
@@ -279,7 +307,7 @@ class FrameHandler:
             readings=held,
             hint=f"set the device's clock (NTP), or raise input_limits.{key}",
         )
-        return False
+        return None
 
     def _channel_refused(self, exc: ChannelLimitError) -> None:
         self.pipeline.metrics.channels_refused += 1

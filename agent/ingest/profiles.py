@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -319,13 +320,37 @@ class FieldMap(Section):
         return self.name or self.field
 
 
+LOCAL_ZONE = "local"
+"""``timestamp.timezone: local``: the gateway's own zone (devices on its floor share it)."""
+
+
+def _timezone(v: str) -> str:
+    if v == LOCAL_ZONE:
+        return v
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise reason(
+            f"{v!r} is not a time zone: use an IANA name such as Europe/Paris, UTC, or local"
+        ) from None
+    return v
+
+
 class Timestamp(Section):
     """Where a frame's time comes from: arrival at the gateway, or a field the device sends."""
 
     source: Literal["arrival", "device"] = "arrival"
     field: str | None = None
     unit: Literal["s", "ms", "us", "ns", "iso8601"] = "ms"
-    timezone: str = Field(default="UTC", description="for iso8601 times without an offset")
+    timezone: Annotated[str, AfterValidator(_timezone)] = Field(
+        default="UTC",
+        description="for iso8601 times without an offset; local: the gateway's own zone",
+    )
+    fallback: Literal["reject", "arrival"] = Field(
+        default="reject",
+        description="a missing or implausible device time: reject the frame, or stamp it on "
+        "arrival (counted as time_fallbacks)",
+    )
 
     @model_validator(mode="after")
     def _field_for_device(self) -> Timestamp:
@@ -333,6 +358,8 @@ class Timestamp(Section):
             raise_problems("Timestamp", [(("field",), "source: device needs the field")])
         if self.source == "arrival" and self.field:
             raise_problems("Timestamp", [(("field",), "only used with source: device")])
+        if self.source == "arrival" and self.fallback != "reject":
+            raise_problems("Timestamp", [(("fallback",), "only used with source: device")])
         return self
 
 

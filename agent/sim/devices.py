@@ -16,7 +16,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from agent.ingest.decode import append_checksum
 from agent.ingest.profiles import Profile, StxEtxFraming, load_profile
@@ -218,7 +218,8 @@ class DeviceEmulator:
                 1013.25 + 6.0 * math.sin(2 * math.pi * t / (3 * 86400)) + self.rng.gauss(0, 0.1)
             )
             reading["Pressure"] = round(pressure, 1)
-        stamp = datetime.fromtimestamp(int(t), tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        # Tasmota's Time is the device's local time, without a zone (SetOption52 0)
+        stamp = datetime.fromtimestamp(int(t)).strftime("%Y-%m-%dT%H:%M:%S")
         doc: dict[str, object] = {"Time": stamp, chip: reading}
         if chip == "BME280":
             doc["PressureUnit"] = "hPa"

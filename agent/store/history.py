@@ -95,6 +95,17 @@ def history_path(state_dir: Path) -> Path:
 Agg = list[float]  # [n, mean, m2, min, max]
 
 
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """A span of a channel's minutes pooled: readings, mean, lowest and highest."""
+
+    start_ns: int
+    n: int
+    mean: float
+    low: float
+    high: float
+
+
 def merge(into: Agg, n: float, mean: float, m2: float, lo: float, hi: float) -> None:
     """Pool a group (n, mean, M2, min, max) into ``into`` (Chan et al.'s parallel formula)."""
     na = into[0]
@@ -255,6 +266,44 @@ class History:
             with contextlib.suppress(sqlite3.Error):
                 await asyncio.get_running_loop().run_in_executor(executor, self._close)
             executor.shutdown(wait=False)
+
+    async def series(
+        self, channels: Sequence[str], start_ns: int, end_ns: int, bucket_s: float
+    ) -> dict[str, list[Bucket]]:
+        """Each channel's minutes in [start_ns, end_ns) pooled into buckets of ``bucket_s``
+        (for the status page's sparklines and charts); read on the history's own thread, so
+        the event loop never waits on the disk. Empty while the history is not open."""
+        executor = self._executor
+        if executor is None or self._broken:
+            return {}
+        lo, hi = start_ns // MINUTE_NS, -(-end_ns // MINUTE_NS)
+        width = max(int(bucket_s // 60), 1)
+        fut = asyncio.get_running_loop().run_in_executor(
+            executor, self._series, list(channels), lo, hi, width
+        )
+        return await asyncio.shield(fut)
+
+    def _series(self, channels: list[str], lo: int, hi: int, width: int) -> dict[str, list[Bucket]]:
+        conn = self._conn
+        if conn is None:
+            return {}
+        out: dict[str, list[Bucket]] = {}
+        # One indexed range per channel: the table is clustered by (channel, minute).
+        query = (
+            "SELECT (minute - ?1) / ?2 AS b, SUM(n), SUM(n * mean) / SUM(n), MIN(min), MAX(max) "
+            "FROM minutes WHERE channel = ?3 AND minute >= ?1 AND minute < ?4 GROUP BY b ORDER BY b"
+        )
+        try:
+            for channel in channels:
+                rows = conn.execute(query, (lo, width, channel, hi)).fetchall()
+                if rows:
+                    out[channel] = [
+                        Bucket((lo + int(b) * width) * MINUTE_NS, int(n), mean, low, high)
+                        for b, n, mean, low, high in rows
+                    ]
+        except sqlite3.Error as exc:
+            raise HistoryError(f"cannot read the local history {self.path}: {exc}") from None
+        return out
 
     # -- worker thread -----------------------------------------------------------------------
     async def _call(self, fn: Callable[..., None], *args: object) -> None:
