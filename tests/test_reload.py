@@ -194,6 +194,8 @@ async def test_a_removed_source_is_stopped_and_its_channels_forgotten(
     await until(lambda: agent.sources[1].health.connected, 15, "the probe's port")  # type: ignore[attr-defined]
     await asyncio.to_thread(send_frames, serial_pair, 5)
     await until(lambda: PROBE in agent.registry.channels, 15, "the probe's channels")
+    assert agent.status is not None
+    await until(lambda: PROBE in agent.status.latest.values, 15, "the probe on the status page")
 
     write(path, base(state))
     answer = await agent.reload()
@@ -205,6 +207,7 @@ async def test_a_removed_source_is_stopped_and_its_channels_forgotten(
     assert PROBE not in agent.registry.channels
     assert all(d.channel.name != PROBE for d in agent.engine)
     assert ROOM in agent.registry.channels
+    assert PROBE not in agent.status.latest.values  # nor a last value on the status page
 
 
 async def test_an_invalid_config_is_refused_and_nothing_changes(
@@ -251,19 +254,23 @@ async def test_changes_that_need_a_restart_are_kept_and_named(
     agent = await run.ready()
     await until(lambda: ROOM in agent.registry.channels, 15, "the workshop")
 
+    status = agent.status
     write(path, base(state, site="elsewhere", spool={"max_bytes": "1MiB"},
-                     self_metrics={"interval": "2s"}))  # fmt: skip
+                     self_metrics={"interval": "2s"}, status={"enabled": False}))  # fmt: skip
     answer = await agent.reload()
 
     assert answer.accepted
     assert answer.applied == ["self_metrics"]
-    assert answer.needs_restart == ["site", "spool"]
+    assert answer.needs_restart == ["site", "spool", "status"]
+    # The status page keeps serving: its listener and logged-in sessions go only at a restart.
+    assert agent.status is status and agent.supervisor.task("status") is not None
+    assert agent.cfg.status.enabled
     assert agent.cfg.site == "rl"
     assert agent.cfg.spool.max_bytes == 1 << 30
     assert agent.cfg.self_metrics.interval == 2.0
     logs = [json.loads(line) for line in stream.getvalue().splitlines()]
     warned = [e for e in logs if e["event"] == "changes that need a restart were not applied"]
-    assert warned[0]["keys"] == ["site", "spool"]
+    assert warned[0]["keys"] == ["site", "spool", "status"]
     assert warned[0]["hint"] == "systemctl restart driftgate"
 
 

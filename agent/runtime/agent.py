@@ -543,6 +543,9 @@ class Agent:
             if _naming(before) != _naming(after):  # its channels get other names now
                 forgotten |= {c.name for c in old[name].channels()}
         self.registry.forget(forgotten)
+        if self.status is not None:  # nor a last value on the page (a source back starts afresh)
+            for name in forgotten:
+                self.status.latest.values.pop(name, None)
         self.sources = [s for s in self.sources if s.name not in going] + new_sources
         self.core.sources = self.sources
         if plan.channels_changed:
