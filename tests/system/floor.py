@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from container import Container
-from servers import InfluxDB1Server
+from servers import InfluxDB1Server, free_port
 from waiting import wait_for
 
 from agent.sim.devices import DeviceEmulator
@@ -21,6 +21,9 @@ STATE = "/var/lib/driftgate"
 PTY_DIR = "/run/probe"
 PORT = f"{PTY_DIR}/ttyUSB0"  # the agent's end, like a USB adapter
 EMULATOR = f"{PTY_DIR}/emulator"  # the device's end, written by the test
+STATUS_PORT = free_port()
+"""The status page's port: the gateway shares the host's network namespace, so not the default
+8765 another test or engineer on this machine may hold."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,8 @@ def config(influx_url: str, database: str, *, probe: bool = True, extra: str = "
 site: lab
 gateway: gw-system
 state_dir: {STATE}
+status:
+  listen: 127.0.0.1:{STATUS_PORT}
 influx:
   url: {influx_url}
   database: {database}

@@ -88,7 +88,7 @@ def test_an_invalid_config_is_refused_and_the_running_one_goes_on(
     assert result.returncode != 0
     journal = gateway.journal("driftgate")
     line = (
-        f"{CONFIG}:16: sources[0].reconnect_max: '1 second' is not a duration: "
+        f"{CONFIG}:18: sources[0].reconnect_max: '1 second' is not a duration: "
         "use e.g. 30s, 5m, 2h, 7d"
     )
     assert line in journal, journal

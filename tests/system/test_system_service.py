@@ -5,6 +5,7 @@ into a bad config, and sandboxed (systemd-analyze security)."""
 from __future__ import annotations
 
 import re
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from floor import (
     CONFIG,
     SERIAL_DEVICES,
     STATE,
+    STATUS_PORT,
     config,
     drop_in,
     humidity_in_influx,
@@ -61,6 +63,13 @@ def test_the_service_runs_as_driftgate_and_readings_reach_influxdb(
     status = gateway.show("driftgate", "StatusText")
     assert "InfluxDB ok" in status, status
     assert gateway.show("driftgate", "WatchdogUSec") == "30s"
+    # The status page inside the sandbox: /healthz from the host (the same loopback), and
+    # `driftgate status` as the operate.md says to run it.
+    with urllib.request.urlopen(f"http://127.0.0.1:{STATUS_PORT}/healthz", timeout=10) as page:
+        assert page.status == 200
+    shown = gateway.sh(f"runuser -u driftgate -- driftgate status -c {CONFIG}").stdout
+    assert "driftgate lab / gw-system" in shown, shown
+    assert "source probe (serial)" in shown, shown
 
 
 def test_restart_loses_nothing_from_the_spool(
