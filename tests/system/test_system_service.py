@@ -5,6 +5,7 @@ into a bad config, and sandboxed (systemd-analyze security)."""
 from __future__ import annotations
 
 import re
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from floor import (
     wait_connected,
     write_config,
 )
-from servers import InfluxDB1Server
+from servers import InfluxDB1Server, MosquittoServer
 from spoolfile import committed_lines
+from test_mqtt import PUB, TASMOTA, retained
 from waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,6 +72,39 @@ def test_the_service_runs_as_driftgate_and_readings_reach_influxdb(
     shown = gateway.sh(f"runuser -u driftgate -- driftgate status -c {CONFIG}").stdout
     assert "driftgate lab / gw-system" in shown, shown
     assert "source probe (serial)" in shown, shown
+
+
+def test_mqtt_readings_reach_influxdb_through_the_sandbox(
+    gateway: Container, influx_db: tuple[InfluxDB1Server, str], mosquitto: MosquittoServer
+) -> None:
+    """RestrictAddressFamilies= and the system call filter leave the broker reachable: a
+    Tasmota plug's message (QoS 1) reaches InfluxDB, and the agent says it is online."""
+    influx, db = influx_db
+    mqtt = f"""\
+mqtt:
+  host: {mosquitto.host}
+  port: {mosquitto.port}
+sources:
+  - type: mqtt
+    name: plugs
+    profile: tasmota-sht3x
+    topics: ["factory/{{zone}}/tele/{{sensor}}/SENSOR"]
+"""
+    write_config(gateway, config(influx.url, db, probe=False, extra=mqtt))
+    gateway.sh("systemctl enable --now driftgate", timeout=120)
+    topic = "driftgate/lab/gw-system/status"
+    wait_for(lambda: retained(mosquitto, topic) == "online", 30, "the agent online on MQTT")
+    publish = [PUB, "-h", mosquitto.host, "-p", str(mosquitto.port), "-q", "1"]
+    subprocess.run([*publish, "-t", "factory/cutting/tele/plug1/SENSOR", "-m", TASMOTA],
+                   check=True, timeout=10)  # fmt: skip
+
+    def cutting() -> list[float]:
+        rows = influx.points("climate", db, where="\"sensor\" = 'plug1'")
+        return [row["humidity_rh"] for row in rows if row.get("humidity_rh") is not None]
+
+    wait_for(lambda: cutting() == [48.2], 30, "the plug's humidity in InfluxDB")
+    gateway.sh("systemctl stop driftgate", timeout=60)
+    assert retained(mosquitto, topic) == "offline"  # said on the way out, not by the will
 
 
 def test_restart_loses_nothing_from_the_spool(
