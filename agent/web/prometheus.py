@@ -29,6 +29,7 @@ GAUGES = frozenset(
         "forward_latency_ms",
         "influx_reachable",
         "mqtt_connected",
+        "mqtt_unacked",
         "broker_dropped",
         "loop_lag_max_ms",
         "loop_lag_p99_ms",
