@@ -263,7 +263,8 @@ async def test_changes_that_need_a_restart_are_kept_and_named(
     assert answer.applied == ["self_metrics"]
     assert answer.needs_restart == ["site", "spool", "status"]
     # The status page keeps serving: its listener and logged-in sessions go only at a restart.
-    assert agent.status is status and agent.supervisor.task("status") is not None
+    assert agent.status is status
+    assert agent.supervisor.task("status") is not None
     assert agent.cfg.status.enabled
     assert agent.cfg.site == "rl"
     assert agent.cfg.spool.max_bytes == 1 << 30
