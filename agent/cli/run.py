@@ -104,16 +104,25 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_CONFIG
 
-    from agent.config import load_config
+    from agent.runtime.systemd import hold_sighup
+
+    hold_sighup()  # a reload asked while the imports below take their seconds is kept
+
+    from agent.config import AgentConfig, load_config
     from agent.runtime.agent import Agent
 
-    cfg = load_config(args.config)
-    if args.state_dir is not None:
-        cfg = cfg.model_copy(update={"state_dir": args.state_dir})
+    def read_config() -> AgentConfig:
+        cfg = load_config(args.config)
+        if args.state_dir is not None:
+            cfg = cfg.model_copy(update={"state_dir": args.state_dir})
+        return cfg
+
+    cfg = read_config()
     configure_logging(log_level(args.verbose, cfg.log.level), cfg.log.format)
 
     async def main() -> str | None:
-        agent = Agent(cfg)
+        # SIGHUP (systemctl reload) reads the file again: see Agent.reload
+        agent = Agent(cfg, reload_config=read_config)
         if cfg.alerts.console:
             agent.pipeline.sinks.append(lambda e: print(e.message, flush=True))
         return (await agent.run()).failure
