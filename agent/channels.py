@@ -157,6 +157,34 @@ class ChannelRegistry:
         self.new_channels.new(name, measurement, field)
         return self.add(channel, detectors=detectors, baseline=baseline)
 
+    def reconfigure(self, configs: Iterable[ChannelConfig], names: Iterable[str]) -> list[str]:
+        """A reload changed the configs of ``names``: those channels get their new words and
+        fresh detectors (a locked baseline stays: it is in the baselines file); every other
+        channel keeps its detector state. Returns the channels that exist and were redone."""
+        self.configs = {c.name: c for c in configs}
+        redone = []
+        for name in names:
+            channel = self.channels.get(name)
+            if channel is None:
+                continue  # attached with its config when a source first produces it
+            cc = self.configs.get(name)
+            if cc is not None:
+                channel.label = cc.label or channel.label
+                channel.unit = cc.unit or channel.unit
+                channel.affects = cc.affects or channel.affects
+                channel.kind = cc.kind or channel.kind
+            self.engine.attach(channel, cc)
+            self._retag(channel)
+            redone.append(name)
+        return redone
+
+    def forget(self, names: Iterable[str]) -> None:
+        """Channels whose source was removed: no stale alarm for readings that cannot come;
+        a source that produces one again creates it afresh."""
+        for name in names:
+            if self.channels.pop(name, None) is not None:
+                self.engine.detach(name)
+
     def retag_all(self) -> int:
         """Re-apply the production context to every channel (after a context change)."""
         for channel in self.channels.values():

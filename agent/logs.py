@@ -7,7 +7,9 @@ Identical warnings and errors in a burst are logged once and then summarised
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import os
 import re
 import sys
 import time
@@ -26,6 +28,10 @@ FORMATS = ("auto", "console", "json")
 
 _STRUCTURAL_KEYS = frozenset({"event", "level", "logger", "timestamp"})
 _SUMMARY_MARK = "_burst_summary"
+_EVERY_TIME_MARK = "_every_time"
+EVERY_TIME = {_EVERY_TIME_MARK: True}
+"""``log.error(event, **EVERY_TIME, ...)``: never summarised, for the answer to something an
+operator did (a reload refused twice in a minute must say why both times)."""
 
 
 def _redact(mapping: MutableMapping[str, Any]) -> None:
@@ -69,7 +75,7 @@ class BurstSummariser:
         self._bursts.clear()
 
     def __call__(self, _logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-        if event_dict.pop(_SUMMARY_MARK, False):
+        if event_dict.pop(_SUMMARY_MARK, False) | event_dict.pop(_EVERY_TIME_MARK, False):
             return event_dict
         now = self.clock()
         self.flush(now=now)
@@ -136,6 +142,35 @@ class _SafeStream:
             self.stream.flush()
 
 
+SYSLOG_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+
+
+def writes_to_journal(stream: TextIO) -> bool:
+    """Whether ``stream`` is connected to journald: systemd sets ``$JOURNAL_STREAM`` to the
+    device and inode of the service's stdout/stderr stream."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    if not expected:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+    return expected == f"{st.st_dev}:{st.st_ino}"
+
+
+class _WithPriority:
+    """Prefix each line with its syslog priority (``<4>`` for a warning), which journald takes
+    off and stores as the line's priority: ``journalctl -u driftgate -p warning`` then selects
+    the agent's warnings and errors. Without it every line of stderr is stored as info."""
+
+    def __init__(self, renderer: Processor) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> Any:
+        priority = SYSLOG_PRIORITY.get(str(event_dict.get("level", "")), 6)
+        return f"<{priority}>" + str(self.renderer(logger, method, event_dict))
+
+
 def configure_logging(
     level: str = "info",
     fmt: str = "auto",
@@ -168,7 +203,7 @@ def configure_logging(
     ]
     if not console:
         processors.append(structlog.processors.format_exc_info)
-    processors.append(renderer)
+    processors.append(_WithPriority(renderer) if writes_to_journal(out) else renderer)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_level_number(level)),

@@ -1045,6 +1045,53 @@ BENCHES: dict[str, Bench] = {
             ),
         ),
     ),
+    "system_suite": Bench(
+        quick="without the upgrade test (a second run of install.sh)",
+        title="System suite: a bookworm gateway with its own systemd, per test",
+        measures="`pytest tests/system` as the normal test command runs it: a Debian bookworm "
+        "root (debootstrap, cached under `~/.cache/driftgate/system/`), `deploy/install.sh "
+        "--wheels` once into an overlay of it, then each test boots its own gateway "
+        "(`systemd-nspawn --boot` on an overlay of the installed layer) and drives the real "
+        "service with `systemctl`. Wall time of the whole suite; the phases as the fixtures "
+        "measured them; each test's time with its setup and teardown.",
+        target="≤ 3 min once the root is cached",
+        verdict=lambda r: (
+            None if not r.get("root_cached") else bool(r["wall_s"] <= 180 and not r["failed"])
+        ),
+        headline=lambda r: (
+            f"{r['wall_s']:.0f} s: {r['passed']} passed, {r['skipped']} skipped, "
+            f"{r['failed']} failed, root "
+            f"{'cached' if r['root_cached'] else 'built in the run'}; install.sh "
+            f"{r['install_s']} s, a gateway boots in {r['boot_median_s']} s (median)"
+        ),
+        tables=(
+            Table(
+                "",
+                (
+                    Col("suite wall s", "wall_s", "**{:.0f}**"),
+                    Col("root cached", "root_cached", yes_no),
+                    Col("wheels s", "wheels_s", "{}"),
+                    Col("install.sh s", "install_s", "{}"),
+                    Col("boot s (median)", "boot_median_s", "{}"),
+                    Col("gateways", "gateways", num()),
+                ),
+                single=True,
+            ),
+            Table(
+                "tests",
+                (
+                    Col("test", "test", right=False),
+                    Col("s (setup + call + teardown)", "s", "{:.1f}"),
+                    Col("outcome", "outcome", right=False),
+                ),
+            ),
+        ),
+        notes=(
+            "The first test's setup holds the one install.sh run; the upgrade test runs it a "
+            "second time. Building the root itself (debootstrap) is a one-off of 2 to 7 minutes "
+            "on this machine, depending on its load and the mirror.",
+        ),
+    ),
 }
 
 

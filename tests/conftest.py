@@ -18,6 +18,7 @@ import structlog
 if os.path.dirname(__file__) not in sys.path:  # `import servers` under any --import-mode
     sys.path.insert(0, os.path.dirname(__file__))
 
+from ledger import pytest_runtest_logreport, pytest_terminal_summary  # noqa: F401 (hooks)
 from servers import (
     InfluxDB1Server,
     MissingBinaryError,

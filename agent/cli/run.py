@@ -117,10 +117,21 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_CONFIG
 
+    from agent.runtime.systemd import hold_sighup
+
+    hold_sighup()  # a reload asked while the imports below take their seconds is kept
+
+    from agent.config import AgentConfig, load_config
     from agent.config.loader import load_config_files
     from agent.logs import get_logger
     from agent.runtime.agent import Agent
     from agent.runtime.plan import plan_sources, unproduced
+
+    def read_config() -> AgentConfig:
+        cfg = load_config(args.config)
+        if args.state_dir is not None:
+            cfg = cfg.model_copy(update={"state_dir": args.state_dir})
+        return cfg
 
     loaded = load_config_files(args.config)
     cfg = loaded.config
@@ -142,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         )
 
     async def main() -> str | None:
-        agent = Agent(cfg)
+        # SIGHUP (systemctl reload) reads the file again: see Agent.reload
+        agent = Agent(cfg, reload_config=read_config)
         if cfg.alerts.console:
             agent.pipeline.sinks.append(lambda e: print(e.message, flush=True))
         return (await agent.run()).failure

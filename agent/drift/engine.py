@@ -261,6 +261,10 @@ class DriftEngine:
         channel.wants_invalid = bool(drift.sees_invalid)
         return drift
 
+    def detach(self, name: str) -> None:
+        """Stop watching a channel (its source was removed by a reload)."""
+        self._drifts.pop(name, None)
+
     def context_changed(self, channel: Channel, context: Mapping[str, str]) -> None:
         """A channel's production context changed: detectors that depend on it follow."""
         drift = self._drifts.get(channel.name)

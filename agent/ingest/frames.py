@@ -173,6 +173,11 @@ class FrameHandler:
         # does so for a clock far off too, instead of refusing the frame.
         self._restamp = timestamp is not None and timestamp.fallback == "arrival"
 
+    @property
+    def channels(self) -> list[Channel]:
+        """The channels this handler's frames have created so far."""
+        return list(self._channels.values())
+
     def frame(self, raw: bytes, topic: str | None = None, received_ns: int | None = None) -> None:
         """Decode one frame (or MQTT payload) and ingest what it holds."""
         decoder = self.decoder

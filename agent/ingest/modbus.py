@@ -154,8 +154,8 @@ class ModbusSource:
         return modbus_device(self.cfg, device)
 
     def channels(self) -> list[Channel]:
-        """None known up front: channels are created as the devices answer."""
-        return []
+        """The channels seen so far (none up front: channels are created as the devices answer)."""
+        return [c for d in self.devices if d.handler is not None for c in d.handler.channels]
 
     def _bind(self, pipeline: Pipeline) -> None:
         for device in self.devices:

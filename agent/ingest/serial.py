@@ -99,8 +99,8 @@ class SerialSource:
             )
 
     def channels(self) -> list[Channel]:
-        """None known up front: channels are created as the device's frames name them."""
-        return []
+        """The channels seen so far (none up front: the device's frames name them)."""
+        return self._handler.channels if self._handler is not None else []
 
     def _bind(self, pipeline: Pipeline) -> FrameHandler:
         handler = self._handler

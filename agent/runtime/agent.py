@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -25,28 +28,37 @@ from agent.config.models import AgentConfig, InfluxConfig, MqttSourceConfig, Ser
 from agent.config.notify import StacklightTarget
 from agent.drift.alerts import AlertEvent
 from agent.drift.compare import load_statistics, statistics_loaded
-from agent.errors import DriftgateError, SpoolError
+from agent.errors import ConfigError, DriftgateError, SpoolError
 from agent.incidents.model import Incident
 from agent.ingest.broker import Ledger, MqttLink
 from agent.ingest.profiles import load_profile
 from agent.ingest.simulated import SimulatedSource
-from agent.logs import flush_bursts, get_logger
+from agent.logs import EVERY_TIME, configure_logging, flush_bursts, get_logger
 from agent.metrics import AgentMetrics
 from agent.notify.mqtt import AlertPublisher, IncidentBoard, Publisher, ack_listener
 from agent.notify.outbox import Outbox
 from agent.notify.stacklight import StackLight, make_stacklight
 from agent.pipeline import BUSY_BATCH, PROCESS_INTERVAL, PROCESS_SOON, Pipeline
 from agent.reading import Channel
-from agent.runtime.build import Source, build, build_incidents, build_sources
+from agent.runtime.build import Source, build, build_delivery, build_incidents, build_sources
 from agent.runtime.lag import LoopLag
 from agent.runtime.outage import OutageAlerts
+from agent.runtime.reload import ReloadAnswer, ReloadPlan, answer_path, plan_reload, write_answer
 from agent.runtime.sinks import EventRecord, log_alert
 from agent.runtime.supervisor import Supervisor
+from agent.runtime.systemd import (
+    STATUS_INTERVAL_S,
+    Notifier,
+    sighup_held,
+    wedge_forever,
+    wedge_requested,
+)
 from agent.store.disk import disk_full_hint, disk_words, error_name, is_disk_full
 from agent.store.forwarder import Forwarder, ForwarderSettings
 from agent.store.lineprotocol import encode_point
 from agent.store.spool import SpoolStats
 from agent.web.server import StatusServer
+from agent.words import duration_words
 
 log = get_logger("driftgate.agent")
 
@@ -110,9 +122,13 @@ class Agent:
         cfg: AgentConfig,
         *,
         sinks: list[Callable[[AlertEvent], None]] | None = None,
+        reload_config: Callable[[], AgentConfig] | None = None,
+        notifier: Notifier | None = None,
         status_fallback: bool = False,
     ):
         self.cfg = cfg
+        self.reload_config = reload_config  # reads the config file again (SIGHUP); None: no reload
+        self.notifier = notifier if notifier is not None else Notifier()
         self.state_dir = cfg.state_dir
         core = self.core = build(cfg)
         self.metrics = core.metrics
@@ -174,6 +190,11 @@ class Agent:
         self.supervisor = Supervisor()
         self.lag = LoopLag()
         self.stop_event = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self.started = asyncio.Event()  # every task started: a reload may change them
+        self.reload_attempts = 0  # reloads asked (SIGHUP)
+        self.readings_per_s: float | None = None  # over the last STATUS_INTERVAL_S
+        self.reloads = 0  # reloads applied
         # The gateway's own screen (status page, /healthz, /metrics): it reads this agent.
         self.status: StatusServer | None = None
         if cfg.status.enabled:
@@ -266,6 +287,8 @@ class Agent:
 
     async def maintain(self) -> None:
         """One maintenance tick: save and reload the state dir's files, check staleness."""
+        if wedge_requested():  # a test hook, off unless its environment variable is set
+            wedge_forever()
         if self.context.dirty:
             await self._save(self.context.save, "the production context")
             self._release_acks()  # the context messages behind the change
@@ -408,6 +431,195 @@ class Agent:
         shown: object = scopes if len(scopes) <= 8 else f"{len(scopes)} lines and zones"
         log.info("production context changed", channels=count, context=shown)
 
+    # -- systemd: status, watchdog, reload ------------------------------------------------------
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: the rate, the spool's backlog, the forwarding."""
+        m = self.metrics
+        rate = self.readings_per_s
+        parts = [] if rate is None else [f"{rate:,.1f} readings/s"]
+        waiting = m.spool_pending_lines + self.spool.buffered
+        parts.append(f"spool {waiting:,} line{'' if waiting == 1 else 's'} waiting")
+        if self.forwarder is None:
+            parts.append("no InfluxDB configured")
+        elif (outage := self.forwarder.outage()) is not None:
+            down_s, status = outage
+            answer = f"HTTP {status}" if status else "no answer"
+            down = f"{down_s:.0f} s" if down_s < 60 else duration_words(down_s)
+            parts.append(f"InfluxDB not taking writes for {down} ({answer})")
+        elif m.forwarded or m.influx_reachable:
+            parts.append(f"InfluxDB ok, {m.forwarded:,} forwarded")
+        else:
+            parts.append("InfluxDB: nothing sent yet")
+        if not self.spool.healthy:
+            parts.append("SPOOL CANNOT WRITE (disk full?)")
+        return "; ".join(parts)
+
+    async def _systemd_loop(self) -> None:
+        """WATCHDOG=1 from the event loop itself (a wedged loop stops them), STATUS= lines."""
+        notifier = self.notifier
+        watchdog = notifier.watchdog_s
+        tick = STATUS_INTERVAL_S if watchdog is None else min(watchdog / 3, STATUS_INTERVAL_S)
+        last_at, last_in = time.monotonic(), self.metrics.readings_in
+        while True:
+            await asyncio.sleep(tick)
+            if watchdog is not None:
+                notifier.ping()
+            now = time.monotonic()
+            if now - last_at >= STATUS_INTERVAL_S:
+                self.readings_per_s = (self.metrics.readings_in - last_in) / (now - last_at)
+                notifier.status(self.status_line())
+                last_at, last_in = now, self.metrics.readings_in
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self.reload_requested.wait()
+            self.reload_requested.clear()
+            await self.reload()
+
+    async def reload(self) -> ReloadAnswer:
+        """Read the config file again and apply what changed (SIGHUP). A file with problems is
+        refused whole, each problem logged as ``file:line: key: reason``; the running
+        configuration stays. The answer also goes to the file ``driftgate reload`` waits for."""
+        await self.started.wait()  # asked during the start: after it
+        self.notifier.reloading()
+        self.reload_attempts += 1
+        try:
+            answer = await self._reload()
+        finally:
+            self.notifier.ready(self.status_line())
+        path = answer_path()
+        if path is not None:
+            try:
+                await asyncio.to_thread(write_answer, path, answer)
+            except OSError as exc:
+                log.error("cannot write the answer to the reload", path=str(path), error=str(exc))
+        return answer
+
+    async def _reload(self) -> ReloadAnswer:
+        answer = functools.partial(ReloadAnswer, os.getpid(), self.reload_attempts)
+        if self.reload_config is None:
+            problem = "the agent was not started from a config file: nothing to reload"
+            log.warning("reload refused", **EVERY_TIME, problems=[problem])
+            return answer(False, [problem])
+        try:
+            new = await asyncio.to_thread(self.reload_config)
+            plan = plan_reload(self.cfg, new)
+            # Built before anything stops: a source that cannot be built (a device profile
+            # that does not load) refuses the reload while everything still runs.
+            sources = self._new_sources(plan)
+        except DriftgateError as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            log.error("configuration refused: the running one stays", **EVERY_TIME,
+                      problems=problems)  # fmt: skip
+            return answer(False, problems)
+        for warning in new.warnings:
+            log.warning(warning.event, where=warning.where, detail=warning.detail)
+        await self._apply(plan, sources)
+        self.reloads += 1
+        if plan.needs_restart:
+            log.warning(
+                "changes that need a restart were not applied",
+                **EVERY_TIME,
+                keys=list(plan.needs_restart),
+                hint="systemctl restart driftgate",
+            )
+        log.info("configuration reloaded", applied=plan.applied)
+        return answer(True, [], plan.applied, list(plan.needs_restart))
+
+    def _new_sources(self, plan: ReloadPlan) -> list[Source]:
+        """The added and changed sources, built (their channels registered), not started."""
+        wanted = set(plan.sources_added) | set(plan.sources_changed)
+        if not wanted:
+            return []
+        only = [sc for sc in plan.config.sources if sc.name in wanted]
+        cfg = plan.config.model_copy(update={"sources": only})
+        return build_sources(dataclasses.replace(self.core, cfg=cfg), self.mqtt)
+
+    async def _apply(self, plan: ReloadPlan, new_sources: list[Source]) -> None:
+        cfg = plan.config
+        sup = self.supervisor
+        self.pipeline.process()  # readings already received are judged by the old detectors
+        if plan.log:
+            configure_logging(cfg.log.level, cfg.log.format)
+        going = set(plan.sources_removed) | set(plan.sources_changed)
+        old = {s.name: s for s in self.sources if s.name in going}
+        await sup.stop([f"source:{name}" for name in old])
+        forgotten = {c.name for name in plan.sources_removed for c in old[name].channels()}
+        for name in plan.sources_changed:
+            before = next(sc for sc in self.cfg.sources if sc.name == name)
+            after = next(sc for sc in cfg.sources if sc.name == name)
+            if _naming(before) != _naming(after):  # its channels get other names now
+                forgotten |= {c.name for c in old[name].channels()}
+        self.registry.forget(forgotten)
+        if self.status is not None:  # nor a last value on the page (a source back starts afresh)
+            for name in forgotten:
+                self.status.latest.values.pop(name, None)
+        self.sources = [s for s in self.sources if s.name not in going] + new_sources
+        self.core.sources = self.sources
+        if plan.channels_changed:
+            self.registry.reconfigure(cfg.channels, plan.channels_changed)
+            self.incidents.manager.channels = {c.name: c for c in cfg.channels}
+        self.cfg = self.core.cfg = cfg
+        for source in new_sources:
+            sup.start(f"source:{source.name}", _runner(source, self.pipeline), finite=True)
+        if plan.influx:
+            await self._restart_forwarder()
+        if plan.notify:
+            await self._restart_delivery()
+        if plan.self_metrics:
+            await sup.stop(["self-metrics"])
+            sup.start("self-metrics", self._self_metrics_loop)
+
+    async def _restart_forwarder(self) -> None:
+        """New InfluxDB settings: the batch in flight may finish (1 s), then a new forwarder
+        sends what the spool holds; nothing is lost, a batch cut off is sent again."""
+        sup = self.supervisor
+        if self.forwarder is not None and sup.task("forwarder") is not None:
+            sup.may_end("forwarder")
+            self.forwarder.stop()
+            forward = sup.task("forwarder")
+            if forward is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(forward), 1.0)
+            await sup.stop(["forwarder"])
+        influx = self.cfg.influx
+        self.forwarder = (
+            Forwarder(self.spool, forwarder_settings(influx), self.metrics)
+            if influx is not None
+            else None
+        )
+        self.metrics.influx_reachable = False
+        if self.forwarder is not None:
+            sup.start("forwarder", self.forwarder.run)
+
+    async def _restart_delivery(self) -> None:
+        """New targets or routes: deliveries waiting in the outbox stay and go by the new ones."""
+        sup = self.supervisor
+        incidents, manager = self.incidents, self.incidents.manager
+        await sup.stop(["outbox", *sup.names("notify:"), *sup.names("stacklight:")])
+        await self._finally(incidents.outbox.close(), "closing notice targets failed")
+        for light in self.lights:
+            light.release()
+            manager.listeners.remove(light)
+        manager.listeners.remove(incidents.outbox)
+        router, outbox = build_delivery(self.cfg, incidents.store, self.metrics,
+                                        self.incident_clock)  # fmt: skip
+        incidents.router, incidents.outbox = router, outbox
+        manager.escalations = router.escalations
+        manager.listeners.append(outbox)
+        self.lights = [
+            make_stacklight(t, manager.open.values)
+            for t in self.cfg.notify.targets
+            if isinstance(t, StacklightTarget)
+        ]
+        manager.listeners.extend(self.lights)
+        sup.start("outbox", outbox.watch)
+        for name in outbox.targets:
+            sup.start(f"notify:{name}", _worker(outbox, name))
+        for light in self.lights:
+            sup.start(f"stacklight:{light.name}", light.run)
+
     # -- run and stop ----------------------------------------------------------------------
 
     async def run(
@@ -422,6 +634,11 @@ class Agent:
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop_event.set)
+            if self.reload_config is not None:
+                # Before the start: SIGHUP's default action would end the process.
+                loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+                if sighup_held():  # one came while the process started (hold_sighup)
+                    self.reload_requested.set()
         failure: str | None = None
         by_signal = False
         clock.WALL.listeners.append(self.clock_stepped)
@@ -434,8 +651,8 @@ class Agent:
             final = await self._shutdown(by_signal or failure is not None, drain_at_end)
             clock.WALL.listeners.remove(self.clock_stepped)
             if handle_signals:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)  # False where none was added
         sim_starts = [int(s.start * 1e9) for s in self.sources if isinstance(s, SimulatedSource)]
         return RunResult(
             metrics=self.metrics,
@@ -493,11 +710,19 @@ class Agent:
             sup.start("status", self.status.run)
         for source in self.sources:
             sup.start(f"source:{source.name}", _runner(source, self.pipeline), finite=True)
-        # Ready: the spool is open and the sources started (bench/footprint.py times this line).
+        if self.reload_config is not None:
+            sup.start("reload", self._reload_loop)
+        if self.notifier.enabled:
+            sup.start("systemd", self._systemd_loop)
+        self.started.set()
+        # Ready: the spool is open and the sources started (what READY=1 tells systemd; the
+        # line is bench/footprint.py's measuring point, which works without systemd).
         log.info("agent running", sources=len(self.sources), channels=len(self.registry.channels))
+        self.notifier.ready(self.status_line())
 
     async def _shutdown(self, by_signal: bool, drain_at_end: float) -> SpoolStats:
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S
+        self.notifier.stopping("stopping: committing the spool")
         sup = self.supervisor
         if self.publisher is not None and self.publisher.queue:
             # Give queued messages a moment to go out before the link says goodbye.
@@ -512,7 +737,7 @@ class Agent:
                 await mqtt.stop()
         # Stop everything that produces lines first (sources, detection, self-metrics), so
         # nothing is appended after the final flush and drain below (it would be left unsent).
-        await sup.stop([*sup.names("source:"), *PRODUCERS, "mqtt-publisher"])
+        await sup.stop(["reload", *sup.names("source:"), *PRODUCERS, "mqtt-publisher"])
         self.pipeline.process()
         await self._finally(self.pipeline.flush_rejected(), "cannot dead-letter rejected frames")
         if self.lots is not None:
@@ -585,6 +810,23 @@ class Agent:
             log.error(what, error=str(exc))
         except Exception:
             log.exception(what)
+
+
+def _naming(sc: object) -> tuple[object, ...]:
+    """What a source's channel names are made of: when it changes, the old channels are
+    forgotten (a Modbus bus's devices are part of it: a device added restarts the detectors of
+    the bus's channels, as a restart would)."""
+    prefix, tags = getattr(sc, "prefix", None), getattr(sc, "base_tags", None)
+    if prefix is None or tags is None:
+        return (type(sc).__name__,)  # a simulated workshop: always the same channels
+    devices = getattr(sc, "devices", None)
+    return (
+        type(sc).__name__,
+        getattr(sc, "profile", None),
+        prefix(),
+        tuple(sorted(tags().items())),
+        repr(devices) if devices is not None else None,
+    )
 
 
 def _worker(outbox: Outbox, name: str) -> Callable[[], Awaitable[None]]:

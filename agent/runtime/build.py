@@ -162,8 +162,19 @@ def build_incidents(core: Core, clock: Callable[[], int]) -> Incidents:
     cfg = core.cfg
     zone = local_zone(cfg.timezone)
     store = IncidentStore(store_path(cfg.state_dir), cfg.timezone)
-    router = Router(cfg.notify, zone, clock)
+    router, outbox = build_delivery(cfg, store, core.metrics, clock)
     manager = IncidentManager(cfg, core.context, clock, zone=zone, escalations=router.escalations)
+    manager.saves.append(store.save)
+    manager.listeners.append(outbox)
+    core.pipeline.sinks.append(manager)
+    return Incidents(store, manager, router, outbox)
+
+
+def build_delivery(
+    cfg: AgentConfig, store: IncidentStore, metrics: AgentMetrics, clock: Callable[[], int]
+) -> tuple[Router, Outbox]:
+    """The routes and the outbox of ``notify:`` (also rebuilt alone when a reload changes it)."""
+    router = Router(cfg.notify, local_zone(cfg.timezone), clock)
     outbox = Outbox(
         store,
         router,
@@ -173,13 +184,10 @@ def build_incidents(core: Core, clock: Callable[[], int]) -> Incidents:
             for t in cfg.notify.targets
             if not isinstance(t, StacklightTarget)
         ],
-        core.metrics,
+        metrics,
         max_attempts=cfg.notify.max_attempts,
     )
-    manager.saves.append(store.save)
-    manager.listeners.append(outbox)
-    core.pipeline.sinks.append(manager)
-    return Incidents(store, manager, router, outbox)
+    return router, outbox
 
 
 def simulated_start(sc: SimulatedSourceConfig) -> float:

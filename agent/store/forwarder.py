@@ -560,6 +560,14 @@ class Forwarder:
             return None
         return await asyncio.to_thread(_encode, batch.lines, self._settings.gzip)
 
+    def outage(self) -> tuple[float, int] | None:
+        """While InfluxDB does not take writes: for how long (s) and its last HTTP status (0:
+        no answer); None otherwise."""
+        if self._down_since is None:
+            return None
+        status = self._problem[0] if self._problem is not None else NO_ANSWER
+        return time.monotonic() - self._down_since, status
+
     def stop(self) -> None:
         """Ask run() to return after the batch in flight (no batch is sent twice at shutdown)."""
         self._stopping.set()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults.conftest import FaultRow
+from ledger import FaultRow
 from servers import InfluxDB1Server
 from test_agent_e2e import (
     START,

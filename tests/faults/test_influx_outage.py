@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from faults.conftest import FaultRow
+from ledger import FaultRow
 from servers import InfluxDB1Server
 from test_agent_e2e import START, agent_config, influx_count, influx_reading_count
 
