@@ -374,6 +374,7 @@ def test_guard_fails_leaking_async_tests(tmp_path: Path) -> None:
     here = Path(__file__).parent
     shutil.copy(here / "conftest.py", tmp_path / "conftest.py")
     shutil.copy(here / "servers.py", tmp_path / "servers.py")
+    shutil.copy(here / "ledger.py", tmp_path / "ledger.py")  # conftest imports its hooks
     (tmp_path / "pytest.ini").write_text(
         "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
     )
