@@ -142,7 +142,8 @@ def test_restart_loses_nothing_from_the_spool(
     assert gateway.show("driftgate", "NRestarts") == "0"  # a restart asked for, not a failure
     # Lines carry their priority for journald: the error of the missing database is selected.
     errors = gateway.sh("journalctl -u driftgate -p warning -o cat --no-pager").stdout
-    assert f"database '{missing}' not found: create it with CREATE DATABASE {missing}" in errors
+    assert f"database '{missing}' not found: create it with influx " in errors
+    assert f"-execute 'CREATE DATABASE {missing}', or set influx.create_database: true" in errors
     assert '"event": "spool opened"' not in errors  # info
 
 
