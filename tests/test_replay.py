@@ -244,7 +244,7 @@ def test_time_formats() -> None:
         ("deltaE", "color", ""),
         ("L", "color", ""),
         ("b", "color", ""),
-        ("pressure", "climate", ""),
+        ("pressure", "generic", ""),
     ],
 )
 def test_default_detector_guess(name: str, kind: str, unit: str, tmp_path: Path) -> None:
