@@ -44,7 +44,8 @@ PHI_CAP = 0.9
 """The largest lag-1 autocorrelation the level chart allows for (σ widened at most 4.4×)."""
 Z_CLIP = 3.0
 """A standardised value moves the level CUSUM by at most this: one outlier (or two close
-together) cannot trip it; a shift of 3 σ or less is barely slowed."""
+together) cannot trip it; a shift of 3 σ or less is barely slowed. A block mean of b readings
+dilutes an outlier b times: its clip is √b times wider, so a block's big shift counts."""
 VALUE_CLIP = 5.0
 """Values enter the segment's running sums clipped to the learned level ± this many robust σ."""
 U_CLIP = 9.0
@@ -93,6 +94,7 @@ class ChangePoint(_Base):
         self.learn = learn
         self.lag = learn if lag is None else lag
         self.block = max(int(block), 1)
+        self.z_clip = Z_CLIP * math.sqrt(self.block)
         self.alarm_size = alarm_size
         self.changes = 0  # changed events so far (readiness reports, tests)
         # The previous segment's autocorrelation: a new segment's first values say little about
@@ -215,8 +217,9 @@ class ChangePoint(_Base):
         self.o = med
         self.scale = scale
         self.floor = max(floor, 1e-3 * scale)
-        self.lo_clip = med - VALUE_CLIP * scale
-        self.hi_clip = med + VALUE_CLIP * scale
+        wide = math.sqrt(self.block)  # a block mean dilutes a single outlier
+        self.lo_clip = med - VALUE_CLIP * wide * scale
+        self.hi_clip = med + VALUE_CLIP * wide * scale
         self.seg_ns = onsets[0]
         yc = np.clip(v, self.lo_clip, self.hi_clip) - med
         n = len(yc)
@@ -257,7 +260,8 @@ class ChangePoint(_Base):
         phi = min(max(phi, 0.0), PHI_CAP)
         sigma = math.sqrt(max(sxx / n1, floor2))
         e = (y - mean) / sigma * math.sqrt((n - 3.0) / (n1 * (1.0 + 1.0 / n)))
-        z = min(max(e * math.sqrt((1.0 - phi) / (1.0 + phi)), -Z_CLIP), Z_CLIP)
+        zc = self.z_clip
+        z = min(max(e * math.sqrt((1.0 - phi) / (1.0 + phi)), -zc), zc)
         k = self.k + 1.0 / math.sqrt(n)
         u = min(dy * dy * n1 / max(sd2, floor2), U_CLIP)
         q = 1.0 - phi
@@ -281,7 +285,7 @@ class ChangePoint(_Base):
         sigma = np.sqrt(np.maximum(sxx / n1, floor2))
         e = (y - mean) / sigma * np.sqrt((n - 3.0) / (n1 * (1.0 + 1.0 / n)))
         z = e * np.sqrt((1.0 - phi) / (1.0 + phi))
-        np.clip(z, -Z_CLIP, Z_CLIP, out=z)
+        np.clip(z, -self.z_clip, self.z_clip, out=z)
         k = self.k + 1.0 / np.sqrt(n)
         u = np.minimum(dy * dy * n1 / np.maximum(sd2, floor2), U_CLIP)
         q = 1.0 - phi
@@ -477,15 +481,16 @@ class ChangePoint(_Base):
         change (``rx``, ``rns``: the latest values and their onsets, the signalling one last)."""
         if self.n >= 2 * self.learn:  # long enough to tell how its noise wanders
             self.phi_prior = self._phi()
-        level = max(self.hi, self.lo) >= self.h / 2 or max(self.vu, self.vd) < self.spread_h
-        if level:
-            run_n = self.hi_n if self.hi >= self.lo else self.lo_n
-        else:
-            run_n = self.vu_n if self.vu >= self.vd else self.vd_n
-        size = min(len(rx), 2 * run_n + 10)
+        runs = (self.hi_n if self.hi >= self.lo else self.lo_n,
+                self.vu_n if self.vu >= self.vd else self.vd_n)  # fmt: skip
+        size = min(len(rx), 2 * max(runs) + 10)
         v = np.asarray(rx[-size:])
         wns = rns[-size:]
-        at = _onset(v, old, sigma, level)
+        # Both charts react to either change: which one it is, the likelihood says.
+        at_level, level_score = _onset(v, old, sigma, level=True)
+        at_spread, spread_score = _onset(v, old, sigma, level=False)
+        level = level_score >= spread_score
+        at = at_level if level else at_spread
         after = v[at:]
         onset = wns[at]
         if level:
@@ -548,9 +553,10 @@ class ChangePoint(_Base):
         )
 
 
-def _onset(v: np.ndarray, mean: float, sigma: float, level: bool) -> int:
+def _onset(v: np.ndarray, mean: float, sigma: float, *, level: bool) -> tuple[int, float]:
     """Where in v the change most likely began, the old segment's mean and σ known: the split
-    that maximises the likelihood ratio of a new level (or spread) after it."""
+    that maximises the likelihood ratio of a new level (or spread) after it, and twice that
+    log-likelihood ratio."""
     m = len(v)
     d = (v - mean) / sigma if sigma > 0 else v - mean
     d = np.clip(d, -VALUE_CLIP, VALUE_CLIP)
@@ -561,7 +567,8 @@ def _onset(v: np.ndarray, mean: float, sigma: float, level: bool) -> int:
     else:
         ratio = np.maximum(np.cumsum((d * d)[::-1])[::-1] / count, 1e-12)
         score = count * (ratio - 1.0 - np.log(ratio))
-    return int(np.argmax(score))
+    best = int(np.argmax(score))
+    return best, float(score[best])
 
 
 def _inclusive(a: np.ndarray) -> np.ndarray:
