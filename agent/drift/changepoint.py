@@ -355,7 +355,8 @@ class ChangePoint(_Base):
         self.vu_n = self.vu_n + 1 if vu > 0.0 else 0
         self.vd_n = self.vd_n + 1 if vd > 0.0 else 0
         if max(hi, lo) >= self.h or max(vu, vd) >= self.spread_h:
-            return self._signal(ns, mean + self.o, sigma, self._rx, self._rns)
+            md2 = self.sd2 / (self.n - 1.0)
+            return self._signal(ns, mean + self.o, sigma, md2, self._rx, self._rns)
         pending = self._pending
         pending.append(y)
         if len(pending) > self.lag:
@@ -385,10 +386,10 @@ class ChangePoint(_Base):
             if got is None:
                 self._remember(values[i:], onsets[i:])
                 break
-            j, old, sigma = got
+            j, old, sigma, md2 = got
             self._remember(values[i : i + j + 1], onsets[i : i + j + 1])
             self._j = int(last[i + j])
-            events.append(self._signal(int(vns[i + j]), old, sigma, self._rx, self._rns))
+            events.append(self._signal(int(vns[i + j]), old, sigma, md2, self._rx, self._rns))
             self._j = -1
             i += j + 1
         return events
@@ -403,8 +404,9 @@ class ChangePoint(_Base):
             del rx[:-RECENT]
             del self._rns[:-RECENT]
 
-    def _judge_many(self, values: np.ndarray) -> tuple[int, float, float] | None:
-        """Judge values until the first signal: (its index, the old level, σ), or None.
+    def _judge_many(self, values: np.ndarray) -> tuple[int, float, float, float] | None:
+        """Judge values until the first signal: (its index, the old level, σ, the reference's
+        mean squared successive difference), or None.
 
         Value q of the batch is judged against the reference of everything but the LAG values
         before it: the pending ones (judged, not yet in the reference) and the batch's own."""
@@ -468,14 +470,15 @@ class ChangePoint(_Base):
             self.prev = float(ev[enter - 1])
         self.last_y = float(y[last])
         if hits.size:
-            return last, float(mean[last]) + self.o, float(sigma[last])
+            md2 = float(sd2[last]) / (float(n[last]) - 1.0)
+            return last, float(mean[last]) + self.o, float(sigma[last]), md2
         self._pending = allv[enter:].tolist()
         return None
 
     # -- a change ------------------------------------------------------------------------------
 
     def _signal(
-        self, ts_ns: int, old: float, sigma: float, rx: list[float], rns: list[int]
+        self, ts_ns: int, old: float, sigma: float, md2: float, rx: list[float], rns: list[int]
     ) -> AlertEvent:
         """A chart signalled: the event, and a new segment seeded with the values since the
         change (``rx``, ``rns``: the latest values and their onsets, the signalling one last)."""
@@ -486,9 +489,10 @@ class ChangePoint(_Base):
         size = min(len(rx), 2 * max(runs) + 10)
         v = np.asarray(rx[-size:])
         wns = rns[-size:]
-        # Both charts react to either change: which one it is, the likelihood says.
-        at_level, level_score = _onset(v, old, sigma, level=True)
-        at_spread, spread_score = _onset(v, old, sigma, level=False)
+        # Both charts react to either change: which one it is, the likelihood says (a ramp
+        # leaves the successive differences as they were: a change of level, not of spread).
+        at_level, level_score = _onset_level(v, old, sigma)
+        at_spread, spread_score, ratio = _onset_spread(v, md2)
         level = level_score >= spread_score
         at = at_level if level else at_spread
         after = v[at:]
@@ -496,7 +500,7 @@ class ChangePoint(_Base):
         if level:
             event = self._make(ts_ns, _LEVEL, old, float(after.mean()), onset, sigma, old)
         else:
-            new = math.sqrt(float(np.mean((after - old) ** 2)))
+            new = sigma * math.sqrt(ratio)
             event = self._make(ts_ns, _SPREAD, sigma, new, onset, sigma, old)
         self.changes += 1
         seed_x = after[-self.learn :].tolist()
@@ -553,22 +557,32 @@ class ChangePoint(_Base):
         )
 
 
-def _onset(v: np.ndarray, mean: float, sigma: float, *, level: bool) -> tuple[int, float]:
-    """Where in v the change most likely began, the old segment's mean and σ known: the split
-    that maximises the likelihood ratio of a new level (or spread) after it, and twice that
-    log-likelihood ratio."""
+def _onset_level(v: np.ndarray, mean: float, sigma: float) -> tuple[int, float]:
+    """Where in v a change of level most likely began, the old mean and σ known: the split that
+    maximises the likelihood ratio of a new level after it, and twice its logarithm."""
     m = len(v)
     d = (v - mean) / sigma if sigma > 0 else v - mean
     d = np.clip(d, -VALUE_CLIP, VALUE_CLIP)
     count = m - np.arange(m)  # values from each split to the end
-    if level:
-        tail = np.cumsum(d[::-1])[::-1]
-        score = tail * tail / count
-    else:
-        ratio = np.maximum(np.cumsum((d * d)[::-1])[::-1] / count, 1e-12)
-        score = count * (ratio - 1.0 - np.log(ratio))
+    tail = np.cumsum(d[::-1])[::-1]
+    score = tail * tail / count
     best = int(np.argmax(score))
     return best, float(score[best])
+
+
+def _onset_spread(v: np.ndarray, md2: float) -> tuple[int, float, float]:
+    """Where in v a change of spread most likely began (the old mean squared successive
+    difference known), twice the log-likelihood ratio, and the new spread's ratio (squared)."""
+    if len(v) < 2 or not md2 > 0:
+        return 0, 0.0, 1.0
+    d = np.diff(v)
+    u = np.minimum(d * d / md2, 4.0 * U_CLIP)  # an outlier makes two large differences
+    m = len(u)
+    count = m - np.arange(m)
+    ratio = np.maximum(np.cumsum(u[::-1])[::-1] / count, 1e-12)
+    score = count * (ratio - 1.0 - np.log(ratio))
+    best = int(np.argmax(score))
+    return best + 1, float(score[best]), float(ratio[best])
 
 
 def _inclusive(a: np.ndarray) -> np.ndarray:
