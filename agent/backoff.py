@@ -23,11 +23,13 @@ from dataclasses import dataclass, field, replace
 __all__ = [
     "FORWARDER",
     "FULL_JITTER",
+    "LOGIN_LOCKOUT",
     "MQTT",
     "SERIAL",
     "SERIAL_RECONNECT_MAX_S",
     "SERIAL_RESUME_HEADROOM_S",
     "SPOOL_WRITE",
+    "STATUS_LISTEN",
     "TASK_RESTART",
     "Backoff",
     "Draw",
@@ -158,3 +160,11 @@ SPOOL_WRITE = Backoff(base=0.25, factor=2.0, cap=5.0, jitter=0.2)
 """A spool write that failed (disk full, I/O error): the next commit of the lines held in
 memory, and the forwarder's next try to delete a batch InfluxDB took. 0.25 s doubling to 5 s:
 never a tight loop of failing commits, and writing again within 5 s of space returning."""
+
+STATUS_LISTEN = Backoff(base=5.0, factor=2.0, cap=60.0, jitter=0.2)
+"""The status page's listening socket while its address is taken or missing (another program
+on the port, an interface not up yet): tried again, never a crash of the agent for it."""
+
+LOGIN_LOCKOUT = Backoff(base=30.0, factor=2.0, cap=900.0)
+"""Logins on the status page after LOGIN_FAILURES failed tries from one address or for one
+account: refused for 30 s, doubling to 15 min (a 4-digit PIN would otherwise fall in minutes)."""

@@ -108,6 +108,10 @@ class ChannelRegistry:
             channel.affects = cc.affects or channel.affects
             channel.kind = cc.kind or channel.kind
         self.engine.attach(channel, cc, detectors=detectors, baseline=baseline)
+        if cc is not None and cc.enabled and cc.compare_on:
+            # Compared on context changes though it may have no detectors (a moisture meter at
+            # intake): its readings reach the pipeline's stages (history, lots) in batches.
+            channel.watched = True
         self._retag(channel)
         self.channels[channel.name] = channel
         return channel

@@ -182,6 +182,7 @@ class ContextStore:
         self.scopes: dict[str, dict[str, str]] = {}
         self.version = 0  # bumped on every change, so caches of tagged prefixes know
         self.dirty = False  # changed in memory, not written yet
+        self.saved_version = 0  # the version the file holds (or held when last written)
         self._mtime: float | None = None
         self.reload()
 
@@ -214,6 +215,7 @@ class ContextStore:
         self.scopes = scopes
         if changed:
             self.version += 1
+        self.saved_version = self.version  # read from the file: it is there
         return changed
 
     def set(
@@ -256,14 +258,17 @@ class ContextStore:
 
     def save(self) -> None:
         """Write the file atomically."""
+        version = self.version
         self.dirty = False
         if self.path is None:
+            self.saved_version = version
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(self.scopes, indent=2, sort_keys=True), encoding="utf-8")
         os.replace(tmp, self.path)
         self._mtime = self.path.stat().st_mtime
+        self.saved_version = version
 
     def for_tags(self, tags: Mapping[str, str]) -> dict[str, str]:
         """The context for a channel with these location tags (zone's, then line's on top)."""

@@ -34,6 +34,7 @@ class AgentMetrics:
     influx_reachable: bool = False
     mqtt_connected: bool = False
     mqtt_messages: int = 0
+    mqtt_unacked: int = 0  # messages whose PUBACK waits for the spool's commit (gauge)
     broker_dropped: int = 0  # the broker's $SYS/broker/publish/messages/dropped (cumulative)
     dead_letters_dropped: int = 0  # oldest dead letters deleted at spool.max_dead_letters
     events_dropped: int = 0  # alert events no longer kept in memory (all are in the spool)

@@ -72,6 +72,8 @@ class Pipeline:
         self.rejected: list[tuple[str, str]] = []
         self.on_waiting: Callable[[], None] | None = None  # told when work starts waiting
         self.last_batch = 0  # readings the last process() judged
+        self.rejects_queued = 0  # rejects ever queued: the newest one's number
+        self.rejects_durable = 0  # every reject numbered up to this is in the dead-letter table
 
     def ingest(self, channel: Channel, ts_ns: int, value: float, prefix: str | None = None) -> None:
         """Accept one reading: spool it, queue it for its channel's detectors.
@@ -156,11 +158,16 @@ class Pipeline:
         """Queue a frame for the dead-letter table (the caller counts what it held)."""
         text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
         self.rejected.append((text, reason))
+        self.rejects_queued += 1
 
     async def flush_rejected(self) -> None:
-        """Write queued rejects to the spool's dead-letter table (kept for later while the
-        spool cannot write; beyond MAX_PENDING_REJECTS the oldest are dropped and counted)."""
+        """Write queued rejects to the spool's dead-letter table. While the spool cannot write
+        they wait (beyond MAX_PENDING_REJECTS the oldest are dropped and counted); a write that
+        fails puts back what it did not store, so ``rejects_durable`` only advances over rejects
+        that are on disk or counted as dropped."""
+        mark = self.rejects_queued
         if not self.rejected:
+            self.rejects_durable = mark
             return
         if not self.spool.healthy:
             self._bound_rejected()
@@ -178,6 +185,10 @@ class Pipeline:
                 self.rejected[:0] = [(t, r) for r, ts in groups[i:] for t in ts]
                 self._bound_rejected()
                 return
+            except BaseException:  # cancelled: what was not stored goes back, then stop
+                self.rejected[:0] = [(t, r) for r, ts in groups[i:] for t in ts]
+                raise
+        self.rejects_durable = mark
 
     def _bound_rejected(self) -> None:
         excess = len(self.rejected) - MAX_PENDING_REJECTS

@@ -303,6 +303,7 @@ QUALITY_COLUMNS = (
     Col("FA pre-change", "fa_per_100k.pre_cp", num(1)),
 )
 
+
 def _changepoints_headline(r: dict[str, Any]) -> str:
     v = r["verdict"]
     fa = r["results"]["driftgate, no config"]["fa_per_100k"]
@@ -323,6 +324,11 @@ CHANGEPOINT_FAMILIES = (
     "daily cycle + shifts",
 )
 CHANGEPOINT_CONTROLS = ("iid", "AR(1) φ0.5", "outliers", "gaps", "daily cycle")
+
+
+def _ack_loss(r: dict[str, Any], ack: str) -> str:
+    row = next(x for x in r["loss"] if x["ack"] == ack)
+    return f"{row['lost_per_kill']:,.1f} ({ack})"
 
 
 BENCHES: dict[str, Bench] = {
@@ -523,6 +529,67 @@ BENCHES: dict[str, Bench] = {
             "to 10,000 recent topics, then emptied): bounded, a few MiB at most.",
         ),
     ),
+    "mqtt_ack": Bench(
+        quick="5 kills per mode and one 4 s run per rate, instead of 10 kills and two 8 s runs",
+        title="MQTT acknowledged after the commit: loss per kill -9, and what the wait costs",
+        measures="A private Mosquitto and a paho publisher (QoS 1, JSON with a sequence "
+        "number and the device's time, 60 sensors). *Kills*: the agent as a subprocess, "
+        "SIGKILLed every 1-2 s while 600 msgs/s flow and restarted on the same state dir; lost "
+        "= messages the broker acknowledged to the publisher that are not in the spool, with "
+        "`mqtt.ack: on_arrival` (the old behaviour) and `on_commit` (the default). *Paced*: the "
+        "real `Agent` connected, the publisher at 1,000 and 5,000 msgs/s, both modes, and "
+        "`receive_maximum: 20` for the window's limit; two runs each, the modes taking turns to "
+        "go first, averaged. *Drain*: 20,000 messages queued for the offline session, taken "
+        "at full speed (best of two). Cost = `on_commit`'s CPU per message over "
+        "`on_arrival`'s at the paced rates, and its messages/s below `on_arrival`'s draining.",
+        target="0 lost per kill; on_commit at most 10 % costlier than on_arrival",
+        verdict=lambda r: r.get("meets_target"),
+        headline=lambda r: (
+            f"lost per kill {_ack_loss(r, 'on_arrival')} → {_ack_loss(r, 'on_commit')}; CPU "
+            f"per message {r['cost']['cpu_1000']:+.1%} at 1,000/s, {r['cost']['cpu_5000']:+.1%} "
+            f"at 5,000/s; full-speed throughput {-r['cost']['drain']:+.1%}"
+        ),
+        tables=(
+            Table(
+                "loss",
+                (
+                    Col("mqtt.ack", "ack", right=False),
+                    Col("kills", "kills", num()),
+                    Col("msgs/s", "rate", num()),
+                    Col("acknowledged", "acknowledged", num()),
+                    Col("in the spool", "stored", num()),
+                    Col("lost", "lost", num()),
+                    Col("lost per kill", "lost_per_kill", num(1)),
+                    Col("stored twice", "stored_twice", num()),
+                ),
+                caption="kill -9 at random moments (stored twice: redelivered after a kill; "
+                "one row in InfluxDB, which overwrites a point with the same time):",
+            ),
+            Table(
+                "live",
+                (
+                    Col("mqtt.ack", "ack", right=False),
+                    Col("receive_maximum", "receive_maximum", num()),
+                    Col("rate", "rate", lambda v: f"{v:,.0f}/s"),
+                    Col("published/s", "publisher_msgs_per_s", num()),
+                    Col("received/s", "msgs_per_s", num()),
+                    Col("CPU µs/msg", "cpu_us_per_msg", num(1)),
+                    Col("behind at end (s)", "behind_at_end_s", num(2)),
+                ),
+                caption="Paced, agent connected:",
+            ),
+            Table(
+                "drain",
+                (
+                    Col("mqtt.ack", "ack", right=False),
+                    Col("received", "received", num()),
+                    Col("seconds", "seconds", num(2)),
+                    Col("msgs/s", "msgs_per_s", num()),
+                ),
+                caption="Drain, 20,000 queued messages:",
+            ),
+        ),
+    ),
     "serial_ingest": Bench(
         quick="5 s at full speed and a 10 s floor load, instead of 10 s and 30 s",
         title="Serial ingest: frames/s through pty pairs, CPU at a floor load",
@@ -566,6 +633,44 @@ BENCHES: dict[str, Bench] = {
             "stopped.",
         ),
     ),
+    "modbus_poll": Bench(
+        quick="4 s per bus instead of 10 s",
+        title="Modbus polling: polls/s on one bus, agent CPU per poll",
+        measures="A real `Agent` with one `modbus` source in the bench's process (its CPU time "
+        "is the agent's), polling XY-MD02 transmitters (two input registers each) emulated by "
+        "`driftgate simulate` in a subprocess: pymodbus's server, RTU on a `socat` pty pair, "
+        "answering after the wire time of request and answer at the bus's baud rate (8N1), or "
+        "TCP on 127.0.0.1. Every device is polled every 50 ms and there are more than the bus "
+        "can serve, so the figure is the bus's capacity with the agent as master. *Wire limit*: "
+        "1 / (wire time + the 3.5-character frame gap), what a perfect master could do. *Net "
+        "CPU*: less what the same agent spends polling once a day.",
+        target="a figure, no threshold: a bus of 10 probes polled every 10 s is 1 poll/s",
+        headline=lambda r: ", ".join(
+            f"{x['name']}: {x['polls_per_s']:,.0f} polls/s"
+            for x in r["runs"]
+            if x["wire_limit_per_s"] is not None or x["name"].startswith("TCP")
+        ),
+        tables=(
+            Table(
+                "runs",
+                (
+                    Col("bus", "name", right=False),
+                    Col("devices", "slaves", num()),
+                    Col("polls/s", "polls_per_s", num(1)),
+                    Col("wire limit/s", "wire_limit_per_s", num(1)),
+                    Col("CPU ms/poll", "cpu_ms_per_poll", "{:.3f}"),
+                    Col("net CPU ms/poll", "net_cpu_ms_per_poll", "{:.3f}"),
+                    Col("CPU of one core", "cpu_share_of_one_core", pct),
+                    Col("failed tries", "failed_tries", num()),
+                ),
+            ),
+        ),
+        notes=(
+            "The emulator, `socat` and the agent share the machine's two cores; below the wire "
+            "limit is the time the pty, the emulator and the event loop's wake-ups add to each "
+            "exchange.",
+        ),
+    ),
     "color_stage": Bench(
         quick="200 measurements, median of 3 rounds, instead of 1,000, median of 5",
         title="Colour stage: ms per measurement",
@@ -591,6 +696,53 @@ BENCHES: dict[str, Bench] = {
                 ),
                 caption="ms per measurement:",
                 single=True,
+            ),
+        ),
+    ),
+    "report": Bench(
+        quick="3 rounds instead of 7",
+        title="Context comparison and the second-batch report",
+        measures="The lot tracker as the pipeline stage it is: CPU time of `LotTracker.add` per "
+        "channel batch of 64 readings, 200 channels, comparing on `[lot]` and on `[lot, "
+        "operator, shift]`, while samples fill, for the batch that completes them (summary "
+        "points, Welch and KS against the previous sample: once per channel and context "
+        "change) and once they are full (the steady state). Then `driftgate report`'s wall "
+        "time on the two demo lots (`agent.sim.lots`, 19 channels) and on 200 channels × 2 "
+        "lots × 500 readings: gathering samples and statistics, the HTML, the PDF "
+        "(WeasyPrint).",
+        target="steady state ≤ 5 µs per channel batch",
+        verdict=lambda r: r.get("meets_target"),
+        headline=lambda r: (
+            f"{r['tracker_steady_us']:.1f} µs per batch steady; report of 200 channels: "
+            + ", ".join(
+                f"{k} {r['reports'][-1][k + '_ms'] / 1000:.1f} s"
+                for k in ("gather", "html", "pdf")
+                if k + "_ms" in r["reports"][-1]
+            )
+        ),
+        tables=(
+            Table(
+                "tracker",
+                (
+                    Col("compare_on", "keys", right=False),
+                    Col("phase", "phase", right=False),
+                    Col("µs per batch", "us_per_batch", num(1)),
+                ),
+                caption="`LotTracker.add`, CPU µs per channel batch of 64 readings:",
+            ),
+            Table(
+                "reports",
+                (
+                    Col("state dir", "state", right=False),
+                    Col("channels", "channels", num()),
+                    Col("differ", "differ", num()),
+                    Col("gather ms", "gather_ms", num()),
+                    Col("HTML ms", "html_ms", num()),
+                    Col("HTML KiB", "html_kib", num()),
+                    Col("PDF ms", "pdf_ms", num()),
+                    Col("PDF KiB", "pdf_kib", num()),
+                ),
+                caption="`driftgate report`, wall time of one run:",
             ),
         ),
     ),
@@ -691,6 +843,76 @@ BENCHES: dict[str, Bench] = {
                     *(Col(c, f"fa_per_100k_controls.{c}", num(1)) for c in CHANGEPOINT_CONTROLS),
                 ),
                 caption="False alarms per 100,000 readings, per control:",
+            ),
+        ),
+    ),
+    "status_page": Bench(
+        quick="10 s phases instead of 30 s, 3 browser loads instead of 5",
+        title="Status page: render with 200 channels, 50 screens, the cost to ingestion",
+        measures="The agent as deployed (`driftgate run -c`, its own process; its CPU from "
+        "`/proc`) with one MQTT source: 100 ESPHome probes, humidity and temperature, so 200 "
+        "channels with the climate detectors, a day of local history each (every card has its "
+        "sparkline) and two incidents open; a private Mosquitto; a publisher process sending the "
+        "floor load (1,000 messages/s: every channel 5 times a second). Render: `/`, `/kiosk` and "
+        "`/api/status` fetched by one client (the agent's own time from its `Server-Timing` "
+        "header, and on the loopback); the first fetch of `/` also draws the 200 sparklines "
+        "(history reads on the history's thread). Browser: Debian's chromium, headless, loads "
+        "`/` (navigation timing) until its live stream is connected. Then the floor load alone, "
+        "beside 50 screens each polling `/api/status` once a second, and beside 50 clients back "
+        "to back (far beyond a floor's screens); each phase starts once the agent has caught up.",
+        target="`/api/status` p99 ≤ 50 ms under 50 screens; the agent takes everything sent, "
+        "with the screens as alone (ingest rate unchanged within noise)",
+        verdict=lambda r: bool(r["p99_met"] and abs(r["ingest_change"]) <= 0.02),
+        headline=lambda r: (
+            f"200 channels: `/` {r['render']['/']['server']['p50_ms']:.1f} ms in the agent, "
+            f"{r['browser']['load_ms']:.0f} ms to load in the browser; 50 screens: p99 "
+            f"{r['ingest']['screens']['clients']['p99_ms']:.1f} ms; readings taken "
+            f"{r['kept']['alone']:.1%} alone, {r['kept']['screens']:.1%} beside the screens"
+        ),
+        tables=(
+            Table(
+                "render",
+                (
+                    Col("page", "", right=False),
+                    Col("first: agent ms", "first_server_ms", "{:.1f}"),
+                    Col("agent p50 ms", "server.p50_ms", "{:.2f}"),
+                    Col("agent p99 ms", "server.p99_ms", "{:.2f}"),
+                    Col("loopback p50 ms", "wire.p50_ms", "{:.2f}"),
+                    Col("loopback p99 ms", "wire.p99_ms", "{:.2f}"),
+                    Col("KiB", "bytes", lambda v: f"{v / 1024:.0f}"),
+                ),
+                caption="One client, a first fetch then 20 of each page:",
+            ),
+            Table(
+                "browser",
+                (
+                    Col("cards", "cards", num()),
+                    Col("first byte ms", "first_byte_ms", "{:.1f}"),
+                    Col("DOM ready ms", "dom_ready_ms", "{:.1f}"),
+                    Col("load ms", "load_ms", "{:.1f}"),
+                    Col("live stream ms", "live_ms", "{:.1f}"),
+                ),
+                caption="Headless chromium loading `/` (medians):",
+                single=True,
+            ),
+            Table(
+                lambda r: [
+                    ("the floor load alone", r["ingest"]["alone"]),
+                    ("beside 50 screens, 1/s each", r["ingest"]["screens"]),
+                    ("beside 50 clients back to back", r["ingest"]["back_to_back"]),
+                ],
+                (
+                    Col("phase", "", right=False),
+                    Col("sent/s", "published_per_s", num()),
+                    Col("readings/s", "readings_per_s", num()),
+                    Col("agent CPU", "cpu_share_of_one_core", pct),
+                    Col("loop lag p99 ms", "loop_lag_p99_ms", "{:.1f}"),
+                    Col("requests/s", "clients.requests_per_s", num()),
+                    Col("p50 ms", "clients.p50_ms", "{:.1f}"),
+                    Col("p99 ms", "clients.p99_ms", "{:.1f}"),
+                    Col("max ms", "clients.max_ms", "{:.1f}"),
+                ),
+                caption="Ingestion, and the clients' latency on `/api/status`:",
             ),
         ),
     ),

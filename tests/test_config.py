@@ -361,10 +361,10 @@ def test_naive_start_time_is_an_error_aware_is_accepted(tmp_path: Path) -> None:
 
 
 def test_unknown_source_type_points_at_type(tmp_path: Path) -> None:
-    path = write(tmp_path, MINIMAL + "sources:\n  - type: modbus\n    name: usb0\n")
+    path = write(tmp_path, MINIMAL + "sources:\n  - type: opcua\n    name: usb0\n")
     assert problems_of(path) == [
-        f"{path}:{line_of(path, 'type: modbus')}: sources[0].type: "
-        "unknown type 'modbus'; one of: simulated, serial, mqtt"
+        f"{path}:{line_of(path, 'type: opcua')}: sources[0].type: "
+        "unknown type 'opcua'; one of: simulated, serial, mqtt, modbus"
     ]
 
 
@@ -904,3 +904,27 @@ channels:
     ]
     assert cli_main(["check-config", "-c", str(path)]) == 2
     assert "3 problems" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key", "reason"),
+    [
+        ("channels:\n  - {name: a.b, compare_on: [lot, zone]}\n", "channels[0].compare_on[1]",
+         "'zone' is a location tag and cannot be set as context"),
+        ("channels:\n  - {name: a.b, compare_on: [lot, lot]}\n", "channels[0].compare_on",
+         "each context key once"),
+        ("lots:\n  compare_on: [lot, 'shift B']\n", "lots.compare_on[1]", "is not a tag name"),
+        ("channels:\n  - {name: a.b, lot_readings: 5}\n", "channels[0].lot_readings",
+         "greater than or equal to 10"),
+    ],
+)  # fmt: skip
+def test_compare_on_names_context_keys_once(
+    tmp_path: Path, yaml_text: str, key: str, reason: str
+) -> None:
+    path = write(tmp_path, MINIMAL + yaml_text)
+    (problem,) = problems_of(path)
+    assert problem.startswith(
+        f"{path}:{line_of(path, 'compare_on' if 'compare' in key else 'lot_readings')}:"
+    )
+    assert f": {key}: " in problem
+    assert reason in problem

@@ -8,8 +8,9 @@ data, with Grafana's macros and variables substituted the way Grafana does. Key 
 return series.
 
 The demo has no lot changes, no colour instrument and no real (serial/MQTT) sources, so a few
-supplementary points for `lot_summary`, lot-tagged readings, `color` and `driftgate_source` are
-written with the agent's own encoder and field builders (named as such below).
+supplementary points for `lot_summary`, `context_summary`, lot-tagged readings, `color` and
+`driftgate_source` are written with the agent's own encoder and field builders (named as such
+below).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import yaml
 from servers import InfluxDB1Server
 
 from agent.color.stage import ColorResult
-from agent.drift.lots import summary_fields
+from agent.drift.compare import summary_fields
 from agent.ingest.frames import SourceHealth
 from agent.store.lineprotocol import encode_point
 
@@ -172,6 +173,22 @@ def supplementary_lines(midnight_ns: int) -> list[str]:
             tags = {**base, "zone": zone, "line": line, "channel": channel, "lot": lot}
             tags = {k: v for k, v in tags.items() if v}
             lines.append(encode_point("lot_summary", tags, summary_fields(vals), end))
+            del tags["lot"]
+            ctx = {**tags, "key": "lot", "value": lot}
+            lines.append(encode_point("context_summary", ctx, summary_fields(vals), end))
+    # Per operator and per shift, as compare_on: [lot, operator, shift] writes them.
+    for i, (key, value) in enumerate((("operator", "op12"), ("operator", "op17"))):
+        end = midnight_ns - (5 - i) * DAY_NS
+        vals = [123.5 + 4.0 * i + 0.1 * (k % 7) for k in range(60)]
+        tags = {**base, "zone": "sewing", "line": "L2", "channel": "sewing.m05.tension",
+                "key": key, "value": value}  # fmt: skip
+        lines.append(encode_point("context_summary", tags, summary_fields(vals), end))
+    for i, shift in enumerate(("A", "B")):
+        vals = [50.0 + 1.5 * i + 0.05 * (k % 9) for k in range(60)]
+        tags = {**base, "zone": "edge_paint", "channel": "edge_paint.humidity", "key": "shift",
+                "value": shift}  # fmt: skip
+        end = midnight_ns - (4 - i) * DAY_NS
+        lines.append(encode_point("context_summary", tags, summary_fields(vals), end))
     names = ("D65", "FL11", "LED-B3")
     for k in range(6):
         ts = midnight_ns - (5 - k) * DAY_NS
@@ -343,6 +360,10 @@ def test_key_panels_show_every_zone_station_and_alert(
         ("sewing.m05.tension", "LOT-2411-A"),
         ("sewing.m05.tension", "LOT-2411-B"),
     }
+    per_value = run(server, db, "lots.json", "Per context value (operator, shift, …)")
+    assert {(s["tags"]["key"], s["tags"]["value"]) for s in per_value} >= {
+        ("operator", "op12"), ("operator", "op17"), ("shift", "B"), ("lot", "LOT-2411-A"),
+    }  # fmt: skip
 
 
 def test_rates_with_a_short_interval(demo_db: tuple[InfluxDB1Server, str]) -> None:

@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_PER_DAY = 86400 // 60  # the demo samples every channel once a simulated minute
 CHANNELS = 12  # 2 rooms x (humidity, temperature) + 8 sewing machines
 
+STATUS_LINE = re.compile(
+    r"^status page: http://127\.0\.0\.1:(\d+)/ \(the floor, live in a browser\)$"
+)
 NOTICE_LINE = re.compile(r"^\[\d{4}-\d{2}-\d{2} \d{2}:\d{2} \w+\] (!!|! |ok|\.\.) ")
 PROGRESS_LINE = re.compile(
     r"^simulated \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC \(day (\d+) of ([\d.]+)\): "
@@ -176,6 +179,12 @@ def test_demo_alerts_progress_and_summary_match_the_spool(tmp_path: Path) -> Non
     assert len(m05) == 2, m05  # opened (warning), then escalated (alarm)
     assert "WARNING:" in m05[0]
     assert "ALARM" in m05[1]
+
+    # The page's address comes first, before any progress: a newcomer opens it at once.
+    lines = out.splitlines()
+    (page,) = [i for i, line in enumerate(lines) if STATUS_LINE.match(line)]
+    assert page == 1, lines[:3]
+    assert int(STATUS_LINE.match(lines[page])[1]) > 0  # type: ignore[index]
 
     progress = [m for line in out.splitlines() if (m := PROGRESS_LINE.match(line))]
     assert progress, f"no progress line in:\n{out}"

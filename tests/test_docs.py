@@ -273,7 +273,7 @@ def test_the_link_checker_catches_what_it_should(tmp_path: Path) -> None:
 
 def test_schema_lists_every_self_metric_and_source_health_field() -> None:
     """docs/schema.md is the schema written once: a new counter must be documented there."""
-    from agent.ingest.frames import SourceHealth
+    from agent.ingest.frames import SlaveHealth, SourceHealth
     from agent.metrics import AgentMetrics
 
     text = (ROOT / "docs" / "schema.md").read_text(encoding="utf-8")
@@ -282,4 +282,6 @@ def test_schema_lists_every_self_metric_and_source_health_field() -> None:
     for name in AgentMetrics().fields():
         assert f"`{name}`" in agent_part, f"driftgate_agent field {name} is not in docs/schema.md"
     for name in SourceHealth().fields():
+        assert f"`{name}`" in source_part, f"driftgate_source field {name} is not in docs/schema.md"
+    for name in SlaveHealth(1, "s").fields():  # the per-device points of a Modbus bus
         assert f"`{name}`" in source_part, f"driftgate_source field {name} is not in docs/schema.md"

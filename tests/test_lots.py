@@ -4,8 +4,10 @@ agent (context change → samples → lot_summary points and a lot_change alert)
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -21,7 +23,7 @@ STEP = 60 * 10**9
 CHANNEL = "sewing.m05.tension"
 
 
-def _agent(state_dir: Path) -> tuple[Agent, Channel]:
+def _agent(state_dir: Path, channels: list[dict[str, Any]] | None = None) -> tuple[Agent, Channel]:
     cfg = config_from_dict(
         {
             "site": "atelier",
@@ -29,6 +31,7 @@ def _agent(state_dir: Path) -> tuple[Agent, Channel]:
             "state_dir": str(state_dir),
             "alerts": {"console": False},
             "lots": {"readings": N},
+            "channels": channels or [],
         }
     )
     agent = Agent(cfg)
@@ -51,9 +54,11 @@ def _agent(state_dir: Path) -> tuple[Agent, Channel]:
 class Floor:
     """Feeds one channel through a running agent, one reading a minute."""
 
-    def __init__(self, state_dir: Path, t: int = T0) -> None:
+    def __init__(
+        self, state_dir: Path, t: int = T0, channels: list[dict[str, Any]] | None = None
+    ) -> None:
         self.state_dir = state_dir
-        self.agent, self.channel = _agent(state_dir)
+        self.agent, self.channel = _agent(state_dir, channels)
         self.t = t
         self.task: asyncio.Task[object] | None = None
 
@@ -68,7 +73,10 @@ class Floor:
         await self.task
 
     def lot(self, scope: str, name: str, lot: str) -> None:
-        self.agent.context.set(scope, name, {"lot": lot})
+        self.set(scope, name, lot=lot)
+
+    def set(self, scope: str, name: str, **tags: str) -> None:
+        self.agent.context.set(scope, name, dict(tags))
         self.agent.apply_context()
 
     async def feed(self, values: np.ndarray) -> None:
@@ -84,9 +92,11 @@ def _spooled(state_dir: Path, measurement: str) -> list[str]:
     return committed_lines(state_dir, measurement)
 
 
-def _summaries(state_dir: Path) -> dict[str, dict[str, float]]:
+def _summaries(
+    state_dir: Path, measurement: str = "lot_summary", key: str = "lot"
+) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
-    for line in _spooled(state_dir, "lot_summary"):
+    for line in _spooled(state_dir, measurement):
         tags, fields, _ = line.split(" ")
         tag = dict(kv.split("=", 1) for kv in tags.split(",")[1:])
         assert tag["channel"] == CHANNEL
@@ -94,8 +104,14 @@ def _summaries(state_dir: Path) -> dict[str, dict[str, float]]:
         assert tag["line"] == "L2"
         assert tag["site"] == "atelier"
         assert tag["gateway"] == "gw1"
-        out[tag["lot"]] = {k: float(v.rstrip("i")) for k, v in
-                           (kv.split("=", 1) for kv in fields.split(","))}  # fmt: skip
+        if measurement == "context_summary":
+            if tag["key"] != key:
+                continue
+            name = tag["value"]
+        else:
+            name = tag["lot"]
+        out[name] = {k: float(v.rstrip("i")) for k, v in
+                     (kv.split("=", 1) for kv in fields.split(","))}  # fmt: skip
     return out
 
 
@@ -132,10 +148,10 @@ async def test_lots_from_different_distributions_raise_lot_change(tmp_path: Path
     assert event.ts_ns == T0 + (len(a) + N - 1) * STEP  # the reading that completed the sample
     assert event.since_ns == T0 + len(a) * STEP
     expected = (
-        f"Line L2 lot LOT-2411-B: sewing M05 thread tension averages {first_b.mean():.1f} cN "
-        f"over its first {N} readings, {diff:.1f} cN above lot LOT-2411-A "
-        f"({first_a.mean():.1f} cN); Welch t = {welch.statistic:.1f}, p < 0.001; "
-        f"KS D = {ks.statistic:.2f}. This affects seam strength and stitch appearance."
+        f"Line L2, after lot LOT-2411-A → LOT-2411-B: sewing M05 thread tension averages "
+        f"{first_b.mean():.1f} cN over the first {N} readings of lot LOT-2411-B, {diff:.1f} cN "
+        f"above lot LOT-2411-A ({first_a.mean():.1f} cN). Welch t = {welch.statistic:.1f}, "
+        f"p < 0.001; KS D = {ks.statistic:.2f}. This affects seam strength and stitch appearance."
     )
     assert event.message == expected
     # ...and it is in the spool as a drift_alert point.
@@ -203,3 +219,89 @@ async def test_lot_samples_survive_a_restart(tmp_path: Path) -> None:
     summaries = _summaries(tmp_path)
     _check_summary(summaries["LOT-A"], a)
     _check_summary(summaries["LOT-B"], b[:N])
+
+
+async def test_an_operator_change_compares_tension_per_operator(tmp_path: Path) -> None:
+    rng = np.random.default_rng(15)
+    a = np.round(rng.normal(123.4, 2.0, N), 1)
+    b = np.round(rng.normal(128.6, 2.0, N), 1)
+    channels = [{"name": CHANNEL, "compare_on": ["lot", "operator", "shift"]}]
+    async with Floor(tmp_path, channels=channels) as floor:
+        floor.set("line", "L2", lot="LOT-7", operator="op12")
+        await floor.feed(a)
+        floor.set("line", "L2", operator="op17")  # the lot stays: only the operator changed
+        await floor.feed(b)
+        events = floor.agent.events
+        incidents = list(floor.agent.incidents.manager.open.values())
+    # The tension defaults' change-point detector sees the step too (test_changepoint.py);
+    # here the comparison is what counts.
+    (event,) = [e for e in events if e.detector != "changepoint"]
+    welch = stats.ttest_ind(b, a, equal_var=False)
+    ks = stats.ks_2samp(b, a)
+    assert (event.detector, event.transition) == ("operator_compare", "context_change")
+    assert math.isclose(event.value, float(b.mean()), rel_tol=1e-12)
+    assert math.isclose(event.baseline, float(a.mean()), rel_tol=1e-12)
+    assert event.baseline_note == f"operator op12, first {N} readings"
+    assert event.message == (
+        f"Line L2, after operator op12 → op17: sewing M05 thread tension averages "
+        f"{b.mean():.1f} cN over the first {N} readings with operator op17, "
+        f"{b.mean() - a.mean():.1f} cN above operator op12 ({a.mean():.1f} cN). Welch t = "
+        f"{welch.statistic:.1f}, p < 0.001; KS D = {ks.statistic:.2f}. This affects seam "
+        "strength and stitch appearance."
+    )
+    # A finding, like a lot change: its incident stays open until someone acknowledges it.
+    (incident,) = incidents
+    assert incident.one_shot
+    # Per operator, per lot: context_summary points; lot_summary only for lots.
+    per_operator = _summaries(tmp_path, "context_summary", "operator")
+    assert set(per_operator) == {"op12", "op17"}
+    _check_summary(per_operator["op12"], a)
+    _check_summary(per_operator["op17"], b)
+    per_lot = _summaries(tmp_path, "context_summary", "lot")
+    assert set(per_lot) == {"LOT-7"}  # its sample filled with op12's readings
+    _check_summary(per_lot["LOT-7"], a)
+    assert set(_summaries(tmp_path)) == {"LOT-7"}
+    assert _summaries(tmp_path, "context_summary", "shift") == {}  # no shift was set
+
+
+async def test_without_compare_on_an_operator_change_compares_nothing(tmp_path: Path) -> None:
+    rng = np.random.default_rng(16)
+    async with Floor(tmp_path) as floor:
+        floor.set("line", "L2", operator="op12")
+        await floor.feed(np.round(rng.normal(123.4, 2.0, N), 1))
+        floor.set("line", "L2", operator="op17")
+        await floor.feed(np.round(rng.normal(131.4, 2.0, N), 1))
+        compared = [e for e in floor.agent.events if e.detector != "changepoint"]
+        assert compared == []  # lots.compare_on is [lot] by default
+    assert _spooled(tmp_path, "context_summary") == []
+
+
+async def test_the_first_versions_lots_json_is_continued(tmp_path: Path) -> None:
+    """lots.json written before compare_on (per channel, lots only) is read as the lot key's."""
+    rng = np.random.default_rng(17)
+    a = np.round(rng.normal(123.4, 2.0, N), 1)
+    b = np.round(rng.normal(131.2, 2.0, N), 1)
+    old = {
+        CHANNEL: {
+            "current": "LOT-B",
+            "previous": "LOT-A",
+            "samples": {
+                "LOT-A": {"values": a.tolist(), "first_ns": T0, "last_ns": T0 + N * STEP,
+                          "done": True, "summarised": True, "compared": True},
+                "LOT-B": {"values": b[:50].tolist(), "first_ns": T0 + N * STEP,
+                          "last_ns": T0 + (N + 49) * STEP, "done": False, "summarised": False,
+                          "compared": False},
+            },
+        }
+    }  # fmt: skip
+    (tmp_path / "lots.json").write_text(json.dumps(old))
+    async with Floor(tmp_path, T0 + (N + 50) * STEP) as floor:
+        floor.lot("line", "L2", "LOT-B")
+        await floor.feed(b[50:])
+        events = [e for e in floor.agent.events if e.detector == "lot_compare"]
+    (event,) = events
+    assert math.isclose(event.value, float(b.mean()), rel_tol=1e-12)
+    assert math.isclose(event.baseline, float(a.mean()), rel_tol=1e-12)
+    saved = json.loads((tmp_path / "lots.json").read_text())
+    assert saved["version"] == 2
+    assert set(saved["channels"][CHANNEL]) == {"lot"}

@@ -26,6 +26,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "frames"
 SHIPPED = [
     "colorimeter-lab",
     "hx711-tension",
+    "leather-moisture",
     "sht4x-esphome",
     "sht4x-serial",
     "spectro-31",
@@ -502,7 +503,7 @@ def test_broken_profile_names_file_line_and_key(tmp_path: Path) -> None:
         f"{path}:10: checksum.variant: Input should be 'modbus', 'ccitt-false', 'xmodem' or "
         "'kermit', got 'ibm'",
         f"{path}:16: fields[0].range: must be [min, max] with finite min < max, got [100, 0]",
-        f"{path}:20: fields[1].kind: Input should be 'climate', 'tension' or 'color', "
+        f"{path}:20: fields[1].kind: Input should be 'climate', 'tension', 'color' or 'moisture', "
         "got 'humidity'",
     ]
 

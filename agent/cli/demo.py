@@ -4,6 +4,7 @@ at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections import Counter
@@ -40,6 +41,11 @@ class Console:
         moment = datetime.fromtimestamp(notice.ts_ns / 1e9, zone)
         self._clear_progress()
         print(f"[{moment:%Y-%m-%d %H:%M %Z}] {mark} {notice.sentence}", file=self.out, flush=True)
+
+    def say(self, text: str) -> None:
+        """A line of its own (the progress line is redrawn after it)."""
+        self._clear_progress()
+        print(text, file=self.out, flush=True)
 
     def _clear_progress(self) -> None:
         if self.tty and self._progress_shown:
@@ -167,7 +173,7 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> RunResult:
     """Run the demo to the end (or Ctrl-C) and print its summary."""
     cfg = demo_config(opts)
     forget_earlier_incidents(cfg.state_dir)
-    agent = Agent(cfg)
+    agent = Agent(cfg, status_fallback=True)
     console = Console(agent, out, opts.days)
     agent.incidents.manager.listeners.append(console.notice)
     print(
@@ -179,15 +185,33 @@ async def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> RunResult:
     )
     import asyncio
 
+    # On a terminal the page stays up once the simulation is done, until Ctrl-C: a newcomer
+    # looks at the floor in a browser at leisure. Piped (tests, scripts) the demo just ends.
+    linger = out.isatty()
+
     async def tick() -> None:
+        told = False
+        if agent.status is not None:  # the address first, before the progress starts
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(agent.status.bound.wait(), 2.0)
         while True:
+            if not told and agent.status is not None and agent.status.bound.is_set():
+                told = True
+                console.say(f"status page: {agent.status.url} (the floor, live in a browser)")
             console.progress()
+            if linger and all(getattr(s, "finished", False) for s in agent.sources):
+                url = agent.status.url if agent.status is not None else "(no page)"
+                console.say(
+                    f"simulation done; the status page stays up at {url} until Ctrl-C, "
+                    "then the summary"
+                )
+                return
             await asyncio.sleep(0.2)
 
     ticker = asyncio.create_task(tick())
     t0 = time.monotonic()
     try:
-        result = await agent.run(drain_at_end=30.0)
+        result = await agent.run(drain_at_end=30.0, linger=linger)
     finally:
         ticker.cancel()
         await asyncio.gather(ticker, return_exceptions=True)

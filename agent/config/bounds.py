@@ -59,6 +59,15 @@ BOUNDS: Final[dict[str, Bound]] = {
     "sources.interval": Bound(
         0.001, DAY, "one simulated sample per interval and channel"
     ),
+    "sources.poll": Bound(
+        0.05, DAY, "each poll is a request on the bus; one bus carries a few dozen a second"
+    ),
+    "sources.timeout": Bound(
+        0.01, MINUTE, "shorter fails slow devices; longer holds the bus while one is silent"
+    ),
+    "sources.frame_gap": Bound(
+        0.0, 1.0, "the silence between two frames on an RS-485 bus (at least 3.5 characters)"
+    ),
     # -- alerting and detection (reading time, not wall time)
     "alerts.repeat": Bound(
         MINUTE, 30 * DAY, "a reminder more often than every minute is noise"
@@ -89,6 +98,13 @@ BOUNDS: Final[dict[str, Bound]] = {
     ),
     "incidents.keep_cleared": Bound(
         HOUR, YEAR, "cleared incidents stay listed (and in incidents.sqlite) this long"
+    ),
+    # -- the status page (wall time)
+    "status.session": Bound(
+        5 * MINUTE, 30 * DAY, "a login on the status page lasts this long"
+    ),
+    "status.health_grace": Bound(
+        1.0, DAY, "/healthz tolerates a source or InfluxDB down this long (reconnects)"
     ),
     # -- device clocks against the gateway's (docs/architecture.md, "Time")
     "input_limits.max_ahead": Bound(

@@ -39,6 +39,8 @@ from agent.config.detectors import BaselineSpecConfig, DetectorConfig, LimitConf
 from agent.config.feasible import detector_problems
 from agent.config.notify import IncidentsConfig, NotifyConfig
 from agent.config.secrets import SecretFile, find_secret, inline_secret
+from agent.config.status import StatusConfig
+from agent.context import ContextError, check_tag
 
 # --------------------------------------------------------------------------- the models
 
@@ -69,15 +71,13 @@ class SimulatedSourceConfig(Section):
     )
 
 
-class _DeviceSource(Section):
-    """What every real-device source shares: the profile and where the device is."""
+class _PlacedSource(Section):
+    """What every real-device source shares: its name and where its devices are."""
 
     name: Name
-    profile: NonBlank = Field(description="device profile: a firmware_configs name or a path")
     zone: NonBlank | None = None
     line: NonBlank | None = None
     station: NonBlank | None = None
-    sensor: NonBlank | None = Field(default=None, description="sensor id if frames carry none")
     tags: dict[NonBlank, NonBlank] = Field(default_factory=dict)
     channel_prefix: NonBlank | None = Field(
         default=None, description="channel names start with this (default: zone, else name)"
@@ -87,7 +87,7 @@ class _DeviceSource(Section):
         """The location tags this source puts on every reading."""
         out = dict(self.tags)
         for key in ("zone", "line", "station", "sensor"):
-            value = getattr(self, key)
+            value = getattr(self, key, None)
             if value is not None:
                 out[key] = value
         return out
@@ -95,6 +95,13 @@ class _DeviceSource(Section):
     def prefix(self) -> str:
         """The first part of this source's channel names."""
         return self.channel_prefix or self.zone or self.name
+
+
+class _DeviceSource(_PlacedSource):
+    """A source reading one device (or one stream of devices) through a device profile."""
+
+    profile: NonBlank = Field(description="device profile: a firmware_configs name or a path")
+    sensor: NonBlank | None = Field(default=None, description="sensor id if frames carry none")
 
 
 class SerialSourceConfig(_DeviceSource):
@@ -122,10 +129,141 @@ class MqttSourceConfig(_DeviceSource):
     qos: Literal[0, 1, 2] = 1
 
 
+class ModbusDeviceConfig(Section):
+    """One Modbus device (slave) on a bus: its address, its register map, how often to read it."""
+
+    slave: Annotated[int, Field(ge=0, le=255)] = Field(
+        description="the device's address: 1-247 on RS-485 (RTU), the unit id over TCP"
+    )
+    profile: NonBlank = Field(description="register map: a firmware_configs/modbus name or a path")
+    sensor: NonBlank | None = Field(
+        default=None, description="sensor id, part of the channel names (default: profile-slave)"
+    )
+    poll: Annotated[Duration, within("sources.poll")] = Field(
+        default=10.0, description="read the device this often"
+    )
+    zone: NonBlank | None = Field(default=None, description="default: the source's")
+    line: NonBlank | None = None
+    station: NonBlank | None = None
+    tags: dict[NonBlank, NonBlank] = Field(default_factory=dict)
+
+    @property
+    def sensor_id(self) -> str:
+        """The sensor tag of its readings: ``sensor``, else ``<profile>-<slave>``."""
+        if self.sensor is not None:
+            return self.sensor
+        stem = self.profile.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
+        return f"{stem}-{self.slave}"
+
+
+class ModbusSourceConfig(_PlacedSource):
+    """A Modbus bus: RTU on an RS-485 serial port (``port``) or TCP (``host``), with its devices.
+
+    Requests go one at a time (a bus has one master and one conversation); a device that does
+    not answer costs ``timeout`` × (1 + ``retries``) of bus time, then the next one is read.
+    """
+
+    type: Literal["modbus"]
+    port: NonBlank | None = Field(default=None, description="RTU: the RS-485 adapter's port")
+    baud: Annotated[int, Field(ge=50, le=4_000_000)] = 9600
+    bytesize: Literal[7, 8] = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    host: NonBlank | None = Field(default=None, description="TCP: the device or gateway")
+    tcp_port: Annotated[int, Field(ge=1, le=65535)] = 502
+    timeout: Annotated[Duration, within("sources.timeout")] = Field(
+        default=0.5, description="wait this long for each answer"
+    )
+    retries: Annotated[int, Field(ge=0, le=5)] = Field(
+        default=1, description="ask again this often before the read counts as failed"
+    )
+    frame_gap: Annotated[Duration, within("sources.frame_gap")] | None = Field(
+        default=None,
+        description="silence between two frames (RTU; default 3.5 characters, 1.75 ms from "
+        "19200 baud)",
+    )
+    reconnect_max: Annotated[Duration, within("sources.reconnect_max")] = Field(
+        default=5.0, description="longest reconnect wait"
+    )
+    devices: Annotated[list[ModbusDeviceConfig], Field(min_length=1)]
+
+    @property
+    def transport(self) -> Literal["rtu", "tcp"]:
+        """RTU on a serial port, or TCP."""
+        return "rtu" if self.port is not None else "tcp"
+
+    @property
+    def gap(self) -> float:
+        """The silence kept between frames: frame_gap, else the Modbus RTU rule of 3.5
+        characters (11 bits each), and 1.75 ms above 19200 baud; none over TCP."""
+        if self.frame_gap is not None:
+            return self.frame_gap
+        if self.transport == "tcp":
+            return 0.0
+        return 0.00175 if self.baud > 19200 else 3.5 * 11 / self.baud
+
+    @model_validator(mode="after")
+    def _one_bus(self) -> "ModbusSourceConfig":
+        problems: list[tuple[Loc, str]] = []
+        if (self.port is None) == (self.host is None):
+            problems.append(
+                (("port",), "set port (Modbus RTU on a serial port) or host (Modbus TCP), "
+                 "exactly one")
+            )  # fmt: skip
+        seen: dict[int, int] = {}
+        sensors: dict[str, int] = {}
+        for index, device in enumerate(self.devices):
+            if self.port is not None and not 1 <= device.slave <= 247:
+                problems.append(
+                    (("devices", index, "slave"), f"{device.slave} is not an RTU address: 1-247")
+                )
+            if device.slave in seen:
+                problems.append(
+                    (
+                        ("devices", index, "slave"),
+                        f"slave {device.slave} is already devices[{seen[device.slave]}]: two "
+                        "devices at one address answer at once and garble each other",
+                    )
+                )
+            seen.setdefault(device.slave, index)
+            if device.sensor_id in sensors:
+                problems.append(
+                    (
+                        ("devices", index, "sensor"),
+                        f"sensor {device.sensor_id!r} is already "
+                        f"devices[{sensors[device.sensor_id]}]; their channels would be one",
+                    )
+                )
+            sensors.setdefault(device.sensor_id, index)
+        raise_problems("ModbusSourceConfig", problems)
+        return self
+
+
+def _context_key(v: str) -> str:
+    try:
+        check_tag(v, None)
+    except ContextError as exc:
+        raise reason(str(exc)) from None
+    return v
+
+
+ContextKey = Annotated[str, AfterValidator(_context_key)]
+"""A production-context key a channel compares on: lot, operator, shift, order, sku, ..."""
+
+
+def _unique_keys(v: list[str]) -> list[str]:
+    if len(set(v)) != len(v):
+        raise reason("each context key once")
+    return v
+
+
+CompareOn = Annotated[list[ContextKey], AfterValidator(_unique_keys)]
+
 SourceConfig = Annotated[
-    SimulatedSourceConfig | SerialSourceConfig | MqttSourceConfig, Field(discriminator="type")
+    SimulatedSourceConfig | SerialSourceConfig | MqttSourceConfig | ModbusSourceConfig,
+    Field(discriminator="type"),
 ]
-SOURCE_TYPES = ("simulated", "serial", "mqtt")
+SOURCE_TYPES = ("simulated", "serial", "mqtt", "modbus")
 
 
 class ChannelConfig(Section):
@@ -135,7 +273,7 @@ class ChannelConfig(Section):
     label: str = ""
     unit: str = ""
     affects: str = ""
-    kind: Literal["climate", "tension", "color", "generic"] | None = None
+    kind: Literal["climate", "tension", "color", "moisture", "generic"] | None = None
     interval: Annotated[Duration, within("channels.interval")] | None = Field(
         default=None,
         description="expected time between readings: sizes the kind's defaults and lets "
@@ -149,7 +287,16 @@ class ChannelConfig(Section):
     )
     enabled: bool = True
     lot_effect: Annotated[float, Field(ge=0)] | None = Field(
-        default=None, description="lot comparison: smallest mean difference (units) worth an alert"
+        default=None,
+        description="context comparison: smallest mean difference (units) worth an alert",
+    )
+    compare_on: CompareOn | None = Field(
+        default=None,
+        description="context keys whose changes start a comparison (None: lots.compare_on); "
+        "naming them also compares a channel without detectors (a moisture meter)",
+    )
+    lot_readings: Annotated[int, Field(ge=10, le=100_000)] | None = Field(
+        default=None, description="readings per sample (None: lots.readings)"
     )
     limits: LimitConfig | None = Field(
         default=None, description="a spec band (45–55 %RH), added to the channel's detectors"
@@ -308,6 +455,16 @@ class MqttConfig(Section):
         default=256 * 1024,
         description="larger messages are counted and dropped without being decoded",
     )
+    ack: Literal["on_commit", "on_arrival"] = Field(
+        default="on_commit",
+        description="acknowledge a message once the spool committed what it produced (safe), "
+        "or on arrival (a crash loses the last spool.flush_interval of acknowledged messages)",
+    )
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=2000,
+        description="unacknowledged messages the broker may send us at once (MQTT v5 "
+        "Receive Maximum): the rate is at most this many per spool commit",
+    )
     password: SecretStr | None = None
 
     @field_validator("password", mode="before")
@@ -351,16 +508,22 @@ class HistoryConfig(Section):
 
 
 class LotsConfig(Section):
-    """Lot comparison: a new lot's first readings against the previous lot's, per channel."""
+    """Context comparison: a new lot's (operator's, shift's) first readings against the
+    previous one's and the approved lot's, per channel."""
 
-    readings: Annotated[int, Field(ge=10)] = Field(
+    readings: Annotated[int, Field(ge=10, le=100_000)] = Field(
         default=500, description="readings per lot and channel that make its sample"
+    )
+    compare_on: CompareOn = Field(
+        default_factory=lambda: ["lot"],
+        description="context keys whose changes start a comparison on every channel with "
+        "detectors (channels[].compare_on overrides)",
     )
     alpha: Annotated[float, Field(gt=0, lt=1)] = Field(
         default=0.01, description="Welch's t-test p below which a difference counts"
     )
     effect: dict[str, Annotated[float, Field(ge=0)]] = Field(
-        default_factory=lambda: {"climate": 1.0, "tension": 3.0, "color": 0.5},
+        default_factory=lambda: {"climate": 1.0, "tension": 3.0, "color": 0.5, "moisture": 1.0},
         description="smallest mean difference worth an alert, in the channel's units, per kind",
     )
 
@@ -521,6 +684,7 @@ class AgentConfig(Section):
     incidents: IncidentsConfig = Field(default_factory=IncidentsConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     input_limits: InputLimitsConfig = Field(default_factory=InputLimitsConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
     _warnings: list[ConfigWarning] = PrivateAttr(default_factory=list)
 
     @property

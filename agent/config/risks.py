@@ -32,6 +32,7 @@ SECRET_READABLE = "secret file readable by every user"
 PLAIN_HTTP_PASSWORD = "password sent over plain http:// to another host"
 PLAIN_MQTT_PASSWORD = "password sent over plain MQTT to another host"
 TLS_UNVERIFIED = "TLS certificates are not verified"
+STATUS_PLAIN_HTTP = "status page logins sent over plain http"
 
 
 def _loopback(host: str | None) -> bool:
@@ -105,4 +106,19 @@ def risks(cfg: AgentConfig) -> list[Risk]:
                     "path can read it; set tls: true (port 8883, ca_file for a private CA)",
                 )
             )
+    status = cfg.status
+    if status.enabled:
+        # A line's PIN has 10,000 values: whoever reads its scrypt hash has it within minutes.
+        users = status.users_file or cfg.state_dir / "status-users"
+        found += _world_readable(("status", "users_file"), users if users.exists() else None)
+    if status.enabled and status.tls_cert_file is None and not _loopback(status.address[0]):
+        found.append(
+            Risk(
+                ("status", "listen"),
+                STATUS_PLAIN_HTTP,
+                f"the status page listens on {status.listen}: passwords and PINs typed into it "
+                "cross the network unencrypted, and a login can be taken off the wire; set "
+                "status.tls_cert_file and status.tls_key_file (reading needs no login)",
+            )
+        )
     return found

@@ -20,7 +20,7 @@ ESCALATED_TO = "escalated_to"  # not acknowledged in time: the next route is tol
 OPEN, ACKED, CLOSED = "open", "acknowledged", "cleared"
 
 LEVELS = {"ok": 0, "warn": 1, "alarm": 2}
-ONE_SHOT = frozenset({"lot_change"})
+ONE_SHOT = frozenset({"lot_change", "context_change"})
 """Transitions that are findings, not states: their incident stays open until acknowledged."""
 FINDINGS = frozenset({"lot_change", "changed"})
 """Transitions that report something that happened, not a state that lasts. A change point

@@ -8,14 +8,28 @@ context register topic filters with ``subscribe`` before ``run``; ``run`` is aio
 documented reconnect loop (one reusable client, ``async with client`` → subscribe → iterate,
 ``except MqttError`` → back off and go round).
 
-The ack window. aiomqtt (paho underneath) sends a QoS 1 PUBACK when its message callback
-returns, and by default only queues the message there, so an acknowledged message could sit
-in the client's memory behind a burst. Here the callback hands each message straight to its
-handler (``FrameHandler.frame`` → ``Pipeline.ingest``, which only appends to memory), so at
-PUBACK time the reading is in the spool's buffer. It is durable when the spool commits,
-every ``spool.flush_interval`` (0.2 s by default): a crash or power cut loses at most that
-window of acknowledged messages. A clean stop flushes, and a crash before the PUBACK makes
-the broker deliver the message again.
+Acknowledged after the commit (``mqtt.ack: on_commit``, the default). The client's message
+callback hands each message straight to its handler (``FrameHandler.frame`` →
+``Pipeline.ingest``, which only appends to the spool's memory); its QoS 1 PUBACK waits until
+whatever the message produced is durable: its lines committed by the spool, its dead letters
+written, a context change saved to ``context.json``. Each of those places is a ``Ledger`` that
+numbers what it was handed and says through which number it is durable; a message remembers,
+per ledger it touched, the number it must wait for, and ``release`` sends the PUBACKs of the
+messages at the head of the arrival order whose numbers are durable, in that order (MQTT
+requires PUBACKs in the order the PUBLISHes came). A crash before the PUBACK makes the broker
+send the message again; nothing acknowledged is lost.
+
+aiomqtt does not expose paho's manual acknowledgement (``manual_ack``, ``ack(mid, qos)``;
+aiomqtt issue #345), so this module reaches paho's client under aiomqtt's in one place,
+``_paho``. The broker sends at most ``mqtt.receive_maximum`` unacknowledged messages (MQTT v5
+Receive Maximum, sent in CONNECT; Mosquitto takes it in place of its
+``max_inflight_messages``), so when half of them wait the spool is asked to commit at once.
+Subscriptions ask for at most QoS 1: paho answers a QoS 2 message with PUBREC before handing
+it over, after which the broker does not send it again, so QoS 2 cannot wait for the commit.
+
+``mqtt.ack: on_arrival`` is the old behaviour, kept for measuring what the wait costs
+(``bench/mqtt_ack.py``): paho acknowledges when the callback returns, and a crash loses what
+the spool had not committed (up to ``spool.flush_interval`` of acknowledged messages).
 """
 
 from __future__ import annotations
@@ -26,12 +40,15 @@ import json
 import math
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiomqtt import Client, Message, MqttCodeError, MqttError, ProtocolVersion, TLSParameters, Will
 from aiomqtt import Topic as _Topic
 from aiomqtt import Wildcard as _Wildcard
+from paho.mqtt.client import Client as _PahoClient
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -44,7 +61,14 @@ from agent.ingest.frames import SourceHealth, preview
 from agent.logs import get_logger
 from agent.metrics import AgentMetrics
 
-__all__ = ["DROPPED_TOPIC", "LinkHealth", "MessageHandler", "MqttLink", "parse_context"]
+__all__ = [
+    "DROPPED_TOPIC",
+    "Ledger",
+    "LinkHealth",
+    "MessageHandler",
+    "MqttLink",
+    "parse_context",
+]
 
 log = get_logger("driftgate.mqtt")
 
@@ -59,6 +83,33 @@ _ROUTE_CACHE_MAX = 10_000  # distinct topics remembered with their handlers
 _ROUTE_CACHE_TOPIC = 512  # longer topics (MQTT allows 64 KiB) are routed, never remembered
 # CONNACK reason codes that retrying will not fix (MQTT v5 and v3 numbering): say so.
 AUTH_FAILURES = frozenset({4, 5, 134, 135, 138, 140})
+SUBSCRIBE_QOS_MAX = 1
+"""The highest QoS asked for: a QoS 2 message is acknowledged (PUBREC) before it reaches us."""
+COMMIT_EARLY_AT = 0.5
+"""Ask the spool to commit at once when this share of ``receive_maximum`` waits for PUBACKs,
+so the broker's window never fills while a commit is merely due."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """A place a message's output waits to become durable, numbered in the order handed over:
+    ``handed()`` is the newest item's number, ``durable()`` the number up to which every item
+    is on disk."""
+
+    name: str
+    handed: Callable[[], int]
+    durable: Callable[[], int]
+
+
+def _paho(client: Client) -> _PahoClient:
+    """The paho client inside aiomqtt's: aiomqtt has no manual acknowledgement (issue #345)."""
+    paho = getattr(client, "_client", None)
+    if not isinstance(paho, _PahoClient):
+        raise RuntimeError(
+            "this aiomqtt no longer keeps its paho client in Client._client: pin "
+            "aiomqtt<3 (pyproject.toml), or set mqtt.ack: on_arrival until driftgate is updated"
+        )
+    return paho
 
 
 @dataclass(slots=True)
@@ -147,6 +198,14 @@ class MqttLink:
         self._client: Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._manual_ack = cfg.ack == "on_commit"
+        self._taking = True  # False once quiesced: later messages stay un-acknowledged
+        self._paho: _PahoClient | None = None
+        self._ledgers: tuple[Ledger, ...] = ()
+        self._commit_soon: Callable[[], None] | None = None
+        self._commit_at = max(1, int(cfg.receive_maximum * COMMIT_EARLY_AT))
+        # (mid, qos, the number each ledger must reach, 0 where the message left no trace)
+        self._unacked: deque[tuple[int, int, tuple[int, ...]]] = deque()
         self.connected_event = asyncio.Event()
         self.on_connect: list[Callable[[], None]] = []  # after each (re)connect and subscribe
         self.retries = Retries(MQTT)
@@ -181,12 +240,27 @@ class MqttLink:
         """The registered topic filters."""
         return list(self._subscriptions)
 
+    def ack_after(
+        self, ledgers: tuple[Ledger, ...], commit_soon: Callable[[], None] | None = None
+    ) -> None:
+        """Acknowledge each message once its output is durable in ``ledgers`` (register before
+        ``run``; call ``release`` whenever one of them becomes more durable). ``commit_soon``:
+        asks the spool to commit at once when many acknowledgements wait."""
+        self._ledgers = ledgers
+        self._commit_soon = commit_soon
+
+    @property
+    def unacked(self) -> int:
+        """Messages received and handled whose PUBACK waits for their output to be durable."""
+        return len(self._unacked)
+
     # -- the connection
 
     def _make_client(self) -> Client:
         cfg = self.cfg
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = min(int(cfg.session_expiry), _SESSION_EXPIRY_MAX)
+        properties.ReceiveMaximum = cfg.receive_maximum
         tls = None
         if cfg.tls or cfg.ca_file or cfg.cert_file:
             tls = TLSParameters(
@@ -194,7 +268,7 @@ class MqttLink:
                 certfile=str(cfg.cert_file) if cfg.cert_file else None,
                 keyfile=str(cfg.key_file) if cfg.key_file else None,
             )
-        return Client(
+        client = Client(
             cfg.host,
             cfg.port,
             username=cfg.username,
@@ -208,6 +282,22 @@ class MqttLink:
             tls_params=tls,
             queue_type=_inbox(self._dispatch),
         )
+        self._unacked.clear()  # a new client is a new connection: old packet ids mean nothing
+        if self._manual_ack:
+            paho = self._paho = _paho(client)
+            paho.manual_ack_set(True)
+            # PUBACKs are only valid on the connection the PUBLISH came on: when it ends, the
+            # broker sends the un-acknowledged messages again (same packet ids), so forget them
+            # before any message of a new connection can arrive.
+            aiomqtt_on_disconnect = paho.on_disconnect
+
+            def on_disconnect(*args: Any) -> None:
+                self._unacked.clear()
+                if aiomqtt_on_disconnect is not None:
+                    aiomqtt_on_disconnect(*args)
+
+            paho.on_disconnect = on_disconnect
+        return client
 
     async def run(self) -> None:
         """Connect, subscribe and hand messages over until cancelled; reconnect with backoff.
@@ -240,6 +330,7 @@ class MqttLink:
                         self._dispatch(message)
             except MqttError as exc:
                 self._set_connected(False)
+                self._unacked.clear()  # the broker sends them again on the next connection
                 if self.stopping():
                     break
                 failures += 1
@@ -262,7 +353,8 @@ class MqttLink:
                 if sub.retained
                 else SubscribeOptions.RETAIN_DO_NOT_SEND
             )
-            options = SubscribeOptions(qos=sub.qos, retainHandling=handling)
+            qos = min(sub.qos, SUBSCRIBE_QOS_MAX)
+            options = SubscribeOptions(qos=qos, retainHandling=handling)
             granted = await client.subscribe(topic_filter, options=options)
             refused = [code for code in granted if getattr(code, "value", code) >= 0x80]
             if refused:
@@ -320,9 +412,18 @@ class MqttLink:
         """Whether ``stop`` was called."""
         return self._stopping
 
+    def quiesce(self) -> None:
+        """Hand no more messages over (shutdown): those arriving from now on are not
+        acknowledged, and the broker sends them again in the next session. With
+        ``ack: on_arrival`` paho would acknowledge them anyway, so there stop at once."""
+        self._taking = not self._manual_ack
+
     async def stop(self, grace: float = STOP_TIMEOUT_S) -> None:
-        """Publish ``offline`` (retained) and disconnect cleanly, so the will is not sent."""
+        """Acknowledge what is durable, publish ``offline`` (retained) and disconnect cleanly,
+        so the will is not sent."""
         self._stopping = True
+        self._taking = False
+        self.release()  # the PUBACKs go out before the offline status on the same socket
         if self._client is not None and self.health.connected:
             try:
                 await self._client.publish(
@@ -339,6 +440,40 @@ class MqttLink:
     # -- dispatch (runs inside the client's read callback: never raise, never block)
 
     def _dispatch(self, message: Message) -> None:
+        if not self._taking:
+            return  # quiesced: not acknowledged, so the broker keeps it for the next session
+        if not self._manual_ack or message.qos == 0:
+            self._handle(message)
+            return
+        ledgers = self._ledgers
+        before = [ledger.handed() for ledger in ledgers]
+        self._handle(message)
+        needs = tuple(
+            now if now != then else 0
+            for then, now in zip(before, [ledger.handed() for ledger in ledgers], strict=True)
+        )
+        unacked = self._unacked
+        unacked.append((message.mid, message.qos, needs))
+        self.release()
+        if len(unacked) >= self._commit_at and self._commit_soon is not None:
+            self._commit_soon()
+
+    def release(self) -> None:
+        """Send the PUBACKs of the oldest messages whose output is durable now, in the order
+        the messages came, up to the first that still waits."""
+        unacked = self._unacked
+        paho = self._paho
+        if not unacked or paho is None:
+            return
+        durable = [ledger.durable() for ledger in self._ledgers]
+        while unacked:
+            mid, qos, needs = unacked[0]
+            if any(need > done for need, done in zip(needs, durable, strict=True)):
+                return
+            unacked.popleft()
+            paho.ack(mid, qos)
+
+    def _handle(self, message: Message) -> None:
         received_ns = clock.wall_ns()
         topic = message.topic.value
         health = self.health

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 from agent.errors import DecodeError
 from agent.ingest.profiles import (
+    LOCAL_ZONE,
     Checksum,
     Crc16Checksum,
     FieldMap,
@@ -112,6 +113,7 @@ class DecodeResult:
     values: list[DecodedValue] = field(default_factory=list)
     invalid: list[Invalid] = field(default_factory=list)
     spectrum: Spectrum | None = None
+    time_fallback: str | None = None  # why the device's time was not used (stamped on arrival)
 
 
 # --------------------------------------------------------------------------- checksums
@@ -494,8 +496,12 @@ class Decoder:
         self._max_frame = getattr(profile.framing, "max_length", None) or max(
             getattr(profile.framing, "length", 0), 1
         )
+        stamp = profile.timestamp
+        # None for "local": a naive datetime's timestamp() is taken in the gateway's zone.
         self._zone = (
-            ZoneInfo(profile.timestamp.timezone) if profile.timestamp.unit == "iso8601" else None
+            ZoneInfo(stamp.timezone)
+            if stamp.unit == "iso8601" and stamp.timezone != LOCAL_ZONE
+            else None
         )
 
     def _sources(self) -> list[str]:
@@ -579,11 +585,17 @@ class Decoder:
             if raw is _MISSING:
                 raise DecodeError(f"missing {source!r} (tag {name})")
             tags[name] = _tag_text(raw, name)
-        ts_ns = self._timestamp(get, received_ns)
+        time_fallback = None
+        try:
+            ts_ns = self._timestamp(get, received_ns)
+        except DecodeError as exc:
+            if profile.timestamp.fallback != "arrival":
+                raise
+            ts_ns, time_fallback = received_ns, exc.reason
         rate = self._rate(get)
         calibration = self.calibration.get(tags.get("sensor", ""), {})
 
-        result = DecodeResult()
+        result = DecodeResult(time_fallback=time_fallback)
         found_any = False
         for spec in profile.fields:
             raw = get(spec.source)
@@ -595,7 +607,7 @@ class Decoder:
             self._values(spec, raw, ts_ns, rate, tags, calibration, frame, result)
         if profile.spectrum is not None:
             spectrum = self._spectrum(profile.spectrum, get, ts_ns, tags, frame, result)
-            result = DecodeResult(result.values, result.invalid, spectrum)
+            result = DecodeResult(result.values, result.invalid, spectrum, time_fallback)
             found_any = True
         if not found_any:
             raise DecodeError(
@@ -715,7 +727,7 @@ class Decoder:
             step = 1e9 / rate
             first = (
                 ts_ns
-                if self.profile.timestamp.source == "device"
+                if self.profile.timestamp.source == "device" and result.time_fallback is None
                 else ts_ns - round((len(raws) - 1) * step)
             )
             times = [first + round(i * step) for i in range(len(raws))]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from agent import clock
@@ -35,6 +35,9 @@ class SourceHealth:
     invalid: int = 0
     reconnects: int = 0
     discarded_bytes: int = 0
+    slaves: list[SlaveHealth] = field(default_factory=list)
+    """The devices of a shared bus (Modbus), each with its own counters."""
+    time_fallbacks: int = 0
 
     def fields(self) -> dict[str, int | bool]:
         """As InfluxDB fields."""
@@ -47,6 +50,50 @@ class SourceHealth:
             "invalid": self.invalid,
             "reconnects": self.reconnects,
             "discarded_bytes": self.discarded_bytes,
+            "time_fallbacks": self.time_fallbacks,
+        }
+
+    def points(self) -> list[tuple[dict[str, str], dict[str, int | bool]]]:
+        """``(extra tags, fields)`` of each ``driftgate_source`` point: the source's own, then
+        one per device of a bus (tagged ``slave`` and ``sensor``)."""
+        out: list[tuple[dict[str, str], dict[str, int | bool]]] = [({}, self.fields())]
+        out += [
+            ({"slave": str(slave.slave), "sensor": slave.sensor}, slave.fields())
+            for slave in self.slaves
+        ]
+        return out
+
+
+@dataclass(slots=True)
+class SlaveHealth:
+    """One device on a shared bus (a Modbus slave): how its requests went.
+
+    Each try of a request ends in exactly one of: an answer with data (``reads``), no answer
+    in time (``timeouts``), bytes that were no valid answer (``crc_errors``: noise, a wrong
+    baud rate or parity, two devices at one address) or a Modbus exception (``exceptions``,
+    the last code in ``last_exception``).
+    """
+
+    slave: int
+    sensor: str
+    polls: int = 0
+    reads: int = 0
+    timeouts: int = 0
+    crc_errors: int = 0
+    exceptions: int = 0
+    last_exception: int = 0
+    last_good_ns: int = 0
+
+    def fields(self) -> dict[str, int | bool]:
+        """As InfluxDB fields."""
+        return {
+            "polls": self.polls,
+            "reads": self.reads,
+            "timeouts": self.timeouts,
+            "crc_errors": self.crc_errors,
+            "exceptions": self.exceptions,
+            "last_exception": self.last_exception,
+            "last_good_ns": self.last_good_ns,
         }
 
 
@@ -97,7 +144,7 @@ class FrameHandler:
     def __init__(
         self,
         source: str,
-        decoder: Decoder,
+        decoder: Decoder | None,
         pipeline: Pipeline,
         registry: ChannelRegistry,
         *,
@@ -117,17 +164,26 @@ class FrameHandler:
         self._channels: dict[tuple[str, tuple[tuple[str, str], ...]], Channel] = {}
         self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
         self._context_version = -1
-        timestamp = decoder.profile.timestamp
-        self._device_clock = timestamp.source == "device" and timestamp.field is not None
+        # None: a source that decodes itself (Modbus registers) and calls ``ingest``.
+        timestamp = decoder.profile.timestamp if decoder is not None else None
+        self._device_clock = (
+            timestamp is not None and timestamp.source == "device" and timestamp.field is not None
+        )
+        # A profile that stamps on arrival when the device's time is unusable (Tasmota's Time)
+        # does so for a clock far off too, instead of refusing the frame.
+        self._restamp = timestamp is not None and timestamp.fallback == "arrival"
 
     def frame(self, raw: bytes, topic: str | None = None, received_ns: int | None = None) -> None:
         """Decode one frame (or MQTT payload) and ingest what it holds."""
+        decoder = self.decoder
+        if decoder is None:
+            raise TypeError(f"{self.source} decodes its own frames: call ingest()")
         now = clock.wall_ns() if received_ns is None else received_ns
         health = self.health
         health.frames += 1
         health.last_frame_ns = now
         try:
-            result = self.decoder.decode(raw, topic, received_ns=now)
+            result = decoder.decode(raw, topic, received_ns=now)
         except DecodeError as exc:
             health.decode_errors += 1
             self.pipeline.metrics.decode_errors += 1
@@ -139,7 +195,7 @@ class FrameHandler:
                 frame=preview(raw),
             )
             sink = self.measurements
-            if sink is not None and self.decoder.profile.spectrum is not None:
+            if sink is not None and decoder.profile.spectrum is not None:
                 sink.bad_frame(self, raw, exc.reason)  # a lost measurement: dead-letter it
             return
         self.ingest(result, raw, now)
@@ -153,10 +209,21 @@ class FrameHandler:
         checked against.
         """
         pipeline = self.pipeline
-        if self._device_clock and not self._device_time_ok(result, raw, received_ns):
-            return
+        if self._device_clock:
+            checked = self._device_time_ok(result, raw, received_ns)
+            if checked is None:
+                return
+            result = checked
         ingest = pipeline.ingest
         taken = 0
+        if result.time_fallback is not None:
+            self.health.time_fallbacks += 1
+            log.warning(
+                "device time not usable: readings stamped on arrival",
+                source=self.source,
+                reason=result.time_fallback,
+                hint="set the device's clock (NTP) and its time zone",
+            )
         for value in result.values:
             try:
                 channel, own = self._route(value)
@@ -190,14 +257,17 @@ class FrameHandler:
             elif result.values and result.values[0].kind == "color":
                 sink.lab_values(self, result.values, raw)
 
-    def _device_time_ok(self, result: DecodeResult, raw: bytes, received_ns: int | None) -> bool:
-        """Whether the device's clock is close enough to the gateway's; if not, dead-letter
-        the frame whole (its readings counted) and say so once per burst."""
+    def _device_time_ok(
+        self, result: DecodeResult, raw: bytes, received_ns: int | None
+    ) -> DecodeResult | None:
+        """The frame, if the device's clock is close enough to the gateway's; else stamped on
+        arrival (a profile with ``fallback: arrival``), or None: dead-lettered whole (its
+        readings counted), said once per burst."""
         stamps = [v.ts_ns for v in result.values]
         if result.spectrum is not None:
             stamps.append(result.spectrum.ts_ns)
         if not stamps:
-            return True
+            return result
         pipeline = self.pipeline
         now = clock.wall_ns() if received_ns is None else received_ns
         first, last = min(stamps), max(stamps)
@@ -206,7 +276,16 @@ class FrameHandler:
         elif now - first > pipeline.device_behind_ns:
             off, limit, key, side = now - first, pipeline.device_behind_ns, "max_behind", "behind"
         else:
-            return True
+            return result
+        if self._restamp:
+            why = f"device time {iso(last if side == 'ahead of' else first)} is " \
+                  f"{duration_words(off / 1e9)} {side} the gateway's clock"  # fmt: skip
+            return DecodeResult(
+                [replace(v, ts_ns=now) for v in result.values],
+                result.invalid,
+                replace(result.spectrum, ts_ns=now) if result.spectrum is not None else None,
+                why,
+            )
         held = len(stamps) + len(result.invalid)
         pipeline.metrics.device_time_refused += held
         device = iso(last if side == "ahead of" else first)
@@ -223,7 +302,7 @@ class FrameHandler:
             readings=held,
             hint=f"set the device's clock (NTP), or raise input_limits.{key}",
         )
-        return False
+        return None
 
     def _channel_refused(self, exc: ChannelLimitError) -> None:
         self.pipeline.metrics.channels_refused += 1

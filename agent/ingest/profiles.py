@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -59,6 +60,7 @@ __all__ = [
     "TwoPoint",
     "list_profiles",
     "load_profile",
+    "located_problems",
     "profile_from_dict",
     "profile_path",
 ]
@@ -306,7 +308,7 @@ class FieldMap(Section):
     measurement: Ident
     field: Ident
     unit: str = ""
-    kind: Literal["climate", "tension", "color"]
+    kind: Literal["climate", "tension", "color", "moisture"]
     scale: Scale = 1.0
     offset: Finite = 0.0
     range: Range = None
@@ -318,13 +320,37 @@ class FieldMap(Section):
         return self.name or self.field
 
 
+LOCAL_ZONE = "local"
+"""``timestamp.timezone: local``: the gateway's own zone (devices on its floor share it)."""
+
+
+def _timezone(v: str) -> str:
+    if v == LOCAL_ZONE:
+        return v
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise reason(
+            f"{v!r} is not a time zone: use an IANA name such as Europe/Paris, UTC, or local"
+        ) from None
+    return v
+
+
 class Timestamp(Section):
     """Where a frame's time comes from: arrival at the gateway, or a field the device sends."""
 
     source: Literal["arrival", "device"] = "arrival"
     field: str | None = None
     unit: Literal["s", "ms", "us", "ns", "iso8601"] = "ms"
-    timezone: str = Field(default="UTC", description="for iso8601 times without an offset")
+    timezone: Annotated[str, AfterValidator(_timezone)] = Field(
+        default="UTC",
+        description="for iso8601 times without an offset; local: the gateway's own zone",
+    )
+    fallback: Literal["reject", "arrival"] = Field(
+        default="reject",
+        description="a missing or implausible device time: reject the frame, or stamp it on "
+        "arrival (counted as time_fallbacks)",
+    )
 
     @model_validator(mode="after")
     def _field_for_device(self) -> Timestamp:
@@ -332,6 +358,8 @@ class Timestamp(Section):
             raise_problems("Timestamp", [(("field",), "source: device needs the field")])
         if self.source == "arrival" and self.field:
             raise_problems("Timestamp", [(("field",), "only used with source: device")])
+        if self.source == "arrival" and self.fallback != "reject":
+            raise_problems("Timestamp", [(("fallback",), "only used with source: device")])
         return self
 
 
@@ -460,11 +488,19 @@ class Profile(Section):
 _UNION_TYPES = {"framing": _FRAMING_TYPES, "format": _FORMAT_TYPES, "checksum": _CHECKSUM_TYPES}
 
 
-def _problems(exc: ValidationError, source: str, data: Any, lines: dict[Loc, int]) -> list[str]:
+def located_problems(
+    exc: ValidationError,
+    source: str,
+    data: Any,
+    lines: dict[Loc, int],
+    model: type[Section] | None = None,
+) -> list[str]:
+    """``file:line: key.path: reason`` for each error of a profile-like document (``model``,
+    default ``Profile``), sorted by line; unknown keys get a "did you mean"."""
     loading = Loading(base_dir=None, env={})
     # Re-run once with the loading context so that unknown keys get "did you mean".
     try:
-        Profile.model_validate(data, context={CONTEXT_KEY: loading})
+        (model or Profile).model_validate(data, context={CONTEXT_KEY: loading})
     except ValidationError as again:
         exc = again
     out: list[tuple[int, str]] = []
@@ -506,7 +542,7 @@ def _validate(data: Any, source: str, lines: dict[Loc, int]) -> Profile:
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc, source, data, lines)) from None
+        raise ConfigError(located_problems(exc, source, data, lines)) from None
 
 
 def profile_path(name_or_path: str | Path, search_path: Sequence[Path] | None = None) -> Path:
@@ -523,8 +559,11 @@ def profile_path(name_or_path: str | Path, search_path: Sequence[Path] | None = 
         if candidate.is_file():
             return candidate
     known = ", ".join(list_profiles(dirs)) or "none"
+    modbus = ""
+    if (PROFILE_DIR / "modbus" / f"{text}.yaml").is_file():
+        modbus = f" ({text} is a Modbus register map: use it in a source of type: modbus)"
     raise ConfigError(
-        [f"{text}: no such device profile in {', '.join(map(str, dirs))}; known: {known}"]
+        [f"{text}: no such device profile in {', '.join(map(str, dirs))}; known: {known}" + modbus]
     )
 
 

@@ -27,7 +27,7 @@ from agent.drift.alerts import AlertEvent
 from agent.drift.engine import NotReady
 from agent.errors import DriftgateError, SpoolError
 from agent.incidents.model import Incident
-from agent.ingest.broker import MqttLink
+from agent.ingest.broker import Ledger, MqttLink
 from agent.ingest.profiles import load_profile
 from agent.ingest.simulated import SimulatedSource
 from agent.logs import flush_bursts, get_logger
@@ -46,6 +46,7 @@ from agent.store.disk import disk_full_hint, disk_words, error_name, is_disk_ful
 from agent.store.forwarder import Forwarder, ForwarderSettings
 from agent.store.lineprotocol import encode_point
 from agent.store.spool import SpoolStats
+from agent.web.server import StatusServer
 
 log = get_logger("driftgate.agent")
 
@@ -105,7 +106,11 @@ class Agent:
     """One running agent: owns the spool, the forwarder, the sources and their tasks."""
 
     def __init__(
-        self, cfg: AgentConfig, *, sinks: list[Callable[[AlertEvent], None]] | None = None
+        self,
+        cfg: AgentConfig,
+        *,
+        sinks: list[Callable[[AlertEvent], None]] | None = None,
+        status_fallback: bool = False,
     ):
         self.cfg = cfg
         self.state_dir = cfg.state_dir
@@ -132,6 +137,8 @@ class Agent:
             if cfg.mqtt is not None
             else None
         )
+        if self.mqtt is not None:
+            self._ack_after_commit(self.mqtt)
         self.sources = build_sources(core, self.mqtt)
         self.record = EventRecord(self.metrics)
         self.pipeline.sinks.append(self.record)
@@ -167,6 +174,32 @@ class Agent:
         self.supervisor = Supervisor()
         self.lag = LoopLag()
         self.stop_event = asyncio.Event()
+        # The gateway's own screen (status page, /healthz, /metrics): it reads this agent.
+        self.status: StatusServer | None = None
+        if cfg.status.enabled:
+            self.status = StatusServer(self, fallback_port=status_fallback)
+            self.pipeline.stages.append(self.status.latest)
+
+    def _ack_after_commit(self, mqtt: MqttLink) -> None:
+        """Tell the MQTT link where a message's output becomes durable (``mqtt.ack``)."""
+        spool, pipeline, context = self.spool, self.pipeline, self.context
+        mqtt.ack_after(
+            (
+                Ledger("spool", lambda: spool.appended_seq, lambda: spool.durable_seq),
+                Ledger(
+                    "dead letters",
+                    lambda: pipeline.rejects_queued,
+                    lambda: pipeline.rejects_durable,
+                ),
+                Ledger("context", lambda: context.version, lambda: context.saved_version),
+            ),
+            commit_soon=spool.commit_soon,
+        )
+        spool.durable_listeners.append(lambda _seq: mqtt.release())
+
+    def _release_acks(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.release()
 
     @property
     def events(self) -> list[AlertEvent]:
@@ -190,12 +223,16 @@ class Agent:
         metrics.spool_buffered = self.spool.buffered
         oldest = self.spool.oldest_ns
         metrics.spool_oldest_age_s = round(max(now - oldest, 0) / 1e9, 1) if oldest else 0.0
+        metrics.mqtt_unacked = self.mqtt.unacked if self.mqtt is not None else 0
         lines = [encode_point("driftgate_agent", tags, metrics.fields(), now)]
         for source in self.sources:
             health = getattr(source, "health", None)
             if health is not None:
                 source_tags = {**tags, "source": source.name}
-                lines.append(encode_point("driftgate_source", source_tags, health.fields(), now))
+                for extra, fields in health.points():
+                    lines.append(
+                        encode_point("driftgate_source", {**source_tags, **extra}, fields, now)
+                    )
         return lines
 
     # -- the long-running tasks (each owned by the supervisor) --------------------------------
@@ -211,6 +248,7 @@ class Agent:
                 waiting.clear()
                 self.pipeline.process()
                 await self.pipeline.flush_rejected()
+                self._release_acks()  # messages whose frames were dead-lettered
         finally:
             self.pipeline.on_waiting = None
 
@@ -225,6 +263,7 @@ class Agent:
         """One maintenance tick: save and reload the state dir's files, check staleness."""
         if self.context.dirty:
             await self._save(self.context.save, "the production context")
+            self._release_acks()  # the context messages behind the change
         try:
             if await asyncio.to_thread(self.context.reload):
                 self.apply_context()
@@ -244,8 +283,14 @@ class Agent:
         self.registry.new_channels.flush()  # the summary of a burst of new channels
         clock.wall_ns()  # a quiet agent notices a step of the clock here at the latest
         self.pipeline.check_stale(self.stale_clock())
-        if self.lots is not None and self.lots.due():
-            await self.lots.save_soon()  # logs its own write errors
+        if self.lots is not None:
+            if self.lots.due():
+                await self.lots.save_soon()  # logs its own write errors
+            try:
+                if await asyncio.to_thread(self.lots.approved.reload):
+                    self.lots.approvals_changed()
+            except DriftgateError as exc:
+                log.error("cannot read the approved lots", error=str(exc))
         for row, incident, by, note in await self.incidents.store.pending_acks():
             self.acknowledge(incident, by, note)
             await self.incidents.store.ack_done(row)
@@ -358,10 +403,13 @@ class Agent:
 
     # -- run and stop ----------------------------------------------------------------------
 
-    async def run(self, *, drain_at_end: float = 0.0, handle_signals: bool = True) -> RunResult:
+    async def run(
+        self, *, drain_at_end: float = 0.0, handle_signals: bool = True, linger: bool = False
+    ) -> RunResult:
         """Run until the sources finish (a bounded simulation), SIGINT/SIGTERM, or the
         supervisor gives up on a task; then shut down. ``drain_at_end``: seconds to keep
-        forwarding after the sources finished on their own."""
+        forwarding after the sources finished on their own. ``linger``: keep running (the
+        status page, forwarding) after they finished, until a signal or ``stop_event``."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         if handle_signals:
@@ -372,9 +420,8 @@ class Agent:
         clock.WALL.listeners.append(self.clock_stepped)
         try:
             await self._start()
-            failure = await self.supervisor.wait(
-                self.stop_event, [f"source:{s.name}" for s in self.sources]
-            )
+            finite = [] if linger else [f"source:{s.name}" for s in self.sources]
+            failure = await self.supervisor.wait(self.stop_event, finite)
             by_signal = self.stop_event.is_set() and failure is None
         finally:
             final = await self._shutdown(by_signal or failure is not None, drain_at_end)
@@ -436,6 +483,8 @@ class Agent:
             sup.start(f"notify:{name}", _worker(incidents.outbox, name))
         for light in self.lights:  # after the restore: the first state shown includes it
             sup.start(f"stacklight:{light.name}", light.run)
+        if self.status is not None:
+            sup.start("status", self.status.run)
         for source in self.sources:
             sup.start(f"source:{source.name}", _runner(source, self.pipeline), finite=True)
 
@@ -446,11 +495,16 @@ class Agent:
             # Give queued messages a moment to go out before the link says goodbye.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.publisher.drained.wait(), 1.0)
-        if self.mqtt is not None:
-            await self.mqtt.stop()  # `offline` (retained), then a clean disconnect: no will
+        mqtt = self.mqtt
+        if mqtt is not None:
+            # Take no more messages: those arriving now stay un-acknowledged and come again in
+            # the next session. With ack: on_arrival paho would acknowledge them: stop at once.
+            mqtt.quiesce()
+            if self.cfg.mqtt is not None and self.cfg.mqtt.ack == "on_arrival":
+                await mqtt.stop()
         # Stop everything that produces lines first (sources, detection, self-metrics), so
         # nothing is appended after the final flush and drain below (it would be left unsent).
-        await sup.stop([*sup.names("source:"), *PRODUCERS, "mqtt", "mqtt-publisher"])
+        await sup.stop([*sup.names("source:"), *PRODUCERS, "mqtt-publisher"])
         self.pipeline.process()
         await self._finally(self.pipeline.flush_rejected(), "cannot dead-letter rejected frames")
         if self.lots is not None:
@@ -470,6 +524,11 @@ class Agent:
             pass  # the spool has logged its outage; its close says what that cost
         except Exception:
             log.exception("spool commit failed at shutdown")
+        if mqtt is not None:
+            # The final commit released the last PUBACKs: they go out before `offline`
+            # (retained) and a clean disconnect (no will).
+            await self._finally(mqtt.stop(), "cannot stop the MQTT link")
+            await sup.stop(["mqtt"])
         forward = sup.task("forwarder")
         if forward is not None and self.forwarder is not None:
             # Let the batch in flight finish rather than cancel it: a cancelled write may have

@@ -22,12 +22,14 @@ from agent.color.references import ReferenceStore
 from agent.color.stage import ColorStage
 from agent.config.models import (
     AgentConfig,
+    ModbusSourceConfig,
     MqttSourceConfig,
     SerialSourceConfig,
     SimulatedSourceConfig,
 )
 from agent.config.notify import StacklightTarget
 from agent.context import ContextStore
+from agent.drift.approved import ApprovedLots, approved_path
 from agent.drift.baselines import BaselineStore
 from agent.drift.engine import DriftEngine
 from agent.drift.lots import LotTracker
@@ -36,6 +38,7 @@ from agent.incidents.manager import IncidentManager
 from agent.incidents.store import IncidentStore, store_path
 from agent.incidents.words import local_zone
 from agent.ingest.broker import MqttLink
+from agent.ingest.modbus import ModbusSource
 from agent.ingest.mqtt import MqttSource
 from agent.ingest.serial import SerialSource
 from agent.ingest.simulated import SimulatedSource
@@ -134,7 +137,10 @@ def build(
     if state is not None:
         core.history = History(history_path(state), days=cfg.history.days)
         pipeline.stages.append(core.history)
-        core.lots = LotTracker(cfg.lots, state / "lots.json", pipeline, registry)
+        core.lots = LotTracker(
+            cfg.lots, state / "lots.json", pipeline, registry,
+            approved=ApprovedLots(approved_path(state)), sink=core.history,
+        )  # fmt: skip
         pipeline.stages.append(core.lots)
         core.color = ColorStage(cfg.color, ReferenceStore(state / "references"), registry, pipeline)
     return core
@@ -210,6 +216,8 @@ def build_sources(core: Core, mqtt: MqttLink | None = None) -> list[Source]:
             sources.append(
                 MqttSource(sc, mqtt, core.pipeline, core.registry, measurements=core.color)
             )
+        elif isinstance(sc, ModbusSourceConfig):
+            sources.append(ModbusSource(sc, core.pipeline, core.registry))
     for source in sources:
         for channel in source.channels():
             core.registry.add(channel)

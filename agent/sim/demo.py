@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig, config_from_dict
+from agent.config.status import DEFAULT_PORT
 
 DEMO_DAYS = 28.0
 DEMO_SPEED = 86_400.0  # simulated seconds per wall second: a simulated day a second
@@ -66,6 +67,7 @@ def demo_config(opts: DemoOptions) -> AgentConfig:
             }
         ],
         "self_metrics": {"interval": 2.0},
+        "status": {"listen": f"127.0.0.1:{DEFAULT_PORT}"},  # another free port if taken
     }
     if opts.influx:
         data["influx"] = opts.influx

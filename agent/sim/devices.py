@@ -5,7 +5,8 @@ profiles) that device would send at time ``t``, with correct checksums and frami
 they hold (``expected``) so tests can check that encoder and decoder agree. The climate probes
 read a room of ``Workshop``; the tension sensor sends 100 Hz batches around a sewing machine's
 tension; the spectrophotometer and the colorimeter measure a leather (or plating) sample whose
-reflectance darkens slightly with the edge-paint room's humidity, so drift scenarios show.
+reflectance darkens slightly with the edge-paint room's humidity, so drift scenarios show; the
+leather moisture meter measures the hides of the week's delivery at intake.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from agent.ingest.decode import append_checksum
 from agent.ingest.profiles import Profile, StxEtxFraming, load_profile
@@ -25,6 +26,7 @@ __all__ = [
     "DEMO_START",
     "DeviceEmulator",
     "DeviceFrame",
+    "dew_point",
     "frames_for",
     "lab_from_reflectance",
     "reflectance",
@@ -34,6 +36,8 @@ DEMO_START = 1709280000.0  # 2024-03-01T08:00:00Z
 TENSION_RATE_HZ = 100
 TENSION_BATCH = 50
 _WAVELENGTHS = tuple(400 + 10 * i for i in range(31))
+MOISTURE_INTERVAL_S = 20.0  # one hide measured every 20 s while a delivery is checked
+HIDE_SPREAD = 0.5  # % moisture from hide to hide within one delivery (and the meter's own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +106,8 @@ def lab_from_reflectance(values: tuple[float, ...]) -> tuple[float, float, float
 # --------------------------------------------------------------------------- the emulator
 
 
-def _dew_point(t_c: float, rh: float) -> float:
+def dew_point(t_c: float, rh: float) -> float:
+    """The dew point (°C) of air at ``t_c`` °C and ``rh`` %RH (Magnus formula, Sonntag 1990)."""
     gamma = math.log(max(rh, 0.1) / 100) + 17.62 * t_c / (243.12 + t_c)
     return 243.12 * gamma / (17.62 - gamma)
 
@@ -112,7 +117,8 @@ class DeviceEmulator:
 
     ``device`` picks which: a zone for climate probes (``edge_paint``, ``cutting``), a
     station for the tension sensor (``m01`` … ``m08``), a sample kind for colour instruments
-    (``leather``, ``plating``). ``interval`` is how often the real device sends, in seconds.
+    (``leather``, ``plating``), a meter id for the leather moisture meter (``lm-01``).
+    ``interval`` is how often the real device sends, in seconds.
     """
 
     def __init__(
@@ -126,6 +132,7 @@ class DeviceEmulator:
     ) -> None:
         self.profile = load_profile(profile) if isinstance(profile, str) else profile
         self.workshop = workshop if workshop is not None else Workshop.build(start, seed)
+        self.seed = seed
         self.rng = random.Random(seed * 7919 + 17)
         self.samples = 0
         kinds: dict[str, tuple[str, float, Callable[[float], list[DeviceFrame]]]] = {
@@ -136,6 +143,7 @@ class DeviceEmulator:
             "hx711-tension": ("m05", TENSION_BATCH / TENSION_RATE_HZ, self._hx711),
             "spectro-31": ("leather", 60.0, self._spectro),
             "colorimeter-lab": ("leather", 60.0, self._colorimeter),
+            "leather-moisture": ("lm-01", MOISTURE_INTERVAL_S, self._moisture),
         }
         if self.profile.name not in kinds:
             raise ValueError(
@@ -203,14 +211,15 @@ class DeviceEmulator:
         reading: dict[str, float] = {
             "Temperature": round(temp, 1),
             "Humidity": round(rh, 1),
-            "DewPoint": round(_dew_point(temp, rh), 1),
+            "DewPoint": round(dew_point(temp, rh), 1),
         }
         if chip == "BME280":
             pressure = (
                 1013.25 + 6.0 * math.sin(2 * math.pi * t / (3 * 86400)) + self.rng.gauss(0, 0.1)
             )
             reading["Pressure"] = round(pressure, 1)
-        stamp = datetime.fromtimestamp(int(t), tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        # Tasmota's Time is the device's local time, without a zone (SetOption52 0)
+        stamp = datetime.fromtimestamp(int(t)).strftime("%Y-%m-%dT%H:%M:%S")
         doc: dict[str, object] = {"Time": stamp, chip: reading}
         if chip == "BME280":
             doc["PressureUnit"] = "hPa"
@@ -248,6 +257,23 @@ class DeviceEmulator:
         assert isinstance(framing, StxEtxFraming)
         data = bytes([framing.start]) + sealed + bytes([framing.end])
         return [DeviceFrame(None, data, tuple(expected), {"station": self.device})]
+
+    # -- leather moisture at intake
+
+    def _moisture(self, t: float) -> list[DeviceFrame]:
+        self.samples += 1
+        # Each hide's own moisture, drawn from the time it is measured: two runs over other
+        # hours measure other hides (a run's own sequence would repeat for every lot).
+        hide = random.Random(f"{self.seed}:{t:.3f}")
+        value = self.workshop.intake_moisture(t) + hide.gauss(0.0, HIDE_SPREAD)
+        text = f"{min(max(value, 0.0), 60.0):.1f}"
+        line = f"MC,{self.device},{self.samples % 10000:04d},{text},leather\r\n"
+        return [
+            DeviceFrame(
+                None, line.encode(), (("moisture", int(t * 1e9), float(text)),),
+                {"sensor": self.device},
+            )
+        ]  # fmt: skip
 
     # -- colour
 

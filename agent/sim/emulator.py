@@ -45,12 +45,18 @@ class SimulateOptions:
     seed: int = 1
     device: str | None = None
     count: int | None = None
-    baud: int = 115200
+    baud: int | None = None  # None: 115200, or a Modbus device's factory setting
     qos: int = 0
+    modbus_tcp: str | None = None  # HOST:PORT a Modbus TCP device listens on
+    slaves: tuple[int, ...] = ()  # Modbus addresses (default: the map's factory address)
+    parity: str = "N"
+    stopbits: int = 1
 
     def __post_init__(self) -> None:
-        if (self.serial is None) == (self.mqtt is None):
-            raise DriftgateError("give exactly one of --serial PORT and --mqtt URL")
+        if sum(x is not None for x in (self.serial, self.mqtt, self.modbus_tcp)) != 1:
+            raise DriftgateError(
+                "give exactly one of --serial PORT, --mqtt URL and --modbus-tcp HOST:PORT"
+            )
         if self.rate is not None and self.rate <= 0:
             raise DriftgateError("--rate must be positive (frames per second)")
         if self.speed <= 0:
@@ -185,7 +191,12 @@ def emissions(
 
 
 async def simulate(opts: SimulateOptions, out: TextIO = sys.stdout) -> SimulateResult:
-    """Send the device's frames until ``count`` frames, ``days`` simulated, or cancellation."""
+    """Send the device's frames until ``count`` frames, ``days`` simulated, or cancellation.
+
+    (A Modbus register map is emulated by ``agent.sim.modbus.simulate_modbus`` instead.)
+    """
+    if opts.modbus_tcp is not None:
+        raise DriftgateError(f"--modbus-tcp is for Modbus register maps, not {opts.profile}")
     start = opts.start if opts.start is not None else time.time()
     try:
         emulator = DeviceEmulator(opts.profile, start=start, seed=opts.seed, device=opts.device)
@@ -198,7 +209,7 @@ async def simulate(opts: SimulateOptions, out: TextIO = sys.stdout) -> SimulateR
         raise DriftgateError(f"profile {opts.profile} is a serial device: use --serial PORT")
     sink: _Sink
     if opts.serial is not None:
-        sink = SerialSink(opts.serial, opts.baud)
+        sink = SerialSink(opts.serial, opts.baud or 115200)
     else:
         sink = MqttSink(opts.mqtt or "", opts.qos)
     end = start + opts.days * DAY if opts.days is not None else None

@@ -2,7 +2,9 @@
 
 An edge-paint room whose humidity follows a daily cycle with noise and starts creeping upward in
 week 3, a cutting room that stays stable, and eight sewing machines' thread tension, one of
-which shifts after an operator change. Deterministic for a given seed.
+which shifts after an operator change. Leather arrives at intake twice a week; the second
+delivery is drier than the others (what the moisture meter's emulator measures). Deterministic
+for a given seed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from dataclasses import dataclass, field
 from agent.reading import Channel
 
 DAY = 86400.0
+DELIVERY_DAYS = 3.5  # leather arrives twice a week
+DELIVERY_MOISTURE = (14.2, 12.7, 14.0, 14.1)
+"""Mean moisture (% of the leather's mass) of the leather deliveries, in turn; every fourth
+is drier."""
 
 
 @dataclass(slots=True)
@@ -122,6 +128,16 @@ class Workshop:
             out += [room.humidity, room.temperature]
         out += [m.channel for m in self.machines]
         return out
+
+    def intake_moisture(self, t: float) -> float:
+        """The mean moisture of the leather delivery being received at time ``t``.
+
+        Deliveries follow the calendar, not the simulation's start, so ``driftgate simulate
+        --start`` picks one: the demo's start (2024-03-01 08:00 UTC) falls in a normal one,
+        four days later (2024-03-05) in a dry one.
+        """
+        delivery = int(t // (DELIVERY_DAYS * DAY))
+        return DELIVERY_MOISTURE[delivery % len(DELIVERY_MOISTURE)]
 
     def sample(self, t: float) -> list[tuple[Channel, float]]:
         """Every channel's value at time ``t`` (seconds since the epoch)."""

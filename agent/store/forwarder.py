@@ -427,6 +427,8 @@ class Forwarder:
         self._told_down = 0.0  # monotonic time of the last status line of this outage
         self._ack_failing = False
         self.backoff = FORWARDER.with_cap(settings.max_backoff)
+        self.last_write_ns = 0
+        """Wall time InfluxDB last took a write (0: not yet this run), for the status page."""
 
     async def run(self) -> None:
         """Forward until cancelled or stop(); when empty, wait for commits or flush_interval.
@@ -617,6 +619,8 @@ class Forwarder:
             action = classify(result)
             if action in (Action.ACCEPTED, Action.SPLIT, Action.REJECTED_LINES):
                 self.metrics.influx_reachable = True
+                if action is Action.ACCEPTED:
+                    self.last_write_ns = time.time_ns()
                 self._note_answer()
                 if action is not Action.ACCEPTED:
                     self.metrics.forward_errors += 1

@@ -1,8 +1,11 @@
-"""Local history: per channel and minute, the count, mean, M2, min and max of the readings.
+"""Local history: per channel and minute, the count, mean, M2, min and max of the readings;
+and per channel and context value (a lot, an operator), that value's sample of first readings.
 
 The spool deletes what it forwarded, so it cannot answer "what did this channel look like while
 the sample was approved?". This small table can: `driftgate baseline capture` pools its minute
-aggregates exactly (the parallel-variance formula), over up to `history.days` of data.
+aggregates exactly (the parallel-variance formula), over up to `history.days` of data. The
+``samples`` table keeps every finished comparison sample for as long, so `driftgate report`
+and `driftgate lot approve` find lots older than the two the agent keeps in memory.
 
 Aggregation runs per channel micro-batch (Pipeline._detect), never per reading on the hot path;
 the writes go to SQLite every few seconds on a worker thread of their own.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import sqlite3
 import time
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.drift.compare import StoredSample
 from agent.errors import DriftgateError
 from agent.logs import get_logger
 from agent.reading import Channel
@@ -46,7 +51,24 @@ CREATE TABLE IF NOT EXISTS minutes (
     max REAL NOT NULL,
     PRIMARY KEY (channel, minute)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS samples (
+    channel TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    first_ns INTEGER NOT NULL,
+    last_ns INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    meta TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (channel, key, value)
+) WITHOUT ROWID;
 """
+
+_PUT_SAMPLE = """
+INSERT OR REPLACE INTO samples (channel, key, value, first_ns, last_ns, n, meta, data)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
+SampleRow = tuple[str, str, str, int, int, int, str, bytes]
 
 # Merge a minute split across writes: in SQLite's UPDATE every right-hand side sees the old row.
 _UPSERT = """
@@ -73,6 +95,17 @@ def history_path(state_dir: Path) -> Path:
 Agg = list[float]  # [n, mean, m2, min, max]
 
 
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """A span of a channel's minutes pooled: readings, mean, lowest and highest."""
+
+    start_ns: int
+    n: int
+    mean: float
+    low: float
+    high: float
+
+
 def merge(into: Agg, n: float, mean: float, m2: float, lo: float, hi: float) -> None:
     """Pool a group (n, mean, M2, min, max) into ``into`` (Chan et al.'s parallel formula)."""
     na = into[0]
@@ -93,6 +126,7 @@ class History:
         self.days = days
         self.flush_interval = flush_interval
         self._pending: dict[tuple[str, int], Agg] = {}
+        self._samples: dict[tuple[str, str, str], SampleRow] = {}
         self._newest_minute = -(2**62)
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -155,6 +189,16 @@ class History:
             else:
                 merge(agg, float(n), mean, m2, lo, hi)
 
+    def add_sample(self, sample: StoredSample) -> None:
+        """Keep a finished comparison sample (written at the next flush, on the worker thread)."""
+        if self._broken:
+            return
+        data = np.asarray(sample.values, dtype="<f8").tobytes()
+        self._samples[(sample.channel, sample.key, sample.value)] = (
+            sample.channel, sample.key, sample.value, sample.first_ns, sample.last_ns,
+            len(sample.values), json.dumps(sample.meta, sort_keys=True), data,
+        )  # fmt: skip
+
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
         """Open (or create) the database on the history's own worker thread; idempotent."""
@@ -175,6 +219,7 @@ class History:
         except HistoryError as exc:
             self._broken = True
             self._pending = {}
+            self._samples = {}
             log.error("local history unavailable: baseline capture has no data", error=str(exc))
             return
         while True:
@@ -190,15 +235,18 @@ class History:
         rows = [(ch, minute, int(a[0]), a[1], a[2], a[3], a[4]) for (ch, minute), a in
                 self._pending.items()]  # fmt: skip
         self._pending = {}
+        samples, self._samples = self._samples, {}
         prune_before: int | None = None
         now = time.monotonic()
         if now - self._last_prune >= PRUNE_INTERVAL and self._newest_minute > -(2**62):
             self._last_prune = now
             prune_before = self._newest_minute - int(self.days * 1440)
-        if rows or prune_before is not None:
+        if rows or samples or prune_before is not None:
             try:
-                await self._call(self._write, rows, prune_before)
+                await self._call(self._write, rows, prune_before, list(samples.values()))
             except BaseException:
+                for key, row in samples.items():  # newer ones taken meanwhile win
+                    self._samples.setdefault(key, row)
                 for ch, minute, n, mean, m2, lo, hi in rows:  # keep them for the next round
                     agg = self._pending.get((ch, minute))
                     if agg is None:
@@ -218,6 +266,44 @@ class History:
             with contextlib.suppress(sqlite3.Error):
                 await asyncio.get_running_loop().run_in_executor(executor, self._close)
             executor.shutdown(wait=False)
+
+    async def series(
+        self, channels: Sequence[str], start_ns: int, end_ns: int, bucket_s: float
+    ) -> dict[str, list[Bucket]]:
+        """Each channel's minutes in [start_ns, end_ns) pooled into buckets of ``bucket_s``
+        (for the status page's sparklines and charts); read on the history's own thread, so
+        the event loop never waits on the disk. Empty while the history is not open."""
+        executor = self._executor
+        if executor is None or self._broken:
+            return {}
+        lo, hi = start_ns // MINUTE_NS, -(-end_ns // MINUTE_NS)
+        width = max(int(bucket_s // 60), 1)
+        fut = asyncio.get_running_loop().run_in_executor(
+            executor, self._series, list(channels), lo, hi, width
+        )
+        return await asyncio.shield(fut)
+
+    def _series(self, channels: list[str], lo: int, hi: int, width: int) -> dict[str, list[Bucket]]:
+        conn = self._conn
+        if conn is None:
+            return {}
+        out: dict[str, list[Bucket]] = {}
+        # One indexed range per channel: the table is clustered by (channel, minute).
+        query = (
+            "SELECT (minute - ?1) / ?2 AS b, SUM(n), SUM(n * mean) / SUM(n), MIN(min), MAX(max) "
+            "FROM minutes WHERE channel = ?3 AND minute >= ?1 AND minute < ?4 GROUP BY b ORDER BY b"
+        )
+        try:
+            for channel in channels:
+                rows = conn.execute(query, (lo, width, channel, hi)).fetchall()
+                if rows:
+                    out[channel] = [
+                        Bucket((lo + int(b) * width) * MINUTE_NS, int(n), mean, low, high)
+                        for b, n, mean, low, high in rows
+                    ]
+        except sqlite3.Error as exc:
+            raise HistoryError(f"cannot read the local history {self.path}: {exc}") from None
+        return out
 
     # -- worker thread -----------------------------------------------------------------------
     async def _call(self, fn: Callable[..., None], *args: object) -> None:
@@ -244,15 +330,19 @@ class History:
         self._conn = conn
 
     def _write(self, rows: list[tuple[str, int, int, float, float, float, float]],
-               prune_before: int | None) -> None:  # fmt: skip
+               prune_before: int | None, samples: Sequence[SampleRow] = ()) -> None:  # fmt: skip
         conn = self._conn
         if conn is None:
             raise HistoryError(f"the local history {self.path} is closed")
         try:
             with transaction(conn, "BEGIN"):
                 conn.executemany(_UPSERT, rows)
+                conn.executemany(_PUT_SAMPLE, samples)
                 if prune_before is not None:
                     conn.execute("DELETE FROM minutes WHERE minute < ?", (prune_before,))
+                    conn.execute(
+                        "DELETE FROM samples WHERE last_ns < ?", (prune_before * MINUTE_NS,)
+                    )
         except sqlite3.Error as exc:
             if is_disk_full(exc, self.path):
                 raise HistoryError(
@@ -334,3 +424,31 @@ def pooled(path: Path, channel: str, start_ns: int, end_ns: int) -> Pooled | Non
         start_ns=int(rows[0][0]) * MINUTE_NS,
         end_ns=(int(rows[-1][0]) + 1) * MINUTE_NS,
     )
+
+
+def read_samples(
+    path: Path, *, key: str | None = None, value: str | None = None, channel: str | None = None
+) -> list[StoredSample]:
+    """The comparison samples kept in the history, oldest first (an older file: none)."""
+    where, args = [], []
+    for column, wanted in (("key", key), ("value", value), ("channel", channel)):
+        if wanted is not None:
+            where.append(f"{column} = ?")
+            args.append(wanted)
+    sql = "SELECT channel, key, value, first_ns, last_ns, meta, data FROM samples"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    with contextlib.closing(_read_only(path)) as conn:
+        try:
+            rows = conn.execute(sql + " ORDER BY first_ns, channel", args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # written by a version without samples
+                return []
+            raise HistoryError(f"cannot read the local history {path}: {exc}") from None
+    return [
+        StoredSample(
+            channel=ch, key=k, value=v, first_ns=int(first), last_ns=int(last),
+            values=tuple(np.frombuffer(data, dtype="<f8").tolist()), meta=json.loads(meta),
+        )
+        for ch, k, v, first, last, meta, data in rows
+    ]  # fmt: skip

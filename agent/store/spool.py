@@ -6,6 +6,10 @@ task (`Spool.run`) commits that list every ``flush_interval`` seconds, or as soo
 ``CHUNK_MAX_LINES`` lines joined by newlines). Every SQLite call runs on one dedicated
 thread with one connection, so the event loop never waits on the disk.
 
+Lines are numbered in the order they are appended (``appended_seq``); after each commit
+``durable_seq`` says through which number every line is on disk, and ``durable_listeners`` are
+told, so that the MQTT link can acknowledge a message only once its lines are committed.
+
 The forwarder reads the oldest chunks (`Spool.read_batch`) and deletes them only after the
 server accepted them (`Spool.ack`). Lines the server rejects for good go to a dead-letter
 table with the server's reason.
@@ -685,12 +689,24 @@ class Spool:
         self._closed = False
         self._open_lock = asyncio.Lock()
         self._retries: Retries | None = None
+        # Line numbers, for the MQTT link's acknowledgements (`durable_seq`). The buffer is
+        # the lines put back by failed commits (`_held`: segments [first number, count], oldest
+        # first) followed by one run of lines appended since, numbered up to `_seq`; each
+        # commit under way holds its own segments (`_inflight`, in commit order).
+        self.durable_listeners: list[Callable[[int], None]] = []
+        """Called on the event loop with ``durable_seq`` each time it advances."""
+        self._seq = 0
+        self._durable = 0
+        self._held: list[list[int]] = []
+        self._held_lines = 0
+        self._inflight: list[list[list[int]]] = []
 
     # -- hot path ----------------------------------------------------------------------------
     def append(self, line: str) -> None:
         """Queue one line for the next commit (never blocks)."""
         buffer = self._buffer
         buffer.append(line)
+        self._seq += 1
         self.metrics.spool_appended += 1
         if len(buffer) >= self._flush_lines:
             self._full.set()
@@ -704,7 +720,9 @@ class Spool:
         buffer = self._buffer
         before = len(buffer)
         buffer.extend(lines)
-        self.metrics.spool_appended += len(buffer) - before
+        added = len(buffer) - before
+        self._seq += added
+        self.metrics.spool_appended += added
         if len(buffer) >= self._flush_lines:
             self._full.set()
             if self.outage is not None and len(buffer) > self.max_buffered + self._flush_lines:
@@ -714,6 +732,20 @@ class Spool:
     def buffered(self) -> int:
         """Lines appended but not committed yet."""
         return len(self._buffer)
+
+    @property
+    def appended_seq(self) -> int:
+        """The number of the newest line appended (lines are numbered 1, 2, … per process)."""
+        return self._seq
+
+    @property
+    def durable_seq(self) -> int:
+        """Every line numbered up to this one is committed (or dropped and counted)."""
+        return self._durable
+
+    def commit_soon(self) -> None:
+        """Commit now rather than at the next ``flush_interval`` (acknowledgements wait)."""
+        self._full.set()
 
     @property
     def commits(self) -> int:
@@ -807,8 +839,10 @@ class Spool:
         """
         await self.open()
         lines, self._buffer = self._buffer, []
+        segments = self._take_segments(len(lines))
+        self._inflight.append(segments)
         fut = self._submit(self._store.commit, lines, self._chunk_lines)
-        fut.add_done_callback(partial(self._after_commit, lines))
+        fut.add_done_callback(partial(self._after_commit, lines, segments))
         result = await asyncio.shield(fut)
         if result.error is not None:
             raise result.error
@@ -946,18 +980,70 @@ class Spool:
         if result.committed_lines and result.counts.pending_lines:
             self.committed.set()
 
-    def _after_commit(self, lines: list[str], fut: asyncio.Future[_WriteResult]) -> None:
+    def _after_commit(
+        self, lines: list[str], segments: list[list[int]], fut: asyncio.Future[_WriteResult]
+    ) -> None:
+        # Callbacks run in commit order (one worker thread): this batch is _inflight[0].
+        self._inflight.remove(segments)
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or exc is not None:
             error = exc if isinstance(exc, SpoolError) else SpoolError(f"commit failed: {exc!r}")
+            self._hold(_skip(segments, 0))
             self._keep(lines, error)
             return
         result = fut.result()
         self._report(result)
         if result.error is not None:
+            self._hold(_skip(segments, result.committed_lines))
             self._keep(lines[result.committed_lines :], result.error)
-        elif result.committed_lines:
-            self._recovered(result.committed_lines)
+        else:
+            if result.committed_lines:
+                self._recovered(result.committed_lines)
+            self._advance_durable()
+
+    # -- line numbers: what is on disk ---------------------------------------------------------
+    def _take_segments(self, taken: int) -> list[list[int]]:
+        """The numbered segments of the whole buffer, which a commit is taking."""
+        run = taken - self._held_lines
+        segments, self._held, self._held_lines = self._held, [], 0
+        if run > 0:
+            segments.append([self._seq - run + 1, run])
+        return segments
+
+    def _hold(self, segments: list[list[int]]) -> None:
+        """Lines a commit did not write go back in front of the buffer: older than the rest."""
+        self._held[:0] = segments
+        self._held_lines += sum(n for _, n in segments)
+
+    def _drop_oldest(self, n: int) -> None:
+        """The oldest ``n`` buffered lines were dropped (counted): they count as done."""
+        while n > 0 and self._held:
+            first = self._held[0]
+            k = min(n, first[1])
+            first[0] += k
+            first[1] -= k
+            self._held_lines -= k
+            n -= k
+            if not first[1]:
+                self._held.pop(0)
+        self._advance_durable()
+
+    def _advance_durable(self) -> None:
+        """Every line numbered below the oldest one not yet on disk (or counted as dropped)."""
+        oldest = self._seq + 1
+        for segments in self._inflight:  # put-back lines can be older than a commit under way
+            if segments:
+                oldest = min(oldest, segments[0][0])
+        if self._held:
+            oldest = min(oldest, self._held[0][0])
+        run = len(self._buffer) - self._held_lines
+        if run > 0:
+            oldest = min(oldest, self._seq - run + 1)
+        durable = oldest - 1
+        if durable > self._durable:
+            self._durable = durable
+            for listener in self.durable_listeners:
+                listener(durable)
 
     def _after_write(self, fut: asyncio.Future[_WriteResult]) -> None:
         if fut.cancelled():
@@ -983,6 +1069,7 @@ class Spool:
         if excess <= 0:
             return
         del self._buffer[:excess]
+        self._drop_oldest(excess)
         self._count_lost(excess)
         outage = self.outage
         if outage is not None:
@@ -1099,3 +1186,15 @@ def inspect(path: Path, dead_limit: int = 10) -> tuple[SpoolStats, int | None, l
     )
     dead = [DeadLetter(line, int(status), reason) for status, reason, line in rows]
     return stats, oldest, dead
+
+
+def _skip(segments: list[list[int]], n: int) -> list[list[int]]:
+    """The segments without their first ``n`` lines (those a partial commit wrote)."""
+    out = []
+    for first, count in segments:
+        if n >= count:
+            n -= count
+            continue
+        out.append([first + n, count - n])
+        n = 0
+    return out

@@ -1,0 +1,1 @@
+"""``driftgate report``: does the second lot behave like the first? One self-contained page."""
