@@ -564,12 +564,21 @@ def main() -> None:
         m,
         quick=args.quick,
         wall_s=round(wall, 1),
-        samples=samples,
+        samples=int(samples),
         margin=MARGIN,
         streams={"per_family": reps, "per_control": ctrl_reps, "control_readings": CONTROL_N},
         verdict=verdict,
-        results=summary,
+        results=_plain(summary),
     )
+
+
+def _plain(obj: Any) -> Any:
+    """NumPy scalars (a median of delays, a count) as the Python numbers JSON takes."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj.item() if isinstance(obj, np.generic) else obj
 
 
 def _fa(results: list[dict[str, Any]], name: str, controls: list[str]) -> float:
