@@ -242,7 +242,11 @@ async def main_async(args: argparse.Namespace) -> None:
     variants = ["ingest", "sim + ingest", "decode + ingest"]
     workdir = Path(tempfile.mkdtemp(prefix="driftgate-bench-hot-"))
     probe = Floor(args.seed, args.interval, workdir / "probe")
-    detectors = sum(len(drift.detectors) for drift in probe.core.engine)
+    # Default detectors are built once a channel's interval is measured (its first readings).
+    detectors = sum(
+        len(drift.plan.specs) if drift.plan is not None else len(drift.detectors)
+        for drift in probe.core.engine
+    )
     print(
         f"{len(probe.channels)} channels, {detectors} detectors (defaults by kind), "
         f"interval {args.interval:g} s, warm-up {WARMUP_DAYS:g} simulated days untimed, "
