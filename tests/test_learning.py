@@ -103,11 +103,11 @@ def _room(days: float, step: float, seed: int, *, shift_at: float | None = None,
     return x
 
 
-def _climate_events(x: np.ndarray, step: float, baseline: dict[str, object] | None = None
-                    ) -> list[AlertEvent]:  # fmt: skip
+def _climate_events(x: np.ndarray, step: float, baseline: dict[str, object] | None = None,
+                    store: BaselineStore | None = None) -> list[AlertEvent]:  # fmt: skip
     channel = Channel(name="edge_paint.humidity", measurement="climate", field="humidity_rh",
                       unit="%RH", kind="climate", label="Edge paint room humidity")  # fmt: skip
-    engine: DriftEngine = watch(channel, baseline=baseline)
+    engine: DriftEngine = watch(channel, store=store, baseline=baseline)
     ns = ((T0 + np.arange(len(x)) * step) * 1e9).astype(np.int64).tolist()
     events: list[AlertEvent] = []
     for i in range(0, len(x), 1000):
@@ -144,3 +144,21 @@ def test_a_weekly_profile_takes_the_weekend_out() -> None:
     assert daily, "a daily profile alone should see the weekends"
     weekly = _climate_events(x, 600.0, {"learn": "14d", "window": "14d", "season": "weekly"})
     assert weekly == []
+
+
+def test_a_climate_baseline_learned_before_profiles_is_learned_anew() -> None:
+    """baselines.json from a version before daily profiles holds a climate channel's learned
+    baseline without one: its σ takes in the daily swing and its level one time of day. Before:
+    it was kept and the level detectors judged the raw cycle against it (bench/hot_path.py's
+    rooms, seeded so: a `changed` on the first morning's heating, baseline_shift flapping).
+    Now the channel learns anew, with its profile (a captured baseline would stay: an engineer
+    chose it)."""
+    x = _room(days=20, step=60.0, seed=5)
+    store = BaselineStore(None)
+    legacy = Baseline(float(x[:4320].mean()), float(x[:4320].std()), 4320, 0, 0, "learned")
+    store.put("edge_paint.humidity", legacy, write=False)
+    assert _climate_events(x, 60.0, store=store) == []
+    relearned = store.get("edge_paint.humidity")
+    assert relearned is not None
+    assert relearned.profile is not None
+    assert "daily cycle taken out" in relearned.describe()

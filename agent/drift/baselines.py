@@ -221,7 +221,7 @@ class ChannelBaseline:
         if spec.value is not None:
             self.locked = Baseline(spec.value, spec.std or math.nan, 0, 0, 0, "configured")
         else:
-            self.locked = store.get(channel_name)
+            self.lock(store.get(channel_name))
 
     def resize(self, spec: BaselineSpecConfig) -> None:
         """Use these settings (the kind's, sized to the channel's interval) from now on."""
@@ -293,6 +293,11 @@ class ChannelBaseline:
             self._forget()  # cleared: a kind that learns learns anew from here, not at once
         elif baseline is not None and self.seasonal and not baseline.daily:
             baseline = self._keep_profile(baseline)
+            if not baseline.daily and baseline.source == "learned":
+                # Learned without the profile this channel is judged against (by a version
+                # before profiles): its σ holds the daily swing and its level a time of day.
+                # Learned anew, with the profile, as if there were none (a capture stays).
+                return
         self.locked = baseline
 
     def _keep_profile(self, captured: Baseline) -> Baseline:
