@@ -218,3 +218,32 @@ def test_live_equals_replay_with_a_batch_boundary_at_the_lock(kind: str) -> None
     lock = 2880 if kind == "tension" else 432  # readings in the learning span (2 d / 3 d)
     for cut in (lock - 1, lock, lock + 1):
         assert _events(kind, x, step, [cut, len(x)]) == reference
+
+
+def test_a_spec_band_judges_from_the_first_reading_while_the_interval_is_measured() -> None:
+    """Before: kind defaults wait for 12 readings to measure the interval, and the channel's
+    spec band waited with them (12 hours late at one reading an hour); the status page showed
+    no band meanwhile. The band needs no sizing: it judges every reading at once, and once
+    the others are built it does not judge the measuring readings twice."""
+    from agent.config.models import ChannelConfig
+
+    channel = _channel("climate", "room.humidity")
+    engine = DriftEngine(BaselineStore(None))
+    cfg = ChannelConfig.model_validate(
+        {"name": "room.humidity", "limits": {"low_warn": 40, "high_warn": 60, "high_alarm": 70}}
+    )
+    drift = engine.attach(channel, cfg)
+    assert drift.measuring
+    assert [d.name for d in drift.detectors] == ["limit"]
+    hour = 3600 * 10**9
+    got = engine.detect(channel, [T0 * 10**9], [75.0]).events
+    assert [(e.detector, e.transition, e.level.name) for e in got] == [("limit", "raised", "ALARM")]
+    events = list(got)
+    for i in range(1, 13):
+        events += engine.detect(channel, [T0 * 10**9 + i * hour], [50.0]).events
+    assert not drift.measuring
+    assert sorted(d.name for d in drift.detectors).count("limit") == 1
+    limit = [e for e in events if e.detector == "limit"]
+    assert [e.transition for e in limit] == ["raised", "cleared"]  # each reading judged once
+    assert drift.stale is not None
+    assert drift.stale.max_gap == 10 * 3600  # the others sized to one reading an hour

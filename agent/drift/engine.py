@@ -124,6 +124,7 @@ class ChannelDrift:
     plan: _Plan | None = None  # set while measuring the interval
     waiting_ns: list[int] = field(default_factory=list)
     waiting_x: list[float] = field(default_factory=list)
+    early_ns: int = -(2**63)  # newest reading the limits judged while measuring
     interval: float | None = None  # seconds between readings, measured or configured
     first_ns: int | None = None  # oldest reading judged (readiness reports)
     seen: int = 0  # readings judged
@@ -267,6 +268,14 @@ class DriftEngine:
         self._drifts[channel.name] = drift
         if not from_kind or interval is not None:
             self._build(drift, interval)
+        else:
+            # A spec band needs no sizing and must not wait for the interval: it judges every
+            # reading from the first (the others judge the measuring readings once built).
+            limits = [s for s in specs if isinstance(s, LimitConfig)]
+            drift.plan.specs = [s for s in specs if not isinstance(s, LimitConfig)]
+            drift.detectors = [
+                build_detector(channel, base, drift.trend, s, self.alerts, None) for s in limits
+            ]
         channel.watched = bool(specs)
         channel.wants_invalid = any(isinstance(s, StaleConfig | InvalidRateConfig) for s in specs)
         return drift
@@ -284,7 +293,7 @@ class DriftEngine:
         built = [build_detector(channel, base, trend, s, self.alerts, interval) for s in specs]
         # Trend detectors run first on each batch: the others quote the trend in their messages.
         built.sort(key=lambda d: d.name != "slope")
-        drift.detectors = built
+        drift.detectors = built + drift.detectors  # the limits built at once stay
         drift.stale = next((d for d in built if isinstance(d, Stale)), None)
         drift.sees_invalid = [d for d in built if getattr(d, "sees_invalid", False)]
         drift.interval = interval
@@ -324,13 +333,30 @@ class DriftEngine:
         if drift is None:
             return DetectResult([], 0)
         if drift.plan is not None:
+            early = _judge_early(drift, ns, values)  # the limits, at once
             drift.waiting_ns += ns
             drift.waiting_x += values
             if len(drift.waiting_ns) < MEASURE_READINGS:
-                return DetectResult([], 0)
+                return DetectResult(early, 0)
             ns, values = drift.waiting_ns, drift.waiting_x
             drift.waiting_ns, drift.waiting_x = [], []
-            self._build(drift, measure_interval(ns[:MEASURE_READINGS]))
+            limits = drift.detectors
+            drift.detectors = []  # the new detectors judge the measuring readings, not the
+            self._build(drift, measure_interval(ns[:MEASURE_READINGS]))  # limits again
+            try:
+                got = self._judge(drift, ns, values)
+            finally:
+                drift.detectors += limits
+            if early:
+                got.events.extend(early)
+                got.events.sort(key=lambda e: e.ts_ns)
+            return got
+        return self._judge(drift, ns, values)
+
+    def _judge(
+        self, drift: ChannelDrift, ns: Sequence[int], values: Sequence[float]
+    ) -> DetectResult:
+        """Run the channel's (built) detectors over the readings."""
         if not drift.detectors:
             return DetectResult([], 0)
         drift.arrived = time.monotonic()
@@ -364,6 +390,15 @@ class DriftEngine:
         late until the clock caught up). Returns their names."""
         names = []
         for name, drift in self._drifts.items():
+            if drift.plan is not None:  # still measuring its interval: afresh on the new line
+                if drift.early_ns > now_ns or (drift.waiting_ns and max(drift.waiting_ns) > now_ns):
+                    drift.waiting_ns, drift.waiting_x = [], []
+                    drift.early_ns = -(2**63)
+                    drift.baseline.restart()
+                    for detector in drift.detectors:  # the limits
+                        detector.restart()
+                    names.append(name)
+                continue
             if drift.last_ns <= now_ns:
                 continue
             drift.last_ns = -(2**63)
@@ -409,6 +444,25 @@ class DriftEngine:
         for drift in self._drifts.values():
             if drift.stale is not None:
                 drift.stale.skip(step_ns)
+
+
+def _judge_early(
+    drift: ChannelDrift, ns: Sequence[int], values: Sequence[float]
+) -> list[AlertEvent]:
+    """A channel still measuring its interval: its limits judge the readings (in order; a late
+    or invalid one is skipped, as the detectors would)."""
+    events: list[AlertEvent] = []
+    if not drift.detectors:
+        return events
+    last = drift.early_ns
+    for ns_, v in zip(ns, values, strict=True):
+        if ns_ < last or math.isnan(v):
+            continue
+        last = ns_
+        for detector in drift.detectors:
+            _collect(events, detector.update_one(ns_ * 1e-9, v, ns_, math.nan, math.nan))
+    drift.early_ns = last
+    return events
 
 
 def _detect_small(drift: ChannelDrift, ns: Sequence[int], values: Sequence[float]) -> DetectResult:
