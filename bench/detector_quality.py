@@ -197,16 +197,17 @@ def _attach(kind: str, specs: list[dict[str, Any]] | None) -> tuple[Any, Any]:
     baseline learned over the first WARM samples."""
     from agent.config.detectors import BaselineSpecConfig, parse_detectors
     from agent.drift.baselines import BaselineStore
-    from agent.drift.engine import DriftEngine
+    from agent.drift.engine import KIND_DEFAULTS, DriftEngine
     from agent.reading import Channel
 
     dt = KINDS[kind]["dt"]
     ch = Channel(name="bench", measurement="m", field="v", kind=kind)
     engine = DriftEngine(BaselineStore(None))
+    season = KIND_DEFAULTS[kind].baseline.season  # climate learns its daily cycle meanwhile
     engine.attach(
         ch,
         detectors=None if specs is None else parse_detectors(specs),
-        baseline=BaselineSpecConfig(window=WARM * dt, learn=WARM * dt),
+        baseline=BaselineSpecConfig(window=WARM * dt, learn=WARM * dt, season=season),
     )
     return engine, ch
 
@@ -266,7 +267,9 @@ def run_ours(name: str, kind: str, spec: dict[str, Any] | None, s: Stream) -> di
     return {row: score_events(evs, s.cp, dt_ns) for row, evs in events.items()}
 
 
-NEW_ALERT = ("raised", "flapping")  # a notification a supervisor reads as "something is wrong"
+# A notification a supervisor reads as "something is wrong"; `changed` (a change point) is one
+# event per change, not a state that stays on.
+NEW_ALERT = ("raised", "flapping", "changed")
 
 
 def score_events(events: list[Any], cp: int, dt_ns: int) -> Outcome:
@@ -299,7 +302,7 @@ def score_events(events: list[Any], cp: int, dt_ns: int) -> Outcome:
             flapping = True
         elif ev.transition == "settled":
             flapping = False
-        active = flapping or int(ev.level) > 0
+        active = flapping or (int(ev.level) > 0 and ev.transition != "changed")
     if not counted_warm:
         out.fa += active and cp > WARM
     return out

@@ -1,7 +1,8 @@
 """Cost per reading of the ring buffer and the two drift detectors, across window sizes.
 
 One channel gets ``baseline_shift`` + ``slope`` through ``agent.drift.engine.DriftEngine.attach``
-with count-bounded windows (``window: inf``, ``max_samples`` = 100, 10,000, 1,000,000) and a
+with count-bounded windows (``window`` a year, the longest the config allows, far more than
+the readings at one a second; ``max_samples`` = 100, 10,000, 1,000,000) and a
 fixed baseline, so both detectors evaluate from the first readings. Each window is fed far
 more readings than it holds, so the measurement includes the steady state (one sample in,
 one evicted) and the periodic exact recompute (every ``max(n, 1024)`` samples).
@@ -81,7 +82,9 @@ def specs(max_samples: int, crossed: bool) -> list[dict[str, Any]]:
     else:
         shift = {"warn": 1e9}
         slope = {"warn": 1e9}
-    common = {"window": math.inf, "max_samples": max_samples, "min_samples": 10}
+    # A year (the config's longest window) holds more than any run's readings at 1/s: the
+    # windows are bounded by max_samples.
+    common = {"window": 365 * 86400.0, "max_samples": max_samples, "min_samples": 10}
     return [
         {"type": "baseline_shift", **common, **shift},
         {"type": "slope", **common, **slope},

@@ -899,6 +899,53 @@ def test_configure_md_lists_every_bound() -> None:
         assert cells[2] == bound.why, key
 
 
+def test_check_config_refuses_detectors_that_cannot_fire_with_the_arithmetic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: `min_samples: 10` on a window that holds 5 readings, an EWMA whose warn its
+    clipped readings can never reach and a stale gap shorter than the interval were accepted."""
+    path = write(
+        tmp_path,
+        MINIMAL
+        + """\
+channels:
+  - name: edge_paint.humidity
+    interval: 1m
+    detectors:
+      - type: baseline_shift
+        window: 4m
+        warn: 1
+        min_samples: 10
+      - type: ewma
+        lam: 0.8
+        warn: 5
+      - type: stale
+        max_gap: 30s
+      - type: changepoint
+        block: 30m
+  - name: cutting.humidity
+    detectors:
+      - type: baseline_shift
+        window: 4m
+        warn: 1
+        min_samples: 10
+""",
+    )
+    assert problems_of(path) == [
+        f"{path}:{line_of(path, 'min_samples: 10')}: channels[0].detectors[0].min_samples: 10 "
+        "readings never fit in a 4 min window at one reading every 1 min: it holds at most "
+        "4 min / 1 min + 1 = 5; lower min_samples to 5 or widen window to 9 min",
+        f"{path}:{line_of(path, 'warn: 5')}: channels[0].detectors[1].warn: an EWMA with "
+        "lam 0.8 never reaches warn 5: readings count at most 4 σ, so its score is at most 4 / "
+        "√(0.8 / (2 − 0.8)) = 4.90; lower warn or lam",
+        f"{path}:{line_of(path, 'max_gap')}: channels[0].detectors[2].max_gap: max_gap 30 s is "
+        "not longer than the 1 min between two readings: every reading would come after a "
+        "stale alert; set max_gap to more than 1 min (e.g. 10 min, ten readings)",
+    ]
+    assert cli_main(["check-config", "-c", str(path)]) == 2
+    assert "3 problems" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "key", "reason"),
     [

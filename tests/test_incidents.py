@@ -218,3 +218,40 @@ def test_acknowledging_an_unknown_incident_is_a_key_error(tmp_path: Path) -> Non
     m, _ = manager(tmp_path, Clock())
     with pytest.raises(KeyError):
         m.acknowledge("19990101-0001", "nobody")
+
+
+def test_successive_change_points_join_one_incident_until_someone_has_seen_it(
+    tmp_path: Path,
+) -> None:
+    """A channel judged only for changes: each change is an event; the first opens an incident,
+    the next ones join it (no new notice unless worse), it stays open until acknowledged, and
+    the change after that opens a new one."""
+    clock = Clock()
+    m, notices = manager(tmp_path, clock)
+    m(event(M05, "changepoint", "changed", Level.WARN, T0, value=128.0, baseline=124.0))
+    m(event(M05, "changepoint", "changed", Level.WARN, T0 + H, value=121.0, baseline=128.0))
+    m(event(M05, "changepoint", "changed", Level.ALARM, T0 + 2 * H, value=110.0, baseline=121.0))
+    assert [n.transition for n in notices] == ["opened", "escalated"]
+    (inc,) = m.by_id.values()
+    assert inc.state == "open"
+    assert "changed down by about 11.0 cN, from 121 cN to about 110 cN" in inc.sentence
+    clock.now = T0 + 3 * H
+    m.acknowledge(inc.id, "anna")
+    assert inc.state == "cleared"
+    m(event(M05, "changepoint", "changed", Level.WARN, T0 + 4 * H, value=124.0, baseline=110.0))
+    assert len(m.by_id) == 2
+    assert notices[-1].transition == "opened"
+
+
+def test_a_change_point_does_not_hold_open_an_incident_whose_states_cleared(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    m, notices = manager(tmp_path, clock)
+    m(event(M05, "changepoint", "changed", Level.WARN, T0, value=130.0))  # first, as in the demo
+    m(event(M05, "cusum", "raised", Level.WARN, T0 + MIN))
+    m(event(M05, "changepoint", "changed", Level.WARN, T0 + H, value=124.0, baseline=130.0))
+    m(event(M05, "cusum", "cleared", Level.OK, T0 + H + 5 * MIN))
+    assert [n.transition for n in notices] == ["opened", "cleared"]
+    (inc,) = m.by_id.values()
+    assert inc.state == "cleared"

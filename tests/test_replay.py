@@ -35,6 +35,7 @@ from agent.replay.inputs import (
 from agent.replay.plot import NEEDS_MATPLOTLIB
 from agent.replay.run import ReplayResult, replay
 from agent.runtime.agent import Agent
+from agent.words import iso
 
 FIXTURES = Path(__file__).parent / "fixtures" / "replay"
 T0 = int(datetime(2026, 3, 2, tzinfo=UTC).timestamp())
@@ -244,7 +245,7 @@ def test_time_formats() -> None:
         ("deltaE", "color", ""),
         ("L", "color", ""),
         ("b", "color", ""),
-        ("pressure", "climate", ""),
+        ("pressure", "generic", ""),
     ],
 )
 def test_default_detector_guess(name: str, kind: str, unit: str, tmp_path: Path) -> None:
@@ -663,3 +664,27 @@ def test_replay_honours_the_flapping_settings_of_the_config(tmp_path: Path) -> N
 
     assert transitions({}) == ["raised", "cleared", "raised", "cleared"]
     assert transitions({"flap_count": 3}) == ["raised", "cleared", "flapping"]
+
+
+def test_replay_without_a_config_judges_any_column_and_says_what_never_judged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """13 hours at one reading a minute. Before: every column was judged as climate, whose
+    baseline needs days: no event, and nothing said why."""
+    rng = random.Random(5)
+    rows = ["time,pressure,humidity"]
+    for i in range(13 * 60):
+        step = 3.0 if i >= 400 else 0.0
+        rows.append(f"{T0 + i * 60},{1000 + step + rng.gauss(0, 1):.2f},{50 + rng.gauss(0, 1):.2f}")
+    path = _write(tmp_path / "short.csv", "\n".join(rows) + "\n")
+    assert main(["replay", str(path)]) == 0
+    out, err = capsys.readouterr()
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(e["channel"], e["detector"], e["transition"]) for e in events] == [
+        ("pressure", "changepoint", "changed")
+    ]
+    assert events[0]["since"] == iso((T0 + 400 * 60) * 10**9)
+    assert (
+        "driftgate replay: humidity: baseline_shift never judged a reading: baseline needs 3 d "
+        "of readings (at least 30), the readings span 12 h 59 min (780 readings)"
+    ) in err

@@ -136,6 +136,8 @@ def summary(result: RunResult, cfg: AgentConfig, zone: tzinfo, out: TextIO = sys
         p(f"  {channel_name} / {detector}: {story}", file=out)
     quiet = [c.name for c in result.channels if not any(k[0] == c.name for k in per_key)]
     p(f"  no alerts: {', '.join(quiet)}" if quiet else "", file=out)
+    for idle in result.not_ready:
+        p(f"  never judged a reading: {idle.channel} / {idle.detector}: {idle.why}", file=out)
     p(
         f"spool: {m.spool_appended:,} lines written this run "
         f"({total:,} readings, {len(result.events)} alert events, "

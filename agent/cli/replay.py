@@ -16,7 +16,7 @@ from agent.words import duration_words, fmt, iso
 if TYPE_CHECKING:
     from agent.replay.run import ReplayResult
 
-EVENT_KINDS = ("raised", "escalated", "eased", "cleared", "repeat")
+EVENT_KINDS = ("raised", "escalated", "eased", "cleared", "repeat", "changed")
 
 
 def summary_table(result: ReplayResult) -> str:
@@ -105,6 +105,12 @@ def run(args: argparse.Namespace) -> int:
             )
         for what, count in source.skipped.items():
             print(f"driftgate replay: {args.file}: skipped {count} {what}", file=sys.stderr)
+        for idle in result.not_ready:
+            what = "its detectors" if idle.detector == "*" else idle.detector
+            print(
+                f"driftgate replay: {idle.channel}: {what} never judged a reading: {idle.why}",
+                file=sys.stderr,
+            )
         if args.plot is not None:
             plot_replay(result, args.plot, title=f"driftgate replay: {args.file.name}")
             print(f"plot written to {args.plot}", file=sys.stderr)

@@ -76,6 +76,10 @@ BOUNDS: Final[dict[str, Bound]] = {
     "detectors.window": Bound(1.0, YEAR, "a detector keeps every reading of its window"),
     "detectors.hold": Bound(0.0, 30 * DAY, "an alert this late is no use"),
     "detectors.max_gap": Bound(1.0, 30 * DAY, "silence longer than this is not noticed"),
+    "detectors.block": Bound(1.0, DAY, "a change is placed no closer than one block"),
+    "channels.interval": Bound(
+        0.001, DAY, "the time between two readings the channel's detectors are sized for"
+    ),
     "baseline.window": Bound(MINUTE, YEAR, "the rolling baseline keeps every reading of it"),
     "baseline.learn": Bound(MINUTE, YEAR, "what is learned before the baseline is locked"),
     # -- incidents and their delivery (wall time)

@@ -17,6 +17,13 @@ from agent.config.base import (
 )
 from agent.config.bounds import within
 
+CLIP_SIGMA = 4.0
+"""CUSUM and EWMA see readings clipped to baseline ± 4σ: a single outlier (a door left open, a
+knocked sensor) moves them by a bounded step instead of tripping them; a real 1–3σ shift is
+untouched. (Here, because check-config reasons about it too.)"""
+WINDOW_COVER = 0.8
+"""A window is judged once its readings cover this share of its span (and min_samples)."""
+
 
 class _Timing(Section):
     """How long a condition must hold before an alert, and before it clears."""
@@ -134,6 +141,33 @@ class EwmaConfig(_NoWindow):
     lam: Annotated[float, Field(gt=0, le=1)] = Field(default=0.05, description="λ, the weight")
 
 
+class ChangePointConfig(Section):
+    """Change points: one `changed` event per change of level (or spread), then re-armed on the
+    new segment, which learns its own level from its first `learn` values."""
+
+    type: Literal["changepoint"]
+    k: Annotated[float, Field(gt=0, le=5)] = Field(
+        default=0.5, description="allowance in σ: half the shift the chart is tuned for"
+    )
+    h: Annotated[float, Field(gt=0, le=1000)] = Field(
+        default=12.0, description="decision interval of the level CUSUM, in σ"
+    )
+    spread: bool = Field(default=True, description="also report changes of the spread")
+    spread_h: Annotated[float, Field(gt=0, le=1000)] | None = Field(
+        default=None, description="decision interval of the spread CUSUM (None: h)"
+    )
+    learn: Annotated[int, Field(ge=5, le=100_000)] = Field(
+        default=30, description="values a new segment learns its level and spread from"
+    )
+    block: Annotated[Duration, within("detectors.block")] | None = Field(
+        default=None,
+        description="judge means of this much of readings (None: every reading)",
+    )
+    alarm: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="a level change of this many σ or more is an alarm"
+    )
+
+
 class StaleConfig(Section):
     """Alert when no reading arrived for max_gap (sensor or link down)."""
 
@@ -219,6 +253,7 @@ DetectorConfig = Annotated[
     | VarianceChangeConfig
     | CusumConfig
     | EwmaConfig
+    | ChangePointConfig
     | StaleConfig
     | StuckConfig
     | InvalidRateConfig
@@ -231,6 +266,7 @@ DETECTOR_TYPES = (
     "variance_change",
     "cusum",
     "ewma",
+    "changepoint",
     "stale",
     "stuck",
     "invalid_rate",
@@ -264,6 +300,25 @@ class BaselineSpecConfig(Section):
         default=None, description="lock a learned baseline after this much data (None: never)"
     )
     min_samples: Annotated[int, Field(ge=2)] = 30
+    season: Literal["none", "daily", "weekly"] = Field(
+        default="none",
+        description="daily: learn the daily profile and judge what is left; weekly: also "
+        "the days of the week (needs learn of at least 14 d)",
+    )
+
+    @model_validator(mode="after")
+    def _season_needs_learning(self) -> "BaselineSpecConfig":
+        problems: list[tuple[Loc, str]] = []
+        if self.season != "none" and self.value is not None:
+            problems.append((("season",), "a configured value has no daily profile to learn"))
+        if self.season != "none" and self.learn is None:
+            problems.append((("season",), f"a {self.season} profile is learned: set learn"))
+        if self.season == "weekly" and self.learn is not None and self.learn < 14 * 86400.0:
+            problems.append(
+                (("learn",), "a weekly profile needs at least two weeks: learn of 14 d or more")
+            )
+        raise_problems(type(self).__name__, problems)
+        return self
 
 
 _DETECTOR_LIST: TypeAdapter[list[DetectorConfig]] = TypeAdapter(list[DetectorConfig])

@@ -36,6 +36,7 @@ from agent.config.base import (
 )
 from agent.config.bounds import within
 from agent.config.detectors import BaselineSpecConfig, DetectorConfig, LimitConfig
+from agent.config.feasible import detector_problems
 from agent.config.notify import IncidentsConfig, NotifyConfig
 from agent.config.secrets import SecretFile, find_secret, inline_secret
 from agent.config.status import StatusConfig
@@ -278,7 +279,12 @@ class ChannelConfig(Section):
     label: str = ""
     unit: str = ""
     affects: str = ""
-    kind: Literal["climate", "tension", "color", "moisture"] | None = None
+    kind: Literal["climate", "tension", "color", "moisture", "generic"] | None = None
+    interval: Annotated[Duration, within("channels.interval")] | None = Field(
+        default=None,
+        description="expected time between readings: sizes the kind's defaults and lets "
+        "check-config refuse settings that cannot fire (None: measured from the readings)",
+    )
     baseline: BaselineSpecConfig | None = Field(
         default=None, description="None: the defaults for the kind"
     )
@@ -304,6 +310,15 @@ class ChannelConfig(Section):
     action: str = Field(
         default="", description="what to do when it drifts, quoted in every notice about it"
     )
+
+    @model_validator(mode="after")
+    def _can_fire(self) -> "ChannelConfig":
+        problems: list[tuple[Loc, str]] = []
+        for index, spec in enumerate(self.detectors or ()):
+            for loc, text in detector_problems(spec, self.interval):
+                problems.append((("detectors", index, *loc), text))
+        raise_problems(type(self).__name__, problems)
+        return self
 
 
 class AlertsConfig(Section):

@@ -37,6 +37,7 @@ CLEARED = "cleared"
 REPEAT = "repeat"
 FLAPPING = "flapping"  # the key keeps changing: further changes are held back
 SETTLED = "settled"  # ...and has been quiet for a flap window again
+CHANGED = "changed"  # a change point: the level (or spread) moved; the detector re-armed on it
 
 FLAP_COUNT = 6
 """Changes (raised, cleared, ...) within FLAP_WINDOW that make an alert key count as flapping."""
@@ -185,7 +186,8 @@ class AlertEvent:
     ts_ns: int
     channel: Channel
     detector: str
-    transition: str  # raised, escalated, eased, cleared, repeat, flapping, settled, lot_change
+    transition: str  # raised, escalated, eased, cleared, repeat, flapping, settled, changed,
+    # lot_change
     level: Level
     value: float
     baseline: float

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from agent.config.detectors import CLIP_SIGMA, WINDOW_COVER
 from agent.drift.alerts import (
     CLEARED,
     ESCALATED,
@@ -36,16 +37,22 @@ from agent.words import duration_words, fmt, fmt_rate, when
 
 _DIRECTIONS = {"up": 1, "down": -1, "both": 0}
 
-CLIP_SIGMA = 4.0
-"""CUSUM and EWMA see readings clipped to baseline ± 4σ: a single outlier (a door left open, a
-knocked sensor) moves them by a bounded step instead of tripping them; a real 1–3σ shift is
-untouched."""
-
 
 class Detector(Protocol):
     """What the engine needs of a detector."""
 
     name: str
+    raw: bool  # judges readings as they are (else with a learned profile taken out)
+    needs_settled: bool  # judges only readings compared with a settled baseline
+
+    @property
+    def ready(self) -> bool:
+        """Whether it has judged a reading yet (readiness reports)."""
+        ...
+
+    def needs(self) -> str:
+        """What it waits for before judging, in words."""
+        ...
 
     def update_many(
         self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
@@ -164,11 +171,13 @@ def _directed(delta: np.ndarray, sign: int) -> np.ndarray:
 class Trend:
     """A channel's latest trend, published by its slope detector and quoted by the others."""
 
-    __slots__ = ("batch", "per_h")
+    __slots__ = ("batch", "offset", "per_h", "published_at")
 
     def __init__(self) -> None:
         self.per_h = math.nan  # the latest known trend, units per hour
         self.batch: np.ndarray | None = None  # the trend at each reading of the current batch
+        self.offset = 0  # where the arrays the current detector was given start in the batch
+        self.published_at = 0  # ...and where the slope detector's started
 
     def publish(self, per_h: np.ndarray) -> None:
         """Record the slope detector's trend for this batch.
@@ -178,14 +187,17 @@ class Trend:
         known = np.isfinite(per_h)
         index = np.maximum.accumulate(np.where(known, np.arange(len(per_h)), -1))
         self.batch = np.where(index >= 0, per_h[np.maximum(index, 0)], self.per_h)
+        self.published_at = self.offset
         if known.any():
             self.per_h = float(per_h[known][-1])
 
     def at(self, j: int) -> float:
-        """The trend at reading j of the current batch (j < 0: the latest known)."""
+        """The trend at reading j of the current detector's arrays (j < 0: the latest known)."""
         batch = self.batch
-        if batch is not None and 0 <= j < len(batch):
-            return float(batch[j])
+        if batch is not None and j >= 0:
+            i = j + self.offset - self.published_at
+            if 0 <= i < len(batch):
+                return float(batch[i])
         return self.per_h
 
 
@@ -193,6 +205,8 @@ class _Base:
     """Shared plumbing: thresholds, state machine, baseline, event building."""
 
     name = "detector"
+    raw = False  # sees readings as they are, not with a learned profile taken out
+    needs_settled = False  # judges only against a settled baseline (see ChannelBaseline)
 
     def __init__(
         self, channel: Channel, base: ChannelBaseline, thresholds: Thresholds, trend: Trend
@@ -204,6 +218,7 @@ class _Base:
         self.state = thresholds.state()
         self.sign = _DIRECTIONS[thresholds.direction]
         self.sigma = thresholds.units == "sigma"
+        self._j = -1  # the batch index of the event being made (-1: the scalar path)
 
     def _scale(self, bstd: np.ndarray) -> np.ndarray:
         if not self.sigma:
@@ -220,6 +235,15 @@ class _Base:
     def restart(self) -> None:
         """The clock went back: start judging afresh from the new time (see agent/clock.py)."""
         self.state.rewind()
+
+    @property
+    def ready(self) -> bool:
+        """Whether it has judged a reading yet."""
+        return True
+
+    def needs(self) -> str:
+        """What it waits for before judging, in words."""
+        return ""
 
     def _fast_quiet(self, score: float) -> bool:
         state = self.state
@@ -264,7 +288,7 @@ class _Base:
             delta=delta,
             rate_per_h=rate,
             since_ns=self._since(ts_ns),
-            baseline_note=self.base.describe(),
+            baseline_note=self.base.describe(self._j),
             message=message,
         )
 
@@ -307,13 +331,23 @@ class _Windowed(_Base):
         self.window = Window(span, max_samples, trend=self.needs_slope)
         self.min_samples = min_samples
         self._ready = False
-        self._min_cover = 0.8 * span if math.isfinite(span) else 0.0
+        self._min_cover = WINDOW_COVER * span if math.isfinite(span) else 0.0
 
     def restart(self) -> None:
         """The clock went back: the window starts afresh and must fill again before judging."""
         super().restart()
         self.window.clear()
         self._ready = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether its window has filled enough to be judged."""
+        return self._ready
+
+    def needs(self) -> str:
+        """What its window waits for, in words."""
+        span = span_words(self.window.span, self.window.max_samples)
+        return f"{self.min_samples} readings covering {WINDOW_COVER:.0%} of its {span} window"
 
     def _extend(self, t: np.ndarray, x: np.ndarray) -> tuple[BatchStats, int] | None:
         """Add a batch; its statistics and the first index to judge (None: none yet)."""
@@ -356,9 +390,13 @@ class BaselineShift(_Windowed):
         scores = _directed(delta, self.sign) * self._scale(bstd)
 
         def event(j: int, kind: str) -> AlertEvent:
+            self._j = j
             return self._make(int(ns[j]), j, kind, float(mean[j]), float(bmean[j]))
 
-        return run_states(self.state, t, scores, begin, event)
+        try:
+            return run_states(self.state, t, scores, begin, event)
+        finally:
+            self._j = -1
 
     def update_one(
         self, t: float, x: float, ns: int, bmean: float, bstd: float
@@ -404,7 +442,7 @@ class BaselineShift(_Windowed):
         rate = self.trend.at(j)
         avg = f"{span_words(self.window.span, self.window.max_samples)} average"
         where = "above" if delta >= 0 else "below"
-        baseline = f"{fmt(base, unit)} ({self.base.describe()})"
+        baseline = f"{fmt(base, unit)} ({self.base.describe(self._j)})"
         since = self._since(ts_ns)
         if kind == CLEARED:
             message = (
@@ -519,9 +557,13 @@ class VarianceChange(_Windowed):
         scores = self._score(std, bstd)
 
         def event(j: int, kind: str) -> AlertEvent:
+            self._j = j
             return self._make(int(ns[j]), kind, float(std[j]), float(bstd[j]))
 
-        return run_states(self.state, t, scores, begin, event)
+        try:
+            return run_states(self.state, t, scores, begin, event)
+        finally:
+            self._j = -1
 
     def update_one(
         self, t: float, x: float, ns: int, bmean: float, bstd: float
@@ -551,7 +593,7 @@ class VarianceChange(_Windowed):
             word = "more erratic" if ratio >= 1 else "unusually uniform"
             message = (
                 f"{self._head(kind)}{ch.label} is {word}: spread ±{fmt(std, unit)} over {over}, "
-                f"{ratio:.1f}x its baseline's ±{fmt(bstd, unit)} ({self.base.describe()}), "
+                f"{ratio:.1f}x its baseline's ±{fmt(bstd, unit)} ({self.base.describe(self._j)}), "
                 f"since {when(self._since(ts_ns))}."
             )
         return self._event(
@@ -569,10 +611,17 @@ class _Warmup:
     """A per-reading chart judges a reading only once ``min_samples`` readings were scored
     against a settled baseline; its statistic accumulates from the first."""
 
-    __slots__ = ("left",)
+    __slots__ = ("left", "min_samples", "seen")
 
     def __init__(self, min_samples: int) -> None:
+        self.min_samples = min_samples
         self.left = max(min_samples - 1, 0)
+        self.seen = False  # a reading reached the chart (against a settled baseline)
+
+    @property
+    def done(self) -> bool:
+        """Whether the chart judges its readings now."""
+        return self.seen and self.left == 0
 
     def take(self, n: int) -> int:
         """How many of the next ``n`` readings are still warming up (not judged)."""
@@ -592,6 +641,7 @@ class Cusum(_Base):
     """Two-sided tabular CUSUM of readings standardised by the baseline (k and h in sigmas)."""
 
     name = "cusum"
+    needs_settled = True
 
     def __init__(
         self,
@@ -611,6 +661,15 @@ class Cusum(_Base):
         self.hi_n = 0  # readings since S+ was last zero (for the shift estimate)
         self.lo_n = 0
 
+    @property
+    def ready(self) -> bool:
+        """Whether it judges readings (a settled baseline, min_samples seen)."""
+        return self.warmup.done
+
+    def needs(self) -> str:
+        """What it waits for, in words."""
+        return f"a locked baseline and {self.warmup.min_samples} readings against it"
+
     @staticmethod
     def _lindley(a: np.ndarray, start: float) -> np.ndarray:
         """S_j = max(0, S_{j-1} + a_j) for all j at once."""
@@ -628,9 +687,7 @@ class Cusum(_Base):
     def update_many(
         self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
     ) -> list[AlertEvent]:
-        """Feed a batch of readings; O(1) per reading."""
-        if not self.base.settled:
-            return []
+        """Feed a batch of readings, all judged against a settled baseline; O(1) per reading."""
         with np.errstate(divide="ignore", invalid="ignore"):
             z = (x - bmean) / (bstd * self.base.inflation)
         known = np.isfinite(z) & (bstd > 0)
@@ -640,6 +697,7 @@ class Cusum(_Base):
         z = np.clip(np.where(known, z, 0.0)[begin:], -CLIP_SIGMA, CLIP_SIGMA)
         hi = self._lindley(z - self.k, self.hi)
         lo = self._lindley(-z - self.k, self.lo)
+        self.warmup.seen = True
         hi_n = self._since_zero(hi, self.hi_n)
         lo_n = self._since_zero(lo, self.lo_n)
         self.hi, self.lo = float(hi[-1]), float(lo[-1])
@@ -654,16 +712,21 @@ class Cusum(_Base):
             i = j - begin
             up = sign > 0 or (sign == 0 and hi[i] >= lo[i])
             s, n = (float(hi[i]), int(hi_n[i])) if up else (float(lo[i]), int(lo_n[i]))
+            self._j = j
             return self._make(int(ns[j]), kind, s, n, up, float(bmean[j]), float(bstd[j]))
 
-        return run_states(self.state, t, scores, begin, event)
+        try:
+            return run_states(self.state, t, scores, begin, event)
+        finally:
+            self._j = -1
 
     def update_one(
         self, t: float, x: float, ns: int, bmean: float, bstd: float
     ) -> AlertEvent | None:
         """Feed one reading; the scalar twin of update_many."""
-        if not bstd > 0 or math.isnan(bmean) or not self.base.settled:
+        if not bstd > 0 or math.isnan(bmean):
             return None
+        self.warmup.seen = True
         z = min(max((x - bmean) / (bstd * self.base.inflation), -CLIP_SIGMA), CLIP_SIGMA)
         self.hi = max(0.0, self.hi + z - self.k)
         self.lo = max(0.0, self.lo - z - self.k)
@@ -691,14 +754,14 @@ class Cusum(_Base):
         if kind == CLEARED:
             message = (
                 f"{ch.label} is back on its baseline {fmt(bmean, unit)} "
-                f"({self.base.describe()}): the small persistent shift that began "
+                f"({self.base.describe(self._j)}): the small persistent shift that began "
                 f"{when(self._since(ts_ns))} has gone."
             )
         else:
             message = (
                 f"{self._head(kind)}{ch.label} has shifted {'up' if up else 'down'} by about "
                 f"{fmt(shift, unit)} to about {fmt(level, unit)} over the last {n} readings, "
-                f"against its baseline {fmt(bmean, unit)} ({self.base.describe()}); "
+                f"against its baseline {fmt(bmean, unit)} ({self.base.describe(self._j)}); "
                 f"since {when(self._since(ts_ns))} (CUSUM statistic {s:.1f}, "
                 f"alert level {self.state.warn:g})."
             )
@@ -708,7 +771,7 @@ class Cusum(_Base):
             value=level,
             baseline=bmean,
             delta=level - bmean,
-            rate=self.trend.per_h,
+            rate=self.trend.at(self._j),
             message=message,
         )
 
@@ -717,6 +780,7 @@ class Ewma(_Base):
     """EWMA control chart: the smoothed reading against baseline ± L·σ·sqrt(λ/(2−λ))."""
 
     name = "ewma"
+    needs_settled = True
 
     def __init__(
         self,
@@ -734,16 +798,24 @@ class Ewma(_Base):
         self.factor = math.sqrt(lam / (2.0 - lam))
         self.z = math.nan
 
+    @property
+    def ready(self) -> bool:
+        """Whether it judges readings (a settled baseline, min_samples seen)."""
+        return self.warmup.done
+
+    def needs(self) -> str:
+        """What it waits for, in words."""
+        return f"a locked baseline and {self.warmup.min_samples} readings against it"
+
     def update_many(
         self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
     ) -> list[AlertEvent]:
         """Feed a batch of readings; O(1) per reading (a first-order filter)."""
-        if not self.base.settled:
-            return []
         known = np.isfinite(bmean) & (bstd > 0)
         begin = _first_true(known)
         if begin >= len(t):
             return []
+        self.warmup.seen = True
         lam = self.lam
         lim = CLIP_SIGMA * bstd[begin:]
         xs = np.clip(x[begin:], bmean[begin:] - lim, bmean[begin:] + lim)
@@ -760,16 +832,21 @@ class Ewma(_Base):
 
         def event(j: int, kind: str) -> AlertEvent:
             i = j - begin
+            self._j = j
             return self._make(int(ns[j]), kind, float(z[i]), float(bmean[j]), float(bstd[j]))
 
-        return run_states(self.state, t, scores, begin, event)
+        try:
+            return run_states(self.state, t, scores, begin, event)
+        finally:
+            self._j = -1
 
     def update_one(
         self, t: float, x: float, ns: int, bmean: float, bstd: float
     ) -> AlertEvent | None:
         """Feed one reading; the scalar twin of update_many."""
-        if not bstd > 0 or math.isnan(bmean) or not self.base.settled:
+        if not bstd > 0 or math.isnan(bmean):
             return None
+        self.warmup.seen = True
         prev = self.z if math.isfinite(self.z) else bmean
         lim = CLIP_SIGMA * bstd
         z = self.lam * min(max(x, bmean - lim), bmean + lim) + (1.0 - self.lam) * prev
@@ -789,14 +866,14 @@ class Ewma(_Base):
         if kind == CLEARED:
             message = (
                 f"{ch.label} is back within its control limits: smoothed {fmt(z, unit)} "
-                f"against its baseline {fmt(bmean, unit)} ({self.base.describe()})."
+                f"against its baseline {fmt(bmean, unit)} ({self.base.describe(self._j)})."
             )
         else:
             message = (
                 f"{self._head(kind)}{ch.label} is drifting {'up' if delta >= 0 else 'down'}: "
                 f"smoothed value {fmt(z, unit)}, {fmt(abs(delta), unit)} "
                 f"{'above' if delta >= 0 else 'below'} its baseline {fmt(bmean, unit)} "
-                f"({self.base.describe()}), since {when(self._since(ts_ns))}."
+                f"({self.base.describe(self._j)}), since {when(self._since(ts_ns))}."
             )
         return self._event(
             ts_ns,
@@ -804,7 +881,7 @@ class Ewma(_Base):
             value=z,
             baseline=bmean,
             delta=delta,
-            rate=self.trend.per_h,
+            rate=self.trend.at(self._j),
             message=message,
         )
 
@@ -813,6 +890,7 @@ class Stuck(_Base):
     """A flat line: no change at all (spread at or below ``tolerance``) over a whole window."""
 
     name = "stuck"
+    raw = True
 
     def __init__(
         self,
@@ -830,7 +908,7 @@ class Stuck(_Base):
         self.window = Window(span, max_samples)
         self.tolerance = tolerance
         self.min_samples = min_samples
-        self._min_cover = 0.8 * span if math.isfinite(span) else 0.0
+        self._min_cover = WINDOW_COVER * span if math.isfinite(span) else 0.0
 
     def _flat(
         self, n: np.ndarray, cover: np.ndarray, var: np.ndarray, mean: np.ndarray
@@ -844,6 +922,17 @@ class Stuck(_Base):
         """The clock went back: the window starts afresh."""
         super().restart()
         self.window.clear()
+
+    @property
+    def ready(self) -> bool:
+        """Whether its window has filled enough to be judged."""
+        w = self.window
+        return w.n >= self.min_samples and w.covered >= self._min_cover
+
+    def needs(self) -> str:
+        """What its window waits for, in words."""
+        span = span_words(self.window.span, self.window.max_samples)
+        return f"{self.min_samples} readings covering {WINDOW_COVER:.0%} of its {span} window"
 
     def update_many(
         self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
@@ -904,6 +993,7 @@ class InvalidRate(_Base):
 
     name = "invalid_rate"
     sees_invalid = True
+    raw = True
 
     def __init__(
         self,
@@ -924,6 +1014,15 @@ class InvalidRate(_Base):
         """The clock went back: the window starts afresh."""
         super().restart()
         self.window.clear()
+
+    @property
+    def ready(self) -> bool:
+        """Whether its window holds min_samples readings."""
+        return self.window.n >= self.min_samples
+
+    def needs(self) -> str:
+        """What its window waits for, in words."""
+        return f"{self.min_samples} readings in its window"
 
     def update_many(
         self, t: np.ndarray, x: np.ndarray, ns: np.ndarray, bmean: np.ndarray, bstd: np.ndarray
@@ -980,6 +1079,13 @@ class Stale:
 
     name = "stale"
     sees_invalid = True  # an out-of-range reading still shows the sensor is talking
+    raw = True
+    needs_settled = False
+    ready = True
+
+    def needs(self) -> str:
+        """Nothing: it watches from the first reading."""
+        return ""
 
     def __init__(self, channel: Channel, base: ChannelBaseline, max_gap: float) -> None:
         self.channel = channel
@@ -1123,6 +1229,13 @@ class Limit:
     context (the approved sample's window for a SKU or lot): ``set_context`` picks it."""
 
     name = "limit"
+    raw = True
+    needs_settled = False
+    ready = True
+
+    def needs(self) -> str:
+        """Nothing: it judges every reading."""
+        return ""
 
     def __init__(
         self,

@@ -1,10 +1,10 @@
 """The drift engine: every channel's baseline and detectors, fed batch by batch.
 
 The engine owns the drift state of each channel it watches (``ChannelDrift``: the baseline,
-the detectors, the latest trend); a ``Channel`` itself only says what the stream is. Defaults
-per channel kind live here as data (``KIND_DEFAULTS``), typed like a config file's settings:
-they must hold up on real floor data (daily humidity cycles, sensor noise, single outliers: no
-alert; a sustained shift or ramp: an alert), which ``bench/detector_quality.py`` measures.
+the detectors, the latest trend); a ``Channel`` itself only says what the stream is. What a
+channel of each kind is judged by when its config does not say is ``agent/drift/kinds.py``:
+those defaults are sized to the channel's own sampling interval, measured from its first
+readings (or its configured ``interval``), so the detectors wait for those few readings first.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 from agent.config.detectors import (
     BaselineShiftConfig,
     BaselineSpecConfig,
+    ChangePointConfig,
     CusumConfig,
     DetectorConfig,
     EwmaConfig,
@@ -32,7 +33,8 @@ from agent.config.detectors import (
 )
 from agent.config.models import AlertsConfig, ChannelConfig
 from agent.drift.alerts import AlertEvent
-from agent.drift.baselines import BaselineStore, ChannelBaseline
+from agent.drift.baselines import BaselineStore, ChannelBaseline, span
+from agent.drift.changepoint import ChangePoint
 from agent.drift.detectors import (
     Band,
     BaselineShift,
@@ -48,65 +50,31 @@ from agent.drift.detectors import (
     Trend,
     VarianceChange,
 )
+from agent.drift.kinds import (
+    KIND_DEFAULTS,
+    MEASURE_READINGS,
+    ROLLING_ONLY,
+    KindDefaults,
+    block_readings,
+    measure_interval,
+    sized,
+    sized_baseline,
+)
 from agent.reading import Channel
 
-H = 3600.0
-D = 86400.0
+__all__ = [
+    "KIND_DEFAULTS",
+    "ROLLING_ONLY",
+    "ChannelDrift",
+    "DetectResult",
+    "DriftEngine",
+    "KindDefaults",
+    "NotReady",
+    "build_detector",
+    "thresholds",
+]
 
 SMALL_BATCH = 16  # readings per channel below which detection runs sample by sample
-
-
-@dataclass(frozen=True, slots=True)
-class KindDefaults:
-    """What a channel of one kind compares against, and which detectors judge it."""
-
-    baseline: BaselineSpecConfig
-    detectors: tuple[DetectorConfig, ...]
-
-
-KIND_DEFAULTS: dict[str, KindDefaults] = {
-    # Climate: a daily cycle of several %RH is normal, so compare a full day's mean with the
-    # baseline, and judge trends over days; no per-reading CUSUM/EWMA (the cycle would trip them).
-    "climate": KindDefaults(
-        baseline=BaselineSpecConfig(window=7 * D, learn=7 * D),
-        detectors=(
-            # In baseline sigmas: the learned std includes the daily swing (~3 %RH for a 4 %RH
-            # cycle), so 0.5 sigma of the daily mean is ~1.5 %RH, far above its noise.
-            BaselineShiftConfig(type="baseline_shift", window=24 * H, units="sigma", warn=0.5,
-                                alarm=1.0, hold=2 * H),
-            SlopeConfig(type="slope", window=3 * D, warn=0.0625, alarm=0.125, hold=12 * H,
-                        clear_hold=12 * H),
-            StaleConfig(type="stale", max_gap=15 * 60),
-            StuckConfig(type="stuck", window=6 * H),
-            InvalidRateConfig(type="invalid_rate", window=1 * H, warn=0.05, alarm=0.2),
-        ),
-    ),
-    # Tension: per-batch means scatter around a set point without a cycle, so CUSUM and EWMA
-    # in baseline sigmas catch small persistent shifts (an operator change) early.
-    "tension": KindDefaults(
-        baseline=BaselineSpecConfig(window=2 * D, learn=2 * D),
-        detectors=(
-            BaselineShiftConfig(type="baseline_shift", window=4 * H, warn=6.0, alarm=10.0, hold=H),
-            # CUSUM integrates the evidence itself: no hold; h = 14 keeps false alarms near
-            # 0.1 per 100,000 readings (bench/detector_quality.py) at ~25 readings' delay on 1σ.
-            CusumConfig(type="cusum", k=0.5, warn=14.0, alarm=22.0, hysteresis=2.0),
-            EwmaConfig(type="ewma", lam=0.05, warn=5.5, alarm=7.5, hold=60),
-            # A spread needs many readings to estimate (at 1/min, 10 minutes' std scatters by
-            # ±25 %), and a step in the mean inflates a window straddling it: a 2 h window,
-            # at least 60 readings, and a hold of one window keep both from reading as erratic.
-            VarianceChangeConfig(type="variance_change", window=2 * H, warn=1.6, alarm=2.2,
-                                 hold=2 * H, min_samples=60),
-            StaleConfig(type="stale", max_gap=10 * 60),
-            StuckConfig(type="stuck", window=H),
-            InvalidRateConfig(type="invalid_rate", window=H, warn=0.05, alarm=0.2),
-        ),
-    ),
-    # Colour: ΔE00 against the approved reference is already a difference (baseline 0).
-    "color": KindDefaults(baseline=BaselineSpecConfig(value=0.0), detectors=()),
-}  # fmt: skip
-
-ROLLING_ONLY = BaselineSpecConfig()
-"""The baseline of a channel whose kind has no defaults: a rolling window, never locked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +85,33 @@ class DetectResult:
     late: int
 
 
+@dataclass(frozen=True, slots=True)
+class NotReady:
+    """A detector that has not judged a reading yet, and why (replay and shutdown reports)."""
+
+    channel: str
+    detector: str
+    why: str
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What a channel's detectors will be, once its interval is known (defaults are sized)."""
+
+    specs: Sequence[DetectorConfig]
+    baseline: BaselineSpecConfig
+    defaults: bool  # the kind's default detectors: sized to the interval
+    default_baseline: bool  # the kind's baseline: sized with them
+    interval: float | None = None
+
+
 @dataclass(slots=True, eq=False)
 class ChannelDrift:
-    """The drift state of one watched channel: its baseline, detectors and latest trend."""
+    """The drift state of one watched channel: its baseline, detectors and latest trend.
+
+    Until its interval is known (``measuring``), readings wait in ``waiting_*``; then the
+    detectors are built and judge them first.
+    """
 
     channel: Channel
     baseline: ChannelBaseline
@@ -129,6 +121,18 @@ class ChannelDrift:
     last_ns: int = -(2**63)  # newest reading the detectors have seen
     arrived: float = 0.0  # monotonic time its newest readings reached the detectors
     sees_invalid: list[Detector] = field(default_factory=list)
+    plan: _Plan | None = None  # set while measuring the interval
+    waiting_ns: list[int] = field(default_factory=list)
+    waiting_x: list[float] = field(default_factory=list)
+    early_ns: int = -(2**63)  # newest reading the limits judged while measuring
+    interval: float | None = None  # seconds between readings, measured or configured
+    first_ns: int | None = None  # oldest reading judged (readiness reports)
+    seen: int = 0  # readings judged
+
+    @property
+    def measuring(self) -> bool:
+        """Whether it still waits for readings to measure its interval."""
+        return self.plan is not None
 
 
 def thresholds(spec: DetectorConfig, alerts: AlertsConfig) -> Thresholds:
@@ -140,6 +144,8 @@ def thresholds(spec: DetectorConfig, alerts: AlertsConfig) -> Thresholds:
             warn=0.5, hold=spec.hold, clear_hold=spec.clear_hold, hysteresis=0.0,
             repeat=repeat, flap_count=flap_count, flap_window=flap_window,
         )  # fmt: skip
+    if isinstance(spec, ChangePointConfig):
+        return Thresholds(warn=spec.h, repeat=None, flap_count=flap_count, flap_window=flap_window)
     if isinstance(spec, StaleConfig | LimitConfig):
         raise TypeError(f"a {spec.type} detector has no warn/alarm thresholds of its own")
     units = spec.units if isinstance(spec, BaselineShiftConfig | SlopeConfig
@@ -170,8 +176,10 @@ def build_detector(
     trend: Trend,
     spec: DetectorConfig,
     alerts: AlertsConfig,
+    interval: float | None = None,
 ) -> Detector:
-    """One detector for a channel from its validated settings (configured or a kind default)."""
+    """One detector for a channel from its validated settings (configured or a kind default);
+    ``interval`` (seconds between readings) turns a change-point chart's block into readings."""
     if isinstance(spec, StaleConfig):
         return Stale(channel, base, spec.max_gap)
     if isinstance(spec, LimitConfig):
@@ -192,6 +200,13 @@ def build_detector(
         return Cusum(channel, base, th, trend, k=spec.k, min_samples=spec.min_samples)
     if isinstance(spec, EwmaConfig):
         return Ewma(channel, base, th, trend, lam=spec.lam, min_samples=spec.min_samples)
+    if isinstance(spec, ChangePointConfig):
+        return ChangePoint(
+            channel, base, th, trend, k=spec.k, h=spec.h,
+            spread_h=spec.spread_h if spec.spread_h is not None else spec.h, learn=spec.learn,
+            block=block_readings(spec, interval if interval is not None else 1.0),
+            spread=spec.spread, alarm_size=spec.alarm,
+        )  # fmt: skip
     if isinstance(spec, InvalidRateConfig):
         return InvalidRate(channel, base, th, trend, span=spec.window,
                            max_samples=spec.max_samples, min_samples=spec.min_samples)  # fmt: skip
@@ -225,9 +240,12 @@ class DriftEngine:
 
         ``detectors``/``baseline`` (for channels the agent makes itself, such as ΔE00) apply
         where ``config`` does not say; ``detectors=[]`` or ``enabled: false`` watch nothing
-        but the baseline.
+        but the baseline. Kind defaults are sized to the channel's interval: its configured
+        ``interval``, else measured from its first MEASURE_READINGS readings (the detectors
+        are built then, and judge those readings first).
         """
         defaults = KIND_DEFAULTS.get(channel.kind)
+        from_kind = False
         if config is not None and not config.enabled:
             specs: Sequence[DetectorConfig] = ()
         elif config is not None and config.detectors is not None:
@@ -236,30 +254,50 @@ class DriftEngine:
             specs = detectors
         else:
             specs = defaults.detectors if defaults is not None else ()
+            from_kind = bool(specs)
         if config is not None and config.enabled and config.limits is not None:
             specs = [*specs, config.limits]  # a spec band adds to the channel's detectors
-        spec_baseline = (
-            (config.baseline if config is not None else None)
-            or baseline
-            or (defaults.baseline if defaults is not None else ROLLING_ONLY)
-        )
+        spec_baseline = (config.baseline if config is not None else None) or baseline
+        base_from_kind = spec_baseline is None
+        if spec_baseline is None:
+            spec_baseline = defaults.baseline if defaults is not None else ROLLING_ONLY
+        interval = config.interval if config is not None else None
         base = ChannelBaseline(channel.name, spec_baseline, self.baselines)
-        trend = Trend()
-        built = [build_detector(channel, base, trend, s, self.alerts) for s in specs]
+        drift = ChannelDrift(channel=channel, baseline=base, detectors=[], trend=Trend())
+        drift.plan = _Plan(specs, spec_baseline, from_kind, base_from_kind, interval)
+        self._drifts[channel.name] = drift
+        if not from_kind or interval is not None:
+            self._build(drift, interval)
+        else:
+            # A spec band needs no sizing and must not wait for the interval: it judges every
+            # reading from the first (the others judge the measuring readings once built).
+            limits = [s for s in specs if isinstance(s, LimitConfig)]
+            drift.plan.specs = [s for s in specs if not isinstance(s, LimitConfig)]
+            drift.detectors = [
+                build_detector(channel, base, drift.trend, s, self.alerts, None) for s in limits
+            ]
+        channel.watched = bool(specs)
+        channel.wants_invalid = any(isinstance(s, StaleConfig | InvalidRateConfig) for s in specs)
+        return drift
+
+    def _build(self, drift: ChannelDrift, interval: float | None) -> None:
+        """Build a channel's detectors (kind defaults sized to ``interval``)."""
+        plan = drift.plan
+        assert plan is not None
+        specs, spec_baseline = plan.specs, plan.baseline
+        if plan.defaults and interval is not None:
+            specs = [sized(s, interval) for s in specs]
+            if plan.default_baseline and spec_baseline.value is None:
+                drift.baseline.resize(sized_baseline(spec_baseline, interval))
+        channel, base, trend = drift.channel, drift.baseline, drift.trend
+        built = [build_detector(channel, base, trend, s, self.alerts, interval) for s in specs]
         # Trend detectors run first on each batch: the others quote the trend in their messages.
         built.sort(key=lambda d: d.name != "slope")
-        drift = ChannelDrift(
-            channel=channel,
-            baseline=base,
-            detectors=built,
-            trend=trend,
-            stale=next((d for d in built if isinstance(d, Stale)), None),
-            sees_invalid=[d for d in built if getattr(d, "sees_invalid", False)],
-        )
-        self._drifts[channel.name] = drift
-        channel.watched = bool(built)
-        channel.wants_invalid = bool(drift.sees_invalid)
-        return drift
+        drift.detectors = built + drift.detectors  # the limits built at once stay
+        drift.stale = next((d for d in built if isinstance(d, Stale)), None)
+        drift.sees_invalid = [d for d in built if getattr(d, "sees_invalid", False)]
+        drift.interval = interval
+        drift.plan = None
 
     def detach(self, name: str) -> None:
         """Stop watching a channel (its source was removed by a reload)."""
@@ -296,9 +334,38 @@ class DriftEngine:
         detectors (they are still spooled and forwarded) and counted in ``late``.
         """
         drift = self._drifts.get(channel.name)
-        if drift is None or not drift.detectors:
+        if drift is None:
+            return DetectResult([], 0)
+        if drift.plan is not None:
+            early = _judge_early(drift, ns, values)  # the limits, at once
+            drift.waiting_ns += ns
+            drift.waiting_x += values
+            if len(drift.waiting_ns) < MEASURE_READINGS:
+                return DetectResult(early, 0)
+            ns, values = drift.waiting_ns, drift.waiting_x
+            drift.waiting_ns, drift.waiting_x = [], []
+            limits = drift.detectors
+            drift.detectors = []  # the new detectors judge the measuring readings, not the
+            self._build(drift, measure_interval(ns[:MEASURE_READINGS]))  # limits again
+            try:
+                got = self._judge(drift, ns, values)
+            finally:
+                drift.detectors += limits
+            if early:
+                got.events.extend(early)
+                got.events.sort(key=lambda e: e.ts_ns)
+            return got
+        return self._judge(drift, ns, values)
+
+    def _judge(
+        self, drift: ChannelDrift, ns: Sequence[int], values: Sequence[float]
+    ) -> DetectResult:
+        """Run the channel's (built) detectors over the readings."""
+        if not drift.detectors:
             return DetectResult([], 0)
         drift.arrived = time.monotonic()
+        if drift.first_ns is None:
+            drift.first_ns = min(ns)
         if len(ns) <= SMALL_BATCH:
             # A few readings (a slow sensor between two process() calls): the scalar path costs
             # microseconds where NumPy's per-call overheads cost tens.
@@ -327,6 +394,15 @@ class DriftEngine:
         late until the clock caught up). Returns their names."""
         names = []
         for name, drift in self._drifts.items():
+            if drift.plan is not None:  # still measuring its interval: afresh on the new line
+                if drift.early_ns > now_ns or (drift.waiting_ns and max(drift.waiting_ns) > now_ns):
+                    drift.waiting_ns, drift.waiting_x = [], []
+                    drift.early_ns = -(2**63)
+                    drift.baseline.restart()
+                    for detector in drift.detectors:  # the limits
+                        detector.restart()
+                    names.append(name)
+                continue
             if drift.last_ns <= now_ns:
                 continue
             drift.last_ns = -(2**63)
@@ -336,6 +412,36 @@ class DriftEngine:
             names.append(name)
         return names
 
+    def not_ready(self) -> list[NotReady]:
+        """Detectors that have not judged a reading yet, and why, with the data's span in the
+        words ("baseline needs 3 d of readings (at least 30), the readings span 13 h")."""
+        out: list[NotReady] = []
+        for name, drift in self._drifts.items():
+            if drift.measuring:
+                if drift.channel.watched:
+                    got = len(drift.waiting_ns)
+                    out.append(NotReady(name, "*", f"its interval is measured from "
+                                        f"{MEASURE_READINGS} readings; it had {got}"))  # fmt: skip
+                continue
+            if drift.first_ns is None:
+                continue
+            spanned = span(max(drift.last_ns - drift.first_ns, 0) / 1e9)
+            data = f"the readings span {spanned} ({drift.seen} readings)"
+            base = drift.baseline
+            for detector in drift.detectors:
+                if detector.ready:
+                    continue
+                waits_base = base.spec.learn is not None and base.locked is None and (
+                    detector.needs_settled or (base.seasonal and not detector.raw)
+                )  # fmt: skip
+                why = (
+                    f"baseline needs {base.needs()}, {data}"
+                    if waits_base
+                    else f"needs {detector.needs()}, {data}"
+                )
+                out.append(NotReady(name, detector.name, why))
+        return out
+
     def skip_ahead(self, step_ns: int) -> None:
         """The wall clock stepped forward by ``step_ns``: for stale detectors that time was
         not silence (their last reading moves forward with the clock)."""
@@ -344,26 +450,53 @@ class DriftEngine:
                 drift.stale.skip(step_ns)
 
 
+def _judge_early(
+    drift: ChannelDrift, ns: Sequence[int], values: Sequence[float]
+) -> list[AlertEvent]:
+    """A channel still measuring its interval: its limits judge the readings (in order; a late
+    or invalid one is skipped, as the detectors would)."""
+    events: list[AlertEvent] = []
+    if not drift.detectors:
+        return events
+    last = drift.early_ns
+    for ns_, v in zip(ns, values, strict=True):
+        if ns_ < last or math.isnan(v):
+            continue
+        last = ns_
+        for detector in drift.detectors:
+            _collect(events, detector.update_one(ns_ * 1e-9, v, ns_, math.nan, math.nan))
+    drift.early_ns = last
+    return events
+
+
 def _detect_small(drift: ChannelDrift, ns: Sequence[int], values: Sequence[float]) -> DetectResult:
     events: list[AlertEvent] = []
     base = drift.baseline
     detectors = drift.detectors
     late = 0
     last = drift.last_ns
+    seen = 0
     for ns_, v in zip(ns, values, strict=True):
         if ns_ < last:
             late += 1
             continue
         last = ns_
+        seen += 1
         t_ = ns_ * 1e-9
         if math.isnan(v):  # an invalid reading: only invalid_rate and stale see it
             for detector in drift.sees_invalid:
                 _collect(events, detector.update_one(t_, v, ns_, math.nan, math.nan))
             continue
         bm, bs = base.update_one(t_, v)
+        xa = base.adjust_one(t_, v)  # NaN: a seasonal profile not learned yet
+        judging = base.judging
         for detector in detectors:
-            _collect(events, detector.update_one(t_, v, ns_, bm, bs))
+            if detector.raw:
+                _collect(events, detector.update_one(t_, v, ns_, bm, bs))
+            elif not math.isnan(xa) and (judging or not detector.needs_settled):
+                _collect(events, detector.update_one(t_, xa, ns_, bm, bs))
     drift.last_ns = last
+    drift.seen += seen
     if len(events) > 1:
         events.sort(key=lambda e: e.ts_ns)
     return DetectResult(events, late)
@@ -383,6 +516,7 @@ def _detect_many(drift: ChannelDrift, ns: Sequence[int], values: Sequence[float]
         if not len(ts):
             return DetectResult([], late)
     drift.last_ns = int(ts[-1])
+    drift.seen += len(ts)
     t = ts * 1e-9
     invalid = np.isnan(x)
     any_invalid = bool(invalid.any())
@@ -393,13 +527,30 @@ def _detect_many(drift: ChannelDrift, ns: Sequence[int], values: Sequence[float]
         ts, t, x = ts[valid], t[valid], x[valid]
         if not len(ts):
             return DetectResult(sorted(events, key=lambda e: e.ts_ns), late)
-    bmean, bstd = drift.baseline.update_many(t, x)
+    base = drift.baseline
+    bmean, bstd = base.update_many(t, x)
+    xa, begin = base.adjust_many(t, x)  # seasonal: judged from the profile's lock on
+    settled = max(begin, base.settled_from)
     drift.trend.batch = None
     for detector in drift.detectors:
         if any_invalid and detector in drift.sees_invalid:
             continue
-        events += detector.update_many(t, x, ts, bmean, bstd)
+        if detector.raw:
+            base.view_from = base.settled_from
+            drift.trend.offset = 0
+            events += detector.update_many(t, x, ts, bmean, bstd)
+            continue
+        a = settled if detector.needs_settled else begin
+        if a >= len(t):
+            continue
+        base.view_from = base.settled_from - a
+        drift.trend.offset = a
+        if a:
+            events += detector.update_many(t[a:], xa[a:], ts[a:], bmean[a:], bstd[a:])
+        else:
+            events += detector.update_many(t, xa, ts, bmean, bstd)
     drift.trend.batch = None
+    drift.trend.offset = 0
     if len(events) > 1:
         events.sort(key=lambda e: e.ts_ns)
     return DetectResult(events, late)

@@ -30,6 +30,7 @@ from agent.incidents.model import (
     EASED,
     ESCALATED,
     ESCALATED_TO,
+    FINDINGS,
     LEVELS,
     ONE_SHOT,
     OPEN,
@@ -105,10 +106,18 @@ class IncidentManager:
         key = self._key(event)
         inc = self.open.get(key)
         alerting = transition not in (EV_CLEARED, EV_SETTLED) and event.level.label != "ok"
+        finding = transition in FINDINGS
         if inc is None:
             if not alerting:
                 return  # a clear of something never told (e.g. before a restart): evidence only
             inc = self._open(key, event)
+            inc.one_shot = finding  # opened by a finding: open until acknowledged
+        elif (
+            alerting
+            and not finding
+            and not any(m.finding and m.detector == "lot_compare" for m in inc.members.values())
+        ):
+            inc.one_shot = False  # a state joined: it clears when the states do
         before = inc.level
         inc.unconfirmed_since = 0  # a detector speaks of it: it is current
         member = f"{event.channel.name}/{event.detector}"  # a zone's incident has many channels
@@ -123,6 +132,7 @@ class IncidentManager:
                 delta=event.delta,
                 rate_per_h=event.rate_per_h,
                 headline=headline(event),
+                finding=finding,
             )
             if event.detector not in inc.seen:
                 inc.seen.append(event.detector)
@@ -135,7 +145,8 @@ class IncidentManager:
         if inc.seq == 0:
             self._level(inc)
             self._notify(inc, OPENED, at=at)
-        elif not inc.members and not inc.one_shot:
+        elif not inc.one_shot and all(m.finding for m in inc.members.values()):
+            inc.members.clear()  # the states cleared: the findings among them are history
             self._close(inc, at)
         else:
             peak = inc.peak

@@ -22,6 +22,12 @@ OPEN, ACKED, CLOSED = "open", "acknowledged", "cleared"
 LEVELS = {"ok": 0, "warn": 1, "alarm": 2}
 ONE_SHOT = frozenset({"lot_change", "context_change"})
 """Transitions that are findings, not states: their incident stays open until acknowledged."""
+FINDINGS = frozenset({"lot_change", "changed"})
+"""Transitions that report something that happened, not a state that lasts. A change point
+(``changed``) joins the open incident of its channel; one that opens an incident keeps it
+open until someone acknowledges it, as a lot change does, and later changes join it. In an
+incident that also has detectors in alert (a shift against the baseline) it does not hold the
+incident open once those have cleared."""
 
 
 @dataclass(slots=True)
@@ -37,6 +43,7 @@ class Member:
     delta: float = math.nan
     rate_per_h: float = math.nan
     headline: str = ""
+    finding: bool = False  # a change point or lot change: it happened, it is not a state
 
 
 @dataclass(slots=True)

@@ -63,6 +63,17 @@ def headline(event: AlertEvent) -> str:
             f"{ch.label} has become {'steadier' if steadier else 'erratic'}: it scatters by "
             f"±{fmt(value, unit)} where ±{fmt(base, unit)} is normal"
         )
+    if detector == "changepoint":
+        if event.baseline_note.startswith("previous spread"):
+            steadier = math.isfinite(delta) and delta < 0
+            return (
+                f"{ch.label} has become {'steadier' if steadier else 'erratic'}: it scatters by "
+                f"±{fmt(value, unit)} where it scattered by ±{fmt(base, unit)}"
+            )
+        return (
+            f"{ch.label} has changed {'up' if up else 'down'} by about {fmt(abs(delta), unit)}, "
+            f"from {fmt(base, unit)} to about {fmt(value, unit)}"
+        )
     if detector == "limit":
         note = event.baseline_note  # "upper warning limit for sku 4711"
         where = "above its" if note.startswith("upper") else "below its"

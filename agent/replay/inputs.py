@@ -135,7 +135,8 @@ def _tokens(name: str) -> list[str]:
 
 
 def guess_kind(name: str) -> str:
-    """A column's channel kind from its name: climate, tension or color (climate otherwise)."""
+    """A column's channel kind from its name: climate, tension or color (generic otherwise:
+    judged only for changes, sized to the column's own rate)."""
     tokens = _tokens(name)
     if any(t.startswith(("humid", "temp", "dew")) or t == "rh" for t in tokens):
         return "climate"
@@ -143,7 +144,7 @@ def guess_kind(name: str) -> str:
         return "tension"
     if any(t.startswith(("de00", "deltae")) or t in ("de", "l", "a", "b") for t in tokens):
         return "color"
-    return "climate"
+    return "generic"
 
 
 def guess_unit(name: str) -> str:

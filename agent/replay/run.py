@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from agent.config import AgentConfig, config_from_dict
 from agent.drift.alerts import AlertEvent
 from agent.drift.baselines import BaselineStore
-from agent.drift.engine import DriftEngine
+from agent.drift.engine import DriftEngine, NotReady
 from agent.reading import Channel
 from agent.runtime.build import build
 from agent.store.spool import Spool
@@ -114,6 +114,7 @@ class ReplayResult:
     engine: DriftEngine
     late: int = 0
     invalid: int = 0
+    not_ready: list[NotReady] = dataclasses.field(default_factory=list)
 
 
 def replay(
@@ -202,4 +203,5 @@ def replay(
         engine=core.engine,
         late=metrics.late_readings,
         invalid=metrics.invalid_readings,
+        not_ready=core.engine.not_ready(),
     )

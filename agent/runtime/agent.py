@@ -28,6 +28,7 @@ from agent.config.models import AgentConfig, InfluxConfig, MqttSourceConfig, Ser
 from agent.config.notify import StacklightTarget
 from agent.drift.alerts import AlertEvent
 from agent.drift.compare import load_statistics, statistics_loaded
+from agent.drift.engine import NotReady
 from agent.errors import ConfigError, DriftgateError, SpoolError
 from agent.incidents.model import Incident
 from agent.ingest.broker import Ledger, MqttLink
@@ -89,6 +90,7 @@ class RunResult:
     stopped_by_signal: bool = False
     failure: str | None = None  # why the supervisor gave up, if it did
     incidents: list[Incident] = field(default_factory=list)
+    not_ready: list[NotReady] = field(default_factory=list)  # detectors that never judged
 
 
 def forwarder_settings(influx: InfluxConfig) -> ForwarderSettings:
@@ -667,6 +669,7 @@ class Agent:
             stopped_by_signal=by_signal,
             failure=failure,
             incidents=sorted(self.incidents.manager.by_id.values(), key=lambda i: i.id),
+            not_ready=self.engine.not_ready(),
         )
 
     async def _start(self) -> None:
@@ -785,6 +788,9 @@ class Agent:
             await asyncio.wait_for(self.spool.close(), remaining)
         except TimeoutError:
             log.error("spool did not close in time; SQLite's WAL keeps what was committed")
+        for idle in self.engine.not_ready():  # a setting, or too little data, kept it silent
+            log.warning("detector never judged a reading", channel=idle.channel,
+                        detector=idle.detector, why=idle.why)  # fmt: skip
         self.registry.new_channels.flush(force=True)
         flush_bursts(force=True)
         lost = self.spool.lost_lines
