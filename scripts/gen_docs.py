@@ -630,7 +630,7 @@ BENCHES: dict[str, Bench] = {
             "and the configuration's models 14, the interpreter 10; what a day adds is the "
             "detector windows: about 10 ring buffers per channel (each detector and the "
             "baseline keep their own), each holding its span at a reading a minute as float64 "
-            "times and values, capacity grown by doubling: about 34 MiB for 200 channels. "
+            "times and values, capacity grown by doubling: 30–34 MiB for 200 channels. "
             "Reaching 80 MB would take the windows of one channel sharing one ring "
             "(`agent/drift/`), not a change at the edges. It is not allocator slack: the same "
             "day with `MALLOC_ARENA_MAX=2` ended at 111.1 MiB (111.0 without).",
