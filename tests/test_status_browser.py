@@ -38,8 +38,13 @@ SIM_DAYS = 9.0
 def wait(predicate: Callable[[], Any], within: float, what: str) -> Any:
     """Poll every 50 ms; fail naming ``what`` when the time is up."""
     deadline = time.monotonic() + within
+    from selenium.common.exceptions import StaleElementReferenceException
+
     while True:
-        got = predicate()
+        try:
+            got = predicate()
+        except StaleElementReferenceException:  # the page was replaced while it was read
+            got = None
         if got:
             return got
         if time.monotonic() > deadline:
@@ -153,8 +158,9 @@ def test_the_floor_in_a_browser_live_acknowledged_and_on_the_wall(
             assert f"st-{ch['state']}" in card.get_attribute("class").split(), ch["name"]
             assert badge.text.lower() == ch["word"], ch["name"]
             assert card.find_element(By.CSS_SELECTOR, ".label").text == ch["label"]
+        # The history writes every 5 s, and a page drawn before that draws them 5 s later.
         wait(lambda: driver.find_elements(By.CSS_SELECTOR, ".card svg.spark path.spark-line"),
-             10, "the sparklines")  # fmt: skip
+             20, "the sparklines")  # fmt: skip
         # The probe reads 61.5 %RH: the incident is on the page without a reload.
         driver.execute_script("window.stillTheSamePage = true")
         published = time.monotonic()
