@@ -360,6 +360,10 @@ async def test_blink_unacknowledged_blinks_until_acknowledged(
         await shows(light, {"red": "blink", "buzzer": "on"}, "an unacknowledged alarm")
         agent.acknowledge(incident_id(agent, cutting), "Mara")
         await shows(light, RED, "the alarm acknowledged")
+        # Acknowledged, still open: the light stops blinking, the red stays.
+        assert [(i.level, i.acked_by) for i in agent.incidents.manager.open.values()] == [
+            ("alarm", "Mara")
+        ]
     finally:
         light.unplug()
 
@@ -385,6 +389,7 @@ async def test_a_notice_that_comes_while_a_state_is_sent_is_not_lost(
         await wait_until(lambda: len(light.received) >= 4 * (sent + 1) - 2, 10, "the warning sent")
         agent.pipeline.alert(event(cutting, "escalated", Level.ALARM))  # in the middle of it
         await shows(light, RED_BUZZING, "the alarm right after the warning")
+        assert [i.level for i in agent.incidents.manager.open.values()] == ["alarm"]
     finally:
         light.unplug()
 

@@ -266,7 +266,8 @@ def test_kill9_loses_no_acknowledged_message(
     fault_report: Callable[[FaultRow], None],
 ) -> None:
     variant = VARIANTS[key]
-    run_variant(variant, tmp_path, request, soak, fault_report)
+    row = run_variant(variant, tmp_path, request, soak, fault_report)
+    assert row.arrived == row.acknowledged, "an acknowledged message is not in InfluxDB"
 
 
 def test_kill9_soak_only_variants(
@@ -278,7 +279,8 @@ def test_kill9_soak_only_variants(
     if not soak:
         pytest.skip("a soak variant: run with --soak")
     for n, variant in enumerate(SOAK_ONLY.values()):
-        run_variant(variant, tmp_path / str(n), request, soak, fault_report)
+        row = run_variant(variant, tmp_path / str(n), request, soak, fault_report)
+        assert row.arrived == row.acknowledged, f"{row.fault}: an acknowledged message is lost"
 
 
 def run_variant(
@@ -287,7 +289,7 @@ def run_variant(
     request: pytest.FixtureRequest,
     soak: bool,
     fault_report: Callable[[FaultRow], None],
-) -> None:
+) -> FaultRow:
     kills = variant.soak_kills if soak else variant.kills
     server: Any
     if variant.influx_up:
@@ -303,3 +305,4 @@ def run_variant(
     else:
         # Stamped on arrival, each kill can leave up to the in-flight window stored twice.
         assert row.duplicates <= kills * RECEIVE_MAXIMUM
+    return row
